@@ -1,0 +1,58 @@
+"""The `fairbench` command line: a thin Typer shell over the library.
+
+Command modules are imported here, but they import torch/pandas only inside command bodies, so
+`fairbench --help` answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="fairbench",
+    help="Train and evaluate CLIP-style models on Harvard-FairVLMed for accuracy (AUC) and fairness "
+    "(ES-AUC, DPD, EOD, per-group AUC).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# (module, attribute, name, kind): kind "command" registers a function, "group" a Typer sub-app.
+_COMMANDS: list[tuple[str, str, str, str]] = [
+    ("fairbench.commands.run", "run", "run", "command"),
+    ("fairbench.commands.table", "table", "table", "command"),
+    ("fairbench.commands.methods", "methods", "methods", "command"),
+    ("fairbench.commands.metrics", "metrics", "metrics", "command"),
+    ("fairbench.commands.compare", "compare", "compare", "command"),
+    ("fairbench.commands.plot", "plot", "plot", "command"),
+    ("fairbench.commands.report", "report", "report", "command"),
+    ("fairbench.commands.data", "app", "data", "group"),
+]
+
+
+def _register() -> None:
+    for module_name, attr, name, kind in _COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # command not built yet
+                continue
+            raise
+        target = getattr(module, attr)
+        if kind == "group":
+            app.add_typer(target, name=name)
+        else:
+            app.command(name)(target)
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The method registry: one public path for built-in methods and users' plugins alike.
+
+Built-in methods in `methods/` and a user's own file register through `register_method`, so the core
+never names a method. Plugins are found through `--plugin` (a file path or a module name), the
+`FAIRBENCH_PLUGINS` environment variable (os.pathsep-separated) and the `fairbench.methods` entry-point
+group of installed packages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from fairbench.method import Method
+
+ENTRY_POINT_GROUP = "fairbench.methods"
+PLUGIN_ENV = "FAIRBENCH_PLUGINS"
+BUILTIN_PACKAGE = "methods"
+
+_REGISTRY: dict[str, type[Method]] = {}
+_loaded_sources: set[str] = set()
+
+M = TypeVar("M", bound="type[Method]")
+
+
+class UnknownMethodError(KeyError):
+    """Raised for a method name (or pattern) that matches nothing registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class PluginError(ImportError):
+    """Raised when a plugin file or module cannot be imported."""
+
+
+def register_method(name: str, *, description: str = "", aliases: tuple[str, ...] = ()) -> Callable[[M], M]:
+    """Class decorator that makes a `Method` subclass available under `name` (and its aliases)."""
+
+    def decorate(cls: M) -> M:
+        from fairbench.method import Method
+
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register_method({name!r}) must decorate a subclass of fairbench.method.Method")
+        cls.name = name
+        cls.description = description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
+        for key in (name, *aliases):
+            existing = _REGISTRY.get(key)
+            if existing is not None and existing.__qualname__ != cls.__qualname__:
+                raise ValueError(f"method name {key!r} is already registered by {existing.__module__}")
+            _REGISTRY[key] = cls
+        cls.aliases = tuple(aliases)
+        return cls
+
+    return decorate
+
+
+def load_builtin_methods() -> None:
+    """Import the built-in `methods` package; its modules register themselves."""
+    _import_once(f"module:{BUILTIN_PACKAGE}", lambda: importlib.import_module(BUILTIN_PACKAGE))
+
+
+def load_plugin(spec: str) -> None:
+    """Import a plugin given as a path to a .py file or as an importable module name."""
+    path = Path(spec)
+    if spec.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise PluginError(f"plugin file {spec!r} does not exist; pass a path to a .py file or a module name")
+        resolved = str(path.resolve())
+
+        def load_file() -> None:
+            mod_name = f"fairbench_plugin_{abs(hash(resolved)):x}"
+            spec_obj = importlib.util.spec_from_file_location(mod_name, resolved)
+            if spec_obj is None or spec_obj.loader is None:
+                raise PluginError(f"cannot import plugin file {spec!r}")
+            module = importlib.util.module_from_spec(spec_obj)
+            sys.modules[mod_name] = module
+            try:
+                spec_obj.loader.exec_module(module)
+            except Exception as exc:  # a user's file: report which file broke and how
+                sys.modules.pop(mod_name, None)
+                raise PluginError(f"plugin file {spec!r} failed to import: {type(exc).__name__}: {exc}") from exc
+
+        _import_once(f"file:{resolved}", load_file)
+        return
+
+    def load_module() -> None:
+        try:
+            importlib.import_module(spec)
+        except ImportError as exc:
+            raise PluginError(f"plugin module {spec!r} could not be imported ({exc}); "
+                              "pass a path to a .py file or an importable module name") from exc
+
+    _import_once(f"module:{spec}", load_module)
+
+
+def load_plugins(specs: list[str] | tuple[str, ...] = ()) -> None:
+    """Load built-ins, then entry points, then `FAIRBENCH_PLUGINS`, then explicit `specs`."""
+    load_builtin_methods()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        _import_once(f"entry:{ep.value}", ep.load)
+    env = os.environ.get(PLUGIN_ENV, "")
+    for spec in [s for s in env.split(os.pathsep) if s.strip()]:
+        load_plugin(spec.strip())
+    for spec in specs:
+        load_plugin(spec)
+
+
+def _import_once(key: str, loader: Callable[[], object]) -> None:
+    if key in _loaded_sources:
+        return
+    loader()
+    _loaded_sources.add(key)
+
+
+def get_method(name: str) -> type[Method]:
+    """Look a method up by exact name, suggesting close matches when there is none."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownMethodError(
+            f"unknown method {name!r}.{hint} Run `fairbench methods` to list them, "
+            "or load your own with --plugin FILE.py."
+        ) from None
+
+
+def list_methods(pattern: str = "*", *, include_aliases: bool = False) -> list[str]:
+    """Registered names matching a shell-style wildcard, sorted."""
+    names = [
+        n for n, cls in _REGISTRY.items() if include_aliases or n == cls.name
+    ]
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+
+
+def expand_methods(spec: str) -> list[str]:
+    """Expand a comma list of names and wildcards into registered names, keeping order, no repeats."""
+    out: list[str] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if any(ch in part for ch in "*?["):
+            found = list_methods(part)
+            if not found:
+                raise UnknownMethodError(f"method pattern {part!r} matches no registered method; "
+                                         "run `fairbench methods` to list them")
+        else:
+            found = [get_method(part).name]
+        out.extend(n for n in found if n not in out)
+    return out
