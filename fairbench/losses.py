@@ -34,13 +34,16 @@ def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, blur: float = 1e-4, p: i
     eps_list = _epsilon_schedule(x, y, blur, p, scaling)
     a_log = torch.full((x.shape[0],), -math.log(x.shape[0]), device=x.device)
     b_log = torch.full((y.shape[0],), -math.log(y.shape[0]), device=y.device)
-    c_xy = _cost(x, y, p)
-    c_yx = c_xy.t()
+    # Each potential carries the gradient w.r.t. its own cloud only (envelope theorem): the cost seen
+    # by f detaches y and the cost seen by g detaches x, else the cross term counts twice.
+    c_xy = _cost(x, y.detach(), p)
+    c_yx = _cost(y, x.detach(), p)
     if not debias:
         f, g = _sinkhorn_loop(a_log, b_log, c_xy, c_yx, None, None, eps_list, max_iter)
         return (a_log.exp() * f).sum() + (b_log.exp() * g).sum()
-    c_xx = _cost(x, x, p)
-    c_yy = _cost(y, y, p)
+    # Likewise the self-costs detach their second argument.
+    c_xx = _cost(x, x.detach(), p)
+    c_yy = _cost(y, y.detach(), p)
     f, g, f_aa, g_bb = _sinkhorn_loop(a_log, b_log, c_xy, c_yx, c_xx, c_yy, eps_list, max_iter)
     return (a_log.exp() * (f - f_aa)).sum() + (b_log.exp() * (g - g_bb)).sum()
 
