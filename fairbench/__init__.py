@@ -6,3 +6,17 @@ Kept import-light on purpose: `fairbench --help` must not pay for torch.
 __version__ = "0.1.0"
 
 ATTRIBUTES: tuple[str, ...] = ("race", "gender", "ethnicity", "language")
+
+
+def __getattr__(name: str):
+    # Lazy re-exports so `import fairbench` stays cheap but plugins can write
+    # `from fairbench import Method, register_method`.
+    if name in ("register_method", "get_method", "list_methods"):
+        from fairbench import registry
+
+        return getattr(registry, name)
+    if name in ("Method", "Batch", "encode_batch"):
+        from fairbench import method
+
+        return getattr(method, name)
+    raise AttributeError(f"module 'fairbench' has no attribute {name!r}")

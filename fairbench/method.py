@@ -125,3 +125,12 @@ def convert_value(raw: str, default: Any, what: str) -> Any:
 def settings_dict(settings: Any) -> dict[str, Any]:
     """A settings dataclass as a plain JSON-friendly dict (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+
+
+def encode_batch(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image and text features of a batch's pairs (the input of every CLIP-style loss)."""
+    import torch.nn.functional as F
+
+    image = F.normalize(model.encode_image(batch.images), dim=-1)
+    text = F.normalize(model.encode_text(batch.tokens), dim=-1)
+    return image, text
