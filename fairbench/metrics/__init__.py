@@ -1,0 +1,65 @@
+"""The metric suite every fairbench table stands on: AUC, accuracy and fairness per protected attribute.
+
+Definitions (Fair-MoE paper §4.1; FairCLIP's released evaluation code, `FairCLIP/src/modules.py`,
+`evalute_comprehensive_perf` and helpers), for one attribute with groups g:
+
+- AUC: ROC AUC of the scores (ties count 1/2; equals sklearn `roc_auc_score`). Accuracy: label
+  ŷ = score ≥ threshold (0.5 in FairCLIP).
+- ES-AUC = AUC / (1 + Σ_g |AUC − AUC_g|), a plain sum over groups (α = 1); ES-Acc likewise.
+- DPD = max_g − min_g selection rate P(ŷ = 1 | g) (fairlearn `demographic_parity_difference`;
+  FairCLIP calls exactly that. The paper's §4.1 formula conditions on y = 1, which would be an
+  equal-opportunity gap; we follow the code, which produced the published numbers).
+- EOD = max(TPR gap, FPR gap), each gap max_g − min_g (fairlearn `equalized_odds_difference`).
+- Group disparity: population std (ddof 0) and max − min of the group AUCs, each divided by the
+  attribute's AUC (FairCLIP `compute_between_group_disparity`).
+
+Edge cases, decided here:
+
+- Unknown attribute values (code −1, NaN, or strings like "", "unknown") are excluded from that
+  attribute's metrics only, with a MetricWarning saying how many rows. The attribute's "auc" and
+  "accuracy" are then computed on its known rows (hence the per-attribute copies); the top-level
+  ones always use every row. FairVLMed evaluation splits already drop such rows.
+- A group with one class (including a group of size 1): its AUC is undefined → NaN with a
+  MetricWarning, and the group is skipped in that attribute's ES-AUC sum and AUC std/range
+  (FairCLIP's code would return NaN for the whole ES-AUC instead). Likewise its TPR (no positives)
+  or FPR (no negatives) is NaN and skipped in that gap of EOD; fairlearn would count it as 0.
+  If no group AUC is defined, ES-AUC and the disparities are NaN.
+- A group of size 0 never appears in `evaluate` (groups are the values present); in a bootstrap
+  resample a group can be absent, and then its metrics are NaN for that replicate only.
+- All scores equal: AUC = 0.5 (every pair is a tie), as sklearn.
+- Single-class labels overall: overall AUC is NaN (with a warning), and so are all ES-AUC values
+  and AUC disparities; accuracy, DPD and the defined part of EOD are still computed.
+- Errors (MetricInputError, a ValueError, one line naming the array and row): NaN or infinite
+  scores, labels other than 0/1, length mismatches (both lengths named), empty input, non-integer
+  numeric group codes, codes below −1.
+
+Group names: `group_names` maps attribute → {code: name}, merged over DEFAULT_GROUP_NAMES (FairVLMed's
+race/gender/ethnicity/language). Codes without a name are named by their code ("3"); pass
+{attr: {}} to name every group by its code. Strings equal to a known name (case-insensitive) map to
+that name's code, so integer-coded and name-coded files give the same result.
+"""
+
+from fairbench.metrics.bootstrap import (
+    BootstrapResult,
+    Difference,
+    PairedBootstrapResult,
+    bootstrap,
+    paired_bootstrap,
+    resample_indices,
+)
+from fairbench.metrics.info import ATTRIBUTE_METRICS, GROUP_METRICS, METRICS, MetricInfo
+from fairbench.metrics.inputs import DEFAULT_GROUP_NAMES, UNKNOWN_CODE, MetricInputError
+from fairbench.metrics.suite import (
+    AttributeMetrics,
+    GroupMetrics,
+    MetricSuite,
+    MetricWarning,
+    evaluate,
+)
+
+__all__ = [
+    "ATTRIBUTE_METRICS", "GROUP_METRICS", "METRICS", "DEFAULT_GROUP_NAMES", "UNKNOWN_CODE",
+    "AttributeMetrics", "BootstrapResult", "Difference", "GroupMetrics", "MetricInfo", "MetricInputError",
+    "MetricSuite", "MetricWarning", "PairedBootstrapResult", "bootstrap", "evaluate", "paired_bootstrap",
+    "resample_indices",
+]
