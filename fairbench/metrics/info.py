@@ -43,8 +43,9 @@ METRICS: dict[str, MetricInfo] = dict([
     _m("es_acc", "ES-Acc", True, True),
     _m("dpd", "DPD", False, True),
     _m("eod", "EOD", False, True),
-    _m("group_auc_std", "AUC std/AUC", False, True),
-    _m("group_auc_range", "AUC range/AUC", False, True),
+    # between-group AUC disparity, each divided by the attribute's AUC (FairCLIP)
+    _m("group_auc_std", "AUC std", False, True),
+    _m("group_auc_range", "AUC range", False, True),
     # per group
     _m("n", "n", None, False),
     _m("positives", "pos", None, False),

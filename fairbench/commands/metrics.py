@@ -1,0 +1,173 @@
+"""`fairbench metrics FILE`: the metric suite of one predictions file, as a table or JSON.
+
+Reads what the harness writes (predictions_{split}.csv: sample, label, score, race, gender,
+ethnicity, language as integer codes) or any CSV/Parquet with label, score and attribute columns
+holding codes or group names. Bad files exit with code 2 and one line naming the column or row
+(rows count from 1 after the header).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import typer
+
+DEFAULT_ATTRIBUTES = ("race", "gender", "ethnicity", "language")
+
+
+class _BadFile(Exception):
+    """A predictions file the suite cannot read; the message is the one line shown to the user."""
+
+
+def metrics(
+    file: Path = typer.Argument(..., help="Predictions file (.csv or .parquet) with label, score and "
+                                "attribute columns (race/gender/ethnicity/language: codes or group names)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the suite as JSON to stdout instead of tables."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Predicted label = score >= threshold."),
+    n_bootstrap: int = typer.Option(0, "--bootstrap", metavar="N",
+                                    help="Add percentile CIs from N bootstrap resamples of the rows (0: none)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    ci: float = typer.Option(0.95, "--ci", help="Bootstrap interval level."),
+    attr: list[str] = typer.Option(None, "--attr", help="Attribute column to evaluate (repeatable). "
+                                   "Default: whichever of race/gender/ethnicity/language the file has."),
+    label_col: str = typer.Option("label", "--label-col", help="Column with the 0/1 ground truth."),
+    score_col: str = typer.Option("score", "--score-col", help="Column with the positive-class score."),
+) -> None:
+    """Compute AUC, accuracy, ES-AUC, ES-Acc, DPD, EOD and per-group metrics of a predictions file."""
+    try:
+        labels, scores, attributes = _read(file, label_col, score_col, attr or None)
+        if n_bootstrap < 0:
+            raise _BadFile(f"--bootstrap must be >= 0, got {n_bootstrap}")
+        if n_bootstrap and not 0.0 < ci < 1.0:
+            raise _BadFile(f"--ci must be between 0 and 1 (e.g. 0.95), got {ci}")
+        suite, boot, notes = _compute(labels, scores, attributes, threshold, n_bootstrap, seed, ci)
+    except _BadFile as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    if json_out:
+        payload = suite.to_dict()
+        if boot is not None:
+            payload["bootstrap"] = boot.to_dict()
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    else:
+        _print_tables(file, suite, boot)
+
+
+def _read(path: Path, label_col: str, score_col: str, attr_cols: list[str] | None) -> tuple[Any, Any, dict]:
+    import numpy as np
+    import pandas as pd
+
+    if not path.is_file():
+        raise _BadFile(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(path)
+        elif suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        else:
+            raise _BadFile(f"{path}: unknown file type {suffix!r}; use a .csv or .parquet file")
+    except _BadFile:
+        raise
+    except Exception as exc:  # parser errors differ by engine; all mean "not a readable table"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _BadFile(f"{path}: cannot read as {suffix[1:]}: {first}") from None
+    if df.empty:
+        raise _BadFile(f"{path}: no rows")
+    wanted = [label_col, score_col] + (attr_cols or [])
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise _BadFile(f"{path}: missing column {missing[0]!r} (columns: {', '.join(map(str, df.columns))})")
+
+    score = pd.to_numeric(df[score_col], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(score))
+    if bad.size:
+        i = int(bad[0])
+        raw = df[score_col].iloc[i]
+        what = "NaN" if pd.isna(raw) or str(raw).lower() == "nan" else f"{raw!r}, not a finite number"
+        raise _BadFile(f"{path}: row {i + 1}: {score_col} is {what}")
+    label = pd.to_numeric(df[label_col], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~((label == 0) | (label == 1)))
+    if bad.size:
+        i = int(bad[0])
+        raise _BadFile(f"{path}: row {i + 1}: {label_col} is {df[label_col].iloc[i]!r}; labels must be 0 or 1")
+
+    cols = attr_cols if attr_cols is not None else [c for c in DEFAULT_ATTRIBUTES if c in df.columns]
+    attributes = {c: (df[c].to_numpy() if df[c].dtype.kind in "biuf" else df[c].astype(object).to_numpy())
+                  for c in cols}
+    return label.astype(np.int8), score, attributes
+
+
+def _compute(labels: Any, scores: Any, attributes: dict, threshold: float, n_bootstrap: int, seed: int,
+             ci: float) -> tuple[Any, Any, list[str]]:
+    from fairbench.metrics import MetricInputError, MetricWarning, bootstrap, evaluate
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MetricWarning)
+            suite = evaluate(labels, scores, attributes, threshold=threshold)
+        boot = None
+        if n_bootstrap:
+            boot = bootstrap(labels, scores, attributes, n_resamples=n_bootstrap, seed=seed, ci=ci,
+                             threshold=threshold)
+    except MetricInputError as exc:
+        where = f"row {exc.row + 1}: " if exc.row is not None else ""
+        raise _BadFile(f"{where}{exc}") from None
+    notes = [str(w.message) for w in caught if issubclass(w.category, MetricWarning)]
+    return suite, boot, notes
+
+
+def _cell(info: Any, value: float, interval: tuple[float, float] | None, inline: bool = False) -> str:
+    """Value as the papers print it; a bootstrap interval goes on a dim second line to keep columns narrow."""
+    text = info.display(value)
+    if interval is not None and text != "-":
+        lo, hi = (info.display(x, digits=1) for x in interval)
+        text += f" [{lo}–{hi}]" if inline else f"\n[dim]{lo}–{hi}[/dim]"
+    return text
+
+
+def _print_tables(path: Path, suite: Any, boot: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fairbench.metrics import ATTRIBUTE_METRICS, METRICS
+
+    def iv(*key: str) -> tuple[float, float] | None:
+        return boot.interval(*key) if boot is not None else None
+
+    # A pipe or file gets a wide fixed layout instead of rich's 80-column default.
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    auc, acc = METRICS["auc"], METRICS["accuracy"]
+    ci_note = f", {boot.ci:.0%} bootstrap CIs from {boot.n_resamples} resamples" if boot else ""
+    overall_auc = _cell(auc, suite.auc, iv("auc"), inline=True)
+    overall_acc = _cell(acc, suite.accuracy, iv("accuracy"), inline=True)
+    console.print(f"[bold]{path}[/bold]: n={suite.n}, threshold {suite.threshold:g}; "
+                  f"AUC {overall_auc}, Acc {overall_acc} (× 100{ci_note})")
+    if not suite.attributes:
+        console.print("no attribute columns found (race/gender/ethnicity/language); use --attr")
+        return
+    table = Table(title="Per attribute (× 100; ↑ higher is better, ↓ lower; AUC std/range: group AUC disparity ÷ AUC)")
+    table.add_column("Attribute")
+    for k in ATTRIBUTE_METRICS:
+        table.add_column(f"{METRICS[k].label} {METRICS[k].arrow}", justify="right")
+    for name, a in suite.attributes.items():
+        table.add_row(name, *[_cell(METRICS[k], getattr(a, k), iv(name, k)) for k in ATTRIBUTE_METRICS])
+    console.print(table)
+
+    group_keys = ("auc", "accuracy", "tpr", "fpr", "selection_rate")
+    groups = Table(title="Per group (× 100)")
+    for col in ("Attribute", "Group", "n", "pos"):
+        groups.add_column(col, justify="left" if col in ("Attribute", "Group") else "right")
+    for k in group_keys:
+        groups.add_column(f"{METRICS[k].label} {METRICS[k].arrow}".strip(), justify="right")
+    for name, a in suite.attributes.items():
+        for gname, g in a.groups.items():
+            cells = [_cell(METRICS[k], getattr(g, k), iv(name, "groups", gname, k)) for k in group_keys]
+            groups.add_row(name, gname, str(g.n), str(g.positives), *cells)
+    console.print(groups)
