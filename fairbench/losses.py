@@ -29,11 +29,12 @@ def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, blur: float = 1e-4, p: i
         x = x[:, None]
     if y.dim() == 1:
         y = y[:, None]
-    x = x.float()
-    y = y.float()
+    if x.dtype != torch.float64:  # bf16/fp16 under autocast would make the log-domain updates unstable
+        x, y = x.float(), y.float()
+    y = y.to(x.dtype)
     eps_list = _epsilon_schedule(x, y, blur, p, scaling)
-    a_log = torch.full((x.shape[0],), -math.log(x.shape[0]), device=x.device)
-    b_log = torch.full((y.shape[0],), -math.log(y.shape[0]), device=y.device)
+    a_log = torch.full((x.shape[0],), -math.log(x.shape[0]), device=x.device, dtype=x.dtype)
+    b_log = torch.full((y.shape[0],), -math.log(y.shape[0]), device=y.device, dtype=x.dtype)
     # Each potential carries the gradient w.r.t. its own cloud only (envelope theorem): the cost seen
     # by f detaches y and the cost seen by g detaches x, else the cross term counts twice.
     c_xy = _cost(x, y.detach(), p)
