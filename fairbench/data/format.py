@@ -1,0 +1,311 @@
+"""Harvard-FairVLMed exactly as published: split folders, per-patient npz files, GPT-4 summary CSV.
+
+Everything here is numpy/stdlib only, so the CLI's `data check` and the loader share one reading of
+the format. Facts follow FairCLIP's public loader (Harvard-Ophthalmology-AI-Lab/FairCLIP,
+FairCLIP/src/modules.py): `slo_fundus` read with `.astype(float32)`, 0-d label/attribute arrays read
+with `.item()`, summaries from CSV column 0 (file name) and column 2 (summary), the 180-character
+word-boundary cut, and evaluation splits that drop samples with any unknown (−1) attribute. One
+deliberate difference: files are sorted, where FairCLIP uses unsorted `os.listdir`.
+"""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ATTRIBUTE_GROUPS: dict[str, dict[int, str]] = {
+    "race": {0: "Asian", 1: "Black", 2: "White"},
+    "gender": {0: "Female", 1: "Male"},
+    "ethnicity": {0: "Non-Hispanic", 1: "Hispanic"},
+    "language": {0: "English", 1: "Spanish", 2: "Other"},
+}
+ATTRIBUTES: tuple[str, ...] = tuple(ATTRIBUTE_GROUPS)
+UNKNOWN = -1
+
+# Published split folder names; the test split appears as `Test/` or, in some releases, `Testing/`.
+SPLIT_DIRS: dict[str, tuple[str, ...]] = {
+    "train": ("Training",),
+    "val": ("Validation",),
+    "test": ("Test", "Testing"),
+}
+SPLITS: tuple[str, ...] = tuple(SPLIT_DIRS)
+EVAL_SPLITS: frozenset[str] = frozenset({"val", "test"})
+# Common misnamings, so `data check` can say what to rename.
+_MISNAMED: dict[str, str] = {
+    "train": "Training", "training": "Training", "Train": "Training",
+    "val": "Validation", "valid": "Validation", "validation": "Validation", "Val": "Validation",
+    "test": "Test", "testing": "Test", "Tests": "Test",
+}
+
+IMAGE_KEY = "slo_fundus"
+REQUIRED_KEYS: tuple[str, ...] = (IMAGE_KEY, "glaucoma", *ATTRIBUTES)
+OPTIONAL_KEYS: tuple[str, ...] = ("maritalstatus", "age", "note", "note_extra")
+
+SUMMARY_CSVS: tuple[str, ...] = ("gpt-4_summarized_notes.csv", "gpt4_summarized_notes.csv")
+TEXT_SOURCES: tuple[str, ...] = ("gpt4", "note", "note+demographics")
+MAX_TEXT_CHARS = 180
+
+# Everything numpy/zipfile raise on a damaged npz: truncated zip, bad deflate stream, CRC mismatch,
+# bad npy header, object arrays under allow_pickle=False.
+READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+class DatasetError(ValueError):
+    """The dataset on disk does not match the FairVLMed format; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """The non-image contents of one npz file."""
+
+    glaucoma: int
+    race: int
+    gender: int
+    ethnicity: int
+    language: int
+    maritalstatus: int
+    age: float
+    note: str | None
+    note_extra: str | None
+
+    def attribute(self, name: str) -> int:
+        return int(getattr(self, name))
+
+
+# ---------------------------------------------------------------- split folders and files
+
+def find_split_dir(root: Path, split: str) -> Path | None:
+    """The folder of `split` under root, or None; raises if both `Test/` and `Testing/` exist."""
+    found = [root / name for name in SPLIT_DIRS[split] if (root / name).is_dir()]
+    if len(found) > 1:
+        raise DatasetError(f"{root}: both {found[0].name}/ and {found[1].name}/ exist; keep one test folder")
+    return found[0] if found else None
+
+
+def split_dir(root: Path, split: str) -> Path:
+    """Like find_split_dir, but a missing folder is an error naming what exists instead."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found; pass the folder holding Training/ Validation/ Test/")
+    found = find_split_dir(root, split)
+    if found is None:
+        want = " or ".join(f"{n}/" for n in SPLIT_DIRS[split])
+        present = sorted(p.name + "/" for p in root.iterdir() if p.is_dir())
+        hint = next((f"; rename {p} to {_MISNAMED[p[:-1]]}/" for p in present
+                     if _MISNAMED.get(p[:-1]) in SPLIT_DIRS[split]), "")
+        raise DatasetError(f"{root}: missing split folder {want} (found: {', '.join(present) or 'none'}){hint}")
+    return found
+
+
+def list_split_files(folder: Path) -> list[Path]:
+    """All `*.npz` files of a split folder in sorted (deterministic) order; an empty split is an error."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix == ".npz" and p.is_file())
+    if not files:
+        raise DatasetError(f"{folder}: empty split (no .npz files)")
+    return files
+
+
+# ---------------------------------------------------------------- one npz file
+
+def _scalar(npz: np.lib.npyio.NpzFile, key: str, problems: list[str]) -> object | None:
+    try:
+        arr = npz[key]
+    except READ_ERRORS as exc:
+        problems.append(f"key {key!r} unreadable ({_short(exc)})")
+        return None
+    if arr.size != 1:
+        problems.append(f"key {key!r} has shape {arr.shape}, expected a 0-d scalar")
+        return None
+    return arr.reshape(()).item()
+
+
+def _code(value: object, key: str, allowed: set[int], problems: list[str]) -> int:
+    try:
+        code = int(value)  # type: ignore[call-overload]
+        ok = float(value) == code and code in allowed  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ok, code = False, UNKNOWN
+    if not ok:
+        what = "label" if key == "glaucoma" else "attribute code"
+        problems.append(f"{key}={value!r} is not a valid {what} (allowed: {sorted(allowed)})")
+    return code
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def read_record(npz: np.lib.npyio.NpzFile) -> tuple[Record | None, list[str]]:
+    """Labels, attributes and notes of one opened npz, plus every problem found (empty when valid)."""
+    problems: list[str] = []
+    missing = [k for k in REQUIRED_KEYS if k not in npz.files]
+    if missing:
+        problems.append(f"missing key(s) {', '.join(missing)} (has: {', '.join(npz.files)})")
+    values = {k: _scalar(npz, k, problems) for k in ("glaucoma", *ATTRIBUTES, *OPTIONAL_KEYS) if k in npz.files}
+    glaucoma = _code(values["glaucoma"], "glaucoma", {0, 1}, problems) if "glaucoma" in values else 0
+    codes = {a: _code(values[a], a, {*ATTRIBUTE_GROUPS[a], UNKNOWN}, problems) if a in values else UNKNOWN
+             for a in ATTRIBUTES}
+    if problems:
+        return None, problems
+    try:
+        marital = int(values.get("maritalstatus", UNKNOWN))  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        marital = UNKNOWN
+    try:
+        age = float(values.get("age", float("nan")))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        age = float("nan")
+    rec = Record(glaucoma=glaucoma, maritalstatus=marital, age=age, note=_text(values.get("note")),
+                 note_extra=_text(values.get("note_extra")), **codes)
+    return rec, []
+
+
+def image_problems(image: np.ndarray) -> list[str]:
+    """Why an `slo_fundus` array is not a usable 0–255 grayscale image (empty when fine)."""
+    if image.ndim != 2:
+        return [f"{IMAGE_KEY} has shape {image.shape}, expected a 2-D grayscale image (H, W)"]
+    if image.size == 0:
+        return [f"{IMAGE_KEY} is empty"]
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
+        return [f"{IMAGE_KEY} has dtype {image.dtype}, expected numbers"]
+    values = image.astype(np.float32, copy=False)
+    if not np.isfinite(values).all():
+        return [f"{IMAGE_KEY} contains NaN or inf"]
+    top = float(values.max())
+    if top <= 1.0:
+        return [f"{IMAGE_KEY} looks like a 0–1 scale image (max {top:g}); FairVLMed images are 0–255, "
+                "multiply by 255 before saving"]
+    return []
+
+
+def read_image(path: Path) -> np.ndarray:
+    """The image of one file as FairCLIP reads it (float32, 0–255), validated."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if IMAGE_KEY not in npz.files:
+                raise DatasetError(f"{path}: missing key {IMAGE_KEY!r} (has: {', '.join(npz.files)})")
+            image = npz[IMAGE_KEY]
+    except READ_ERRORS as exc:
+        raise DatasetError(f"{path}: unreadable npz, corrupt or truncated ({_short(exc)}); re-copy the file") from exc
+    problems = image_problems(image)
+    if problems:
+        raise DatasetError(f"{path}: {problems[0]}")
+    return image.astype(np.float32)
+
+
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """np.load with pickles off, converting every failure to a DatasetError naming the file."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except READ_ERRORS as exc:
+        raise DatasetError(f"{path}: unreadable npz, corrupt or truncated ({_short(exc)}); re-copy the file") from exc
+
+
+def read_split_records(files: list[Path]) -> list[Record]:
+    """Records of every file, raising on the first invalid one (before any training starts)."""
+    records = []
+    for path in files:
+        with open_npz(path) as npz:
+            try:
+                rec, problems = read_record(npz)
+            except READ_ERRORS as exc:
+                raise DatasetError(f"{path}: unreadable npz ({_short(exc)}); re-copy the file") from exc
+        if rec is None:
+            raise DatasetError(f"{path}: {problems[0]}")
+        records.append(rec)
+    return records
+
+
+def keep_mask(records: list[Record], split: str) -> np.ndarray:
+    """Which samples a split keeps: evaluation splits drop any sample with an unknown (−1) attribute."""
+    codes = np.array([[r.attribute(a) for a in ATTRIBUTES] for r in records], dtype=np.int64).reshape(-1, 4)
+    if split not in EVAL_SPLITS:
+        return np.ones(len(records), dtype=bool)
+    return (codes != UNKNOWN).all(axis=1)
+
+
+# ---------------------------------------------------------------- texts
+
+def find_summary_csv(root: Path) -> Path | None:
+    return next((root / n for n in SUMMARY_CSVS if (root / n).is_file()), None)
+
+
+def read_summaries(root: Path) -> dict[str, str]:
+    """File name → GPT-4 summary from the summary CSV (column 0 file name, column 2 summary)."""
+    path = find_summary_csv(root)
+    if path is None:
+        raise DatasetError(f"{root}: missing GPT-4 summary CSV ({' or '.join(SUMMARY_CSVS)}); "
+                           "add it or use text source 'note'")
+    out: dict[str, str] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = csv.reader(fh)
+            header = next(rows, None)
+            if header is None or len(header) < 3:
+                raise DatasetError(f"{path}: expected at least 3 columns (file name, note, summary)")
+            for line, row in enumerate(rows, start=2):
+                if len(row) < 3:
+                    raise DatasetError(f"{path}: line {line} has {len(row)} columns, expected ≥ 3")
+                out[row[0].strip()] = row[2].strip()
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: unreadable CSV ({_short(exc)})") from exc
+    return out
+
+
+def truncate_text(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """FairCLIP's cut: longer texts are cut to max_chars, then back to the last space.
+
+    FairCLIP slices to `rfind(' ')`, which drops one character when there is no space at all; here a
+    text without a space keeps its first max_chars characters.
+    """
+    if len(text) <= max_chars:
+        return text
+    text = text[:max_chars]
+    cut = text.rfind(" ")
+    return text[:cut] if cut > 0 else text
+
+
+def demographics_phrase(rec: Record) -> str:
+    """The patient's demographics in words, unknown values left out, e.g. '67-year-old Black
+    non-Hispanic female, Spanish-speaking.'"""
+    words = {"race": {0: "Asian", 1: "Black", 2: "White"}, "ethnicity": {0: "non-Hispanic", 1: "Hispanic"},
+             "gender": {0: "female", 1: "male"}}
+    parts = [f"{int(rec.age)}-year-old"] if np.isfinite(rec.age) else []
+    parts += [words[a][rec.attribute(a)] for a in words if rec.attribute(a) != UNKNOWN]
+    phrase = " ".join(parts) or "patient of unknown demographics"
+    if rec.language != UNKNOWN:
+        lang = ATTRIBUTE_GROUPS["language"][rec.language]
+        phrase += ", speaks another language" if lang == "Other" else f", {lang}-speaking"
+    return phrase + "."
+
+
+def build_texts(root: Path, files: list[Path], records: list[Record], text_source: str) -> list[str]:
+    """Training text of every sample for `text_source`, before truncation."""
+    if text_source not in TEXT_SOURCES:
+        raise DatasetError(f"unknown text source {text_source!r}; choose one of {', '.join(TEXT_SOURCES)}")
+    if text_source == "gpt4":
+        summaries = read_summaries(root)
+        missing = [f.name for f in files if f.name not in summaries]
+        if missing:
+            raise DatasetError(f"{find_summary_csv(root)}: no summary row for {missing[0]} "
+                               f"({len(missing)} file(s) missing); regenerate the CSV or use text source 'note'")
+        return [summaries[f.name] for f in files]
+    texts = []
+    for path, rec in zip(files, records, strict=True):
+        if rec.note is None:
+            raise DatasetError(f"{path}: missing key 'note' needed by text source {text_source!r}; use 'gpt4'")
+        note = rec.note.strip()
+        texts.append(note if text_source == "note" else f"{demographics_phrase(rec)} {note}")
+    return texts
+
+
+def _short(exc: BaseException) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}"[:160]
