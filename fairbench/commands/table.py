@@ -1,0 +1,86 @@
+"""`fairbench table`: the papers' tables from a results folder (no retraining).
+
+Synthetic and real data, and the two model-selection rules, always get separate tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fairbench.commands.common import fail, split_list
+
+FORMAT_HELP = "terminal | markdown | latex | csv (wide, × 100) | long-csv (tidy: run × attribute × group × metric, raw)"
+
+
+def table(
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder written by `fairbench run`."),
+    attr: str = typer.Option(None, "--attr", "-a", help="Evaluation attributes, comma-separated (default: all)."),
+    fmt: str = typer.Option("terminal", "--format", "-f", help=FORMAT_HELP),
+    layout: str = typer.Option("table1", "--layout", "-l",
+                               help="table1: one table per attribute (ES-AUC, AUC, DPD, EOD); "
+                                    "ablation: ES-AUC per attribute as columns (paper Tables 2–6)."),
+    compare: str = typer.Option(None, "--compare", help="'paper': show the Fair-MoE paper's numbers and Δ."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="Only this dataset tag (e.g. fairvlmed, synthetic)."),
+    select: str = typer.Option(None, "--select", help="Only runs selected by this rule: val | test."),
+) -> None:
+    """Mean ± std over seeds per method/arch, best per column marked, missing seeds flagged."""
+    from fairbench.report.load import load_results
+    from fairbench.report.paper import PaperTableError, PaperTables
+    from fairbench.report.render import FORMATS, render_csv, render_latex, render_markdown, render_terminal
+    from fairbench.report.tables import LAYOUTS, build_tables
+
+    if fmt not in FORMATS:
+        fail(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if layout not in LAYOUTS:
+        fail(f"--layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    if compare not in (None, "paper"):
+        fail(f"--compare {compare!r}: only 'paper' (the Fair-MoE paper's Tables 1–6) is available")
+    if select not in (None, "val", "test"):
+        fail(f"--select {select!r} is not one of val, test")
+    loaded = load_results(out)
+    for problem in loaded.problems:
+        typer.echo(f"warning: {problem}", err=True)
+    frame = loaded.frame
+    if frame.empty:
+        raise typer.Exit(1)
+    if fmt == "long-csv":
+        frame = _filter(frame, dataset, select, split_list(attr))
+        typer.echo(frame.to_csv(index=False), nl=False)
+        return
+    paper = None
+    if compare == "paper":
+        try:
+            paper = PaperTables.load(out=out)
+        except PaperTableError as exc:
+            fail(str(exc))
+    attrs = split_list(attr)
+    if attrs:
+        known = sorted(set(frame["eval_attribute"]) - {"overall"})
+        unknown = [a for a in attrs if a not in known]
+        if unknown:
+            fail(f"--attr {','.join(unknown)}: not in the results (available: {', '.join(known)})")
+    tables = build_tables(frame, layout=layout, attrs=attrs, dataset=dataset, select=select, paper=paper)
+    if not tables:
+        fail(f"no runs match --dataset {dataset or '*'} --select {select or '*'} --attr {attr or '*'} in {out}", 1)
+    if fmt == "terminal":
+        import shutil
+        import sys
+
+        tty = sys.stdout.isatty()
+        width = shutil.get_terminal_size((400, 50)).columns if tty else 400
+        typer.echo(render_terminal(tables, color=tty, width=width), nl=False)
+    else:
+        render = {"markdown": render_markdown, "latex": render_latex, "csv": render_csv}[fmt]
+        typer.echo(render(tables), nl=False)
+
+
+def _filter(frame, dataset: str | None, select: str | None, attrs: list[str] | None):
+    if dataset is not None:
+        frame = frame[frame["dataset"] == dataset]
+    if select is not None:
+        frame = frame[frame["selection"] == select]
+    if attrs:
+        frame = frame[frame["eval_attribute"].isin(attrs + ["overall"])]
+    return frame

@@ -1,0 +1,87 @@
+"""The Fair-MoE paper's published numbers (Tables 1–6), for side-by-side comparison.
+
+The CSV ships in results/paper/ (see its README for the source and caveats). Values are × 100 as
+printed; `std` is NaN where the paper prints none (Tables 4–6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+PAPER_FILE = "fair-moe-tables.csv"
+PAPER_CITATION = "Wang, Tong, Liu, Liu (2025), Fair-MoE, Tables 1–6"
+PAPER_SELECTION = "test"  # the released code keeps the epoch with the best test AUC (DESIGN.md)
+PAPER_DATASET = "fairvlmed"
+_REQUIRED = ("table", "attribute", "method", "arch", "metric", "mean", "std")
+# The paper's backbone names ↔ fairbench arch names.
+ARCH_ALIASES = {"vit-b/16": "b16", "vitb16": "b16", "vit-l/14": "l14", "vitl14": "l14"}
+# fairbench metric keys ↔ the paper's column names.
+METRIC_NAMES = {"es_auc": "ES-AUC", "auc": "AUC", "dpd": "DPD", "eod": "EOD"}
+
+
+class PaperTableError(ValueError):
+    """The published-numbers CSV is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class PaperValue:
+    mean: float
+    std: float  # NaN when the paper prints none
+    table: int
+
+
+def normalise_arch(arch: str) -> str:
+    key = str(arch).strip().lower()
+    return ARCH_ALIASES.get(key, ARCH_ALIASES.get(key.replace(" ", ""), key))
+
+
+def candidate_paths(out: Path | None = None) -> list[Path]:
+    """Where the CSV may be: <out>/paper/, then the repository's results/paper/, then the package."""
+    here = Path(__file__).resolve()
+    paths = [Path(out) / "paper" / PAPER_FILE] if out is not None else []
+    paths += [here.parents[2] / "results" / "paper" / PAPER_FILE, here.parents[1] / "reference" / PAPER_FILE]
+    return paths
+
+
+def find_paper_csv(out: Path | None = None) -> Path:
+    for path in candidate_paths(out):
+        if path.is_file():
+            return path
+    tried = ", ".join(str(p) for p in candidate_paths(out))
+    raise PaperTableError(f"published numbers {PAPER_FILE} not found (looked in {tried}); "
+                          "restore results/paper/ from the repository")
+
+
+class PaperTables:
+    """Lookup of published mean ± std by (attribute, method, arch, metric), Table 1 preferred."""
+
+    def __init__(self, frame: pd.DataFrame, source: str) -> None:
+        missing = [c for c in _REQUIRED if c not in frame.columns]
+        if missing:
+            raise PaperTableError(f"{source}: missing column(s) {', '.join(missing)}; restore the shipped CSV")
+        frame = frame.copy()
+        frame["arch"] = frame["arch"].map(normalise_arch)
+        frame["table"] = frame["table"].astype(int)
+        self.frame = frame.sort_values("table", kind="stable")
+        self.source = source
+        self._index: dict[tuple[str, str, str, str], PaperValue] = {}
+        for row in self.frame.itertuples(index=False):
+            key = (row.attribute, row.method, row.arch, row.metric)
+            self._index.setdefault(key, PaperValue(float(row.mean), float(row.std), int(row.table)))
+
+    @classmethod
+    def load(cls, path: Path | None = None, out: Path | None = None) -> PaperTables:
+        path = Path(path) if path is not None else find_paper_csv(out)
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise PaperTableError(f"{path}: not a readable CSV ({exc}); restore the shipped file") from None
+        return cls(frame, str(path))
+
+    def get(self, attribute: str, method: str, arch: str, metric: str) -> PaperValue | None:
+        """Published value (× 100) for a fairbench metric key such as "es_auc", or None."""
+        name = METRIC_NAMES.get(metric, metric)
+        return self._index.get((attribute, method, normalise_arch(arch), name))

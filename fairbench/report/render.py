@@ -1,0 +1,219 @@
+"""Render built Tables as terminal text, markdown, LaTeX, wide CSV or HTML fragments.
+
+Every renderer shows the title (dataset, SYNTHETIC warning, selection rule), the caption (std
+convention, arrows) and the notes (missing seeds, config variants, paper caveats).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from collections.abc import Callable
+
+from fairbench.report.tables import Cell, Column, Table
+
+FORMATS = ("terminal", "markdown", "latex", "csv", "long-csv")
+DASH = "–"
+_BEST = "\x01"  # internal prefix marking a best value until a renderer styles it
+
+
+def fmt(value: float, signed: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return DASH
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def cell_text(cell: Cell | None) -> str:
+    """"67.70 ± 3.13" (std "–" with one seed)."""
+    if cell is None:
+        return DASH
+    if math.isnan(cell.mean):
+        return DASH
+    return f"{fmt(cell.mean)} ± {fmt(cell.std)}"
+
+
+def paper_text(cell: Cell | None, default_table: int | None) -> str:
+    if cell is None or cell.paper is None:
+        return DASH
+    text = fmt(cell.paper.mean) + ("" if math.isnan(cell.paper.std) else f" ± {fmt(cell.paper.std)}")
+    return text if cell.paper.table == default_table else f"{text} (T{cell.paper.table})"
+
+
+def _default_table(table: Table) -> int | None:
+    return 1 if table.layout == "table1" else None
+
+
+def _n_text(row_seeds: tuple[int, ...], flag: str) -> str:
+    return f"{len(row_seeds)}{' ⚠' if flag else ''}"
+
+
+def header(table: Table) -> list[str]:
+    cols = ["method", "arch", "n"]
+    for col in table.columns:
+        cols.append(f"{col.label} {col.arrow}")
+        if table.compare:
+            cols += [f"paper {col.label}", "Δ"]
+    return cols
+
+
+def _body(table: Table, mark: Callable[[str], str]) -> list[list[str]]:
+    """Rows as strings; `mark(text)` decorates a best value in the renderer's own way."""
+    out = []
+    for row in table.rows:
+        line = [row.label, row.arch, _n_text(row.seeds, row.flag)]
+        for col in table.columns:
+            cell = row.cells.get(col.key)
+            text = cell_text(cell)
+            line.append(mark(text) if cell is not None and cell.best else text)
+            if table.compare:
+                line += [paper_text(cell, _default_table(table)), fmt(cell.diff, signed=True) if cell else DASH]
+        out.append(line)
+    return out
+
+
+# -- terminal ---------------------------------------------------------------------------------------
+
+def render_terminal(tables: list[Table], color: bool = False, width: int = 400) -> str:
+    """rich tables; best values bold green with a trailing '*' so they survive without colour."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=color, no_color=not color, width=width, highlight=False)
+    for table in tables:
+        style = "bold red" if table.synthetic else "bold"
+        rich = RichTable(title=escape(table.title), title_style=style, caption=escape(table.caption),
+                         caption_justify="left")
+        for i, name in enumerate(header(table)):
+            rich.add_column(escape(name), justify="left" if i < 2 else "right", overflow="fold")
+        for line in _body(table, lambda t: _BEST + t):
+            rich.add_row(*(_rich_cell(t, color, escape) for t in line))
+        console.print(rich)
+        for note in table.notes:
+            console.print(f"  {note}", markup=False)
+        console.print()
+    return buf.getvalue()
+
+
+def _rich_cell(text: str, color: bool, escape: Callable[[str], str]) -> str:
+    if not text.startswith(_BEST):
+        return escape(text)
+    return f"[bold green]{escape(text[1:])}*[/]" if color else escape(text[1:]) + "*"
+
+
+# -- markdown ---------------------------------------------------------------------------------------
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(tables: list[Table]) -> str:
+    parts = []
+    for table in tables:
+        head = header(table)
+        lines = [f"### {_md_escape(table.title)}", "", f"_{table.caption}_", "",
+                 "| " + " | ".join(map(_md_escape, head)) + " |",
+                 "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
+        for line in _body(table, lambda t: f"**{t}**"):
+            lines.append("| " + " | ".join(map(_md_escape, line)) + " |")
+        if table.notes:
+            lines.append("")
+            lines += [f"- {_md_escape(n)}" for n in table.notes]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+# -- LaTeX ------------------------------------------------------------------------------------------
+
+_LATEX_SUBS = [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
+               ("{", r"\{"), ("}", r"\}"), ("$", r"\$"), ("±", r"$\pm$"), ("↑", r"$\uparrow$"),
+               ("↓", r"$\downarrow$"), ("Δ", r"$\Delta$"), ("⚠", r"(!)"), ("−", "-"), ("–", "--"),
+               ("—", "---"), ("·", r"$\cdot$"), ("×", r"$\times$"), ("≥", r"$\geq$")]
+
+
+def latex_escape(text: str) -> str:
+    # Backslashes go through a placeholder so the braces added by later substitutions survive.
+    text = text.replace("\\", "\x00")
+    for old, new in _LATEX_SUBS[1:]:
+        text = text.replace(old, new)
+    return text.replace("\x00", _LATEX_SUBS[0][1])
+
+
+def render_latex(tables: list[Table]) -> str:
+    """booktabs tables; best values in \\textbf; notes follow each table as a small paragraph."""
+    parts = []
+    for table in tables:
+        head = header(table)
+        lines = [r"\begin{table}[t]", r"\centering", r"\small",
+                 rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.caption)}}}",
+                 r"\begin{tabular}{ll" + "r" * (len(head) - 2) + "}", r"\toprule",
+                 " & ".join(latex_escape(h) for h in head) + r" \\", r"\midrule"]
+        for line in _body(table, lambda t: _BEST + t):
+            cells = [r"\textbf{" + latex_escape(t[1:]) + "}" if t.startswith(_BEST) else latex_escape(t) for t in line]
+            lines.append(" & ".join(cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        if table.notes:
+            lines.append(r"\par\footnotesize " + r" \\ ".join(latex_escape(n) for n in table.notes))
+        lines.append(r"\end{table}")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+# -- CSV --------------------------------------------------------------------------------------------
+
+def _csv_num(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else repr(round(float(value), 6))
+
+
+def render_csv(tables: list[Table]) -> str:
+    """Wide CSV, one line per table row; numbers × 100 as in the tables (see the `scale` column)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    metric_cols = ("mean", "std", "n", "best", "paper_mean", "paper_std", "paper_table", "diff")
+    width = max((len(t.columns) for t in tables), default=0)
+    head = ["dataset", "synthetic", "selection", "layout", "attribute", "method", "arch", "variant", "n_seeds",
+            "seeds", "flag", "scale"]
+    for i in range(width):
+        head += [f"col{i + 1}"] + [f"col{i + 1}_{m}" for m in metric_cols]
+    writer.writerow(head)
+    for table in tables:
+        for row in table.rows:
+            line = [table.dataset, table.synthetic, table.selection, table.layout, table.attribute or "",
+                    row.method, row.arch, row.variant, len(row.seeds), " ".join(map(str, row.seeds)), row.flag, 100]
+            for col in table.columns:
+                line += _csv_cell(col, row.cells.get(col.key))
+            writer.writerow(line)
+    return buf.getvalue()
+
+
+def _csv_cell(col: Column, cell: Cell | None) -> list:
+    if cell is None:
+        return [col.key] + [""] * 8
+    paper = cell.paper
+    return [col.key, _csv_num(cell.mean), _csv_num(cell.std), cell.n, int(cell.best),
+            _csv_num(paper.mean if paper else None), _csv_num(paper.std if paper else None),
+            paper.table if paper else "", _csv_num(cell.diff)]
+
+
+# -- HTML -------------------------------------------------------------------------------------------
+
+def render_html_table(table: Table) -> str:
+    """One <table> with caption and notes; best values in <strong>."""
+    esc = html.escape
+    cls = "synthetic" if table.synthetic else "real"
+    out = [f'<div class="table-block {cls}">', f"<h3>{esc(table.title)}</h3>", "<table>",
+           f"<caption>{esc(table.caption)}</caption>", "<thead><tr>"]
+    out += [f"<th>{esc(h)}</th>" for h in header(table)]
+    out.append("</tr></thead><tbody>")
+    for line in _body(table, lambda t: _BEST + t):
+        cells = [f"<td><strong>{esc(t[1:])}</strong></td>" if t.startswith(_BEST)
+                 else f"<td>{esc(t)}</td>" for t in line]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    if table.notes:
+        out.append('<ul class="notes">' + "".join(f"<li>{esc(n)}</li>" for n in table.notes) + "</ul>")
+    out.append("</div>")
+    return "\n".join(out)

@@ -1,0 +1,248 @@
+"""Table layouts as plain data: Table 1 (one table per attribute) and the ablation layout (Tables 2–6).
+
+Building a table is separate from rendering it, so terminal, markdown, LaTeX, CSV and HTML all show
+the same numbers, the same best markers and the same warnings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from fairbench.report.aggregate import eval_attributes, for_attribute, seed_problem, selection_label, summarise
+from fairbench.report.paper import PAPER_CITATION, PAPER_DATASET, PAPER_SELECTION, PaperTables, PaperValue
+
+LAYOUTS = ("table1", "ablation")
+SCALE = 100.0  # the papers print these metrics × 100
+TABLE1_METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("es_auc", "ES-AUC", True), ("auc", "AUC", True), ("dpd", "DPD", False), ("eod", "EOD", False),
+)
+STD_NOTE = "mean ± std over seeds (sample std, ddof = 1), × 100"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    metric: str
+    higher_is_better: bool
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+
+@dataclass
+class Cell:
+    """One mean ± std (already × 100) over `n` non-null seed values."""
+
+    mean: float
+    std: float
+    n: int
+    seeds: tuple[int, ...]
+    best: bool = False
+    paper: PaperValue | None = None
+
+    @property
+    def diff(self) -> float:
+        """Ours − published (× 100), NaN without a published value."""
+        return self.mean - self.paper.mean if self.paper is not None else math.nan
+
+
+@dataclass
+class Row:
+    method: str
+    arch: str
+    variant: str
+    cells: dict[str, Cell]
+    seeds: tuple[int, ...] = ()
+    flag: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} [{self.variant}]" if self.variant else self.method
+
+    @property
+    def name(self) -> str:
+        """method/arch plus the differing settings, for notes."""
+        return f"{self.method}/{self.arch}" + (f" [{self.variant}]" if self.variant else "")
+
+
+@dataclass
+class Table:
+    title: str
+    caption: str
+    layout: str
+    dataset: str
+    synthetic: bool
+    selection: str
+    attribute: str | None
+    columns: list[Column]
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+    compare: bool = False
+
+
+def _title(layout: str, attribute: str | None, dataset: str, synthetic: bool, selection: str) -> str:
+    what = f"Table 1 layout · attribute: {attribute}" if layout == "table1" else "Ablation layout · ES-AUC"
+    warn = "SYNTHETIC DATA (not FairVLMed) — " if synthetic else ""
+    return f"{warn}{what} · dataset: {dataset} · selection: {selection_label(selection)}"
+
+
+def _caption(layout: str, n_max: int, compare: bool) -> str:
+    parts = [f"{STD_NOTE}; n = seeds per row (up to {n_max})", "↑ higher is better, ↓ lower is better",
+             "best per column marked"]
+    if layout == "ablation":
+        parts.insert(0, "ES-AUC per evaluation attribute")
+    if compare:
+        parts.append(f"paper = {PAPER_CITATION}; Δ = ours − paper")
+    return "; ".join(parts) + "."
+
+
+def _mark_best(columns: list[Column], rows: list[Row]) -> None:
+    for col in columns:
+        cells = [r.cells[col.key] for r in rows if col.key in r.cells and not math.isnan(r.cells[col.key].mean)]
+        if len(cells) < 2:
+            continue
+        rounded = [round(c.mean, 2) for c in cells]
+        target = max(rounded) if col.higher_is_better else min(rounded)
+        for cell, value in zip(cells, rounded, strict=True):
+            cell.best = value == target
+
+
+def _flag_rows(rows: list[Row]) -> None:
+    expected = max((len(r.seeds) for r in rows), default=0)
+    for row in rows:
+        reasons = []
+        problem = seed_problem(row.seeds, expected)
+        if problem:
+            reasons.append(problem)
+        fewer = [k for k, c in row.cells.items() if len(c.seeds) < len(row.seeds)]
+        if fewer:
+            reasons.append(f"fewer seeds for {', '.join(fewer)}")
+        undefined = [k for k, c in row.cells.items() if c.n < len(c.seeds)]
+        if undefined:
+            reasons.append(f"undefined values (e.g. a group without both classes) for {', '.join(undefined)}")
+        row.flag = "; ".join(reasons)
+
+
+def _rows(summary: pd.DataFrame, column_of: str) -> list[Row]:
+    """Pivot a summary (one line per row key × column) into Rows, sorted by method, arch, variant."""
+    rows: dict[tuple[str, str, str], Row] = {}
+    for rec in summary.itertuples(index=False):
+        key = (rec.method, rec.arch, rec.variant)
+        row = rows.setdefault(key, Row(rec.method, rec.arch, rec.variant, {}))
+        row.cells[getattr(rec, column_of)] = Cell(SCALE * rec.mean, SCALE * rec.std, int(rec.n), rec.seeds)
+    for row in rows.values():
+        row.seeds = tuple(sorted(set().union(*(c.seeds for c in row.cells.values()))))
+    return [rows[k] for k in sorted(rows)]
+
+
+def _variant_notes(rows: list[Row]) -> list[str]:
+    notes = []
+    split = sorted({(r.method, r.arch) for r in rows if r.variant})
+    for method, arch in split:
+        labels = [r.variant for r in rows if (r.method, r.arch) == (method, arch)]
+        notes.append(f"{method}/{arch}: runs with different configs are shown as separate rows, not merged "
+                     f"({'; '.join(labels)}).")
+    return notes
+
+
+def _attach_paper(table: Table, paper: PaperTables) -> None:
+    used: set[int] = set()
+    for row in table.rows:
+        for col in table.columns:
+            cell = row.cells.get(col.key)
+            if cell is None:
+                continue
+            attr = table.attribute if table.layout == "table1" else col.key
+            cell.paper = paper.get(attr, row.method, row.arch, col.metric)
+            if cell.paper is not None:
+                used.add(cell.paper.table)
+    table.compare = True
+    if not used:
+        table.notes.append("paper: no published numbers for these method/arch/attribute rows.")
+    else:
+        table.notes.append(f"paper: {PAPER_CITATION}; values from Table(s) {', '.join(map(str, sorted(used)))} "
+                           "(Table 1 preferred where a number appears in several; the paper's Fair-MoE ES-AUC "
+                           "differs between Table 1 and Tables 4–6).")
+    if table.synthetic or table.dataset != PAPER_DATASET:
+        table.notes.append("paper numbers are real Harvard-FairVLMed; these runs are "
+                           f"{'SYNTHETIC' if table.synthetic else table.dataset!r} data, so Δ is not a "
+                           "reproduction check.")
+    if table.selection != PAPER_SELECTION:
+        table.notes.append("the paper kept the epoch with the best TEST AUC; these runs use "
+                           f"{selection_label(table.selection)}, so expect lower numbers than published.")
+
+
+def _finish(table: Table, paper: PaperTables | None) -> Table:
+    _mark_best(table.columns, table.rows)
+    _flag_rows(table.rows)
+    n_max = max((len(r.seeds) for r in table.rows), default=0)
+    for row in table.rows:
+        if row.flag:
+            table.notes.append(f"⚠ {row.name}: {row.flag}.")
+    table.notes.extend(_variant_notes(table.rows))
+    if table.selection == "test":
+        table.notes.append("selection by best TEST AUC is the papers' optimistic rule (test data chose the epoch).")
+    if paper is not None:
+        _attach_paper(table, paper)
+    table.caption = _caption(table.layout, n_max, paper is not None)
+    return table
+
+
+def _table1(frame: pd.DataFrame, key: tuple, attr: str, paper: PaperTables | None) -> Table | None:
+    sub = for_attribute(frame, attr)
+    sub = sub[(sub["group"] == "") & sub["metric"].isin([m for m, _, _ in TABLE1_METRICS])]
+    if sub.empty:
+        return None
+    summary = summarise(sub, ["method", "arch", "variant", "metric"])
+    columns = [Column(m, label, m, hib) for m, label, hib in TABLE1_METRICS]
+    dataset, synthetic, selection = key
+    table = Table(_title("table1", attr, dataset, synthetic, selection), "", "table1", dataset, synthetic,
+                  selection, attr, columns, _rows(summary, "metric"))
+    return _finish(table, paper)
+
+
+def _ablation(frame: pd.DataFrame, key: tuple, attrs: list[str], paper: PaperTables | None) -> Table | None:
+    parts = []
+    for attr in attrs:
+        sub = for_attribute(frame, attr)
+        parts.append(sub[(sub["group"] == "") & (sub["metric"] == "es_auc")])
+    sub = pd.concat(parts) if parts else frame.iloc[0:0]
+    if sub.empty:
+        return None
+    summary = summarise(sub, ["method", "arch", "variant", "eval_attribute"])
+    present = [a for a in attrs if a in set(summary["eval_attribute"])]
+    columns = [Column(a, f"ES-AUC {a}", "es_auc", True) for a in present]
+    dataset, synthetic, selection = key
+    table = Table(_title("ablation", None, dataset, synthetic, selection), "", "ablation", dataset, synthetic,
+                  selection, None, columns, _rows(summary, "eval_attribute"))
+    return _finish(table, paper)
+
+
+def build_tables(frame: pd.DataFrame, layout: str = "table1", attrs: list[str] | None = None,
+                 dataset: str | None = None, select: str | None = None,
+                 paper: PaperTables | None = None) -> list[Table]:
+    """Tables for a tidy frame: one set per (dataset, synthetic, selection rule), never mixed."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if dataset is not None:
+        frame = frame[frame["dataset"] == dataset]
+    if select is not None:
+        frame = frame[frame["selection"] == select]
+    tables: list[Table] = []
+    keys = ["dataset", "synthetic", "selection"]
+    for key, part in sorted(frame.groupby(keys, sort=False), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2] != "val")):
+        wanted = [a for a in eval_attributes(part) if attrs is None or a in attrs]
+        if layout == "table1":
+            built = [_table1(part, key, a, paper) for a in wanted]
+        else:
+            built = [_ablation(part, key, wanted, paper)]
+        tables.extend(t for t in built if t is not None)
+    return tables
+
+
+__all__ = ["LAYOUTS", "Cell", "Column", "Row", "Table", "build_tables"]
