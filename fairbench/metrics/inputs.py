@@ -68,7 +68,7 @@ def check_labels(labels: Any) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise MetricInputError(
-            f"labels[{row}] = {arr[row]!r}: labels must be 0 or 1 (binary glaucoma label)",
+            f"labels[{row}] = {arr[row].item()!r}: labels must be 0 or 1 (binary glaucoma label)",
             field="labels", row=row)
     return arr.astype(np.int8)
 
@@ -141,7 +141,7 @@ def _numeric_codes(name: str, arr: np.ndarray) -> np.ndarray:
         if frac.any():
             row = int(np.flatnonzero(frac)[0])
             raise MetricInputError(
-                f"attribute {name!r} row {row} is {arr[row]}: group codes must be integers",
+                f"attribute {name!r} row {row} is {arr[row].item()}: group codes must be integers",
                 field=name, row=row)
         codes = filled.astype(np.int64)
     else:
