@@ -1,0 +1,120 @@
+"""`fairbench data check`: read a whole dataset folder and report every problem, not just the first.
+
+The loader stops at the first bad file; before a long run a researcher wants the full list (which
+files are truncated, which lack a summary row) and the group × label counts that decide whether the
+fairness metrics will mean anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fairbench.data.format import (
+    ATTRIBUTES,
+    IMAGE_KEY,
+    READ_ERRORS,
+    SPLIT_DIRS,
+    SPLITS,
+    UNKNOWN,
+    DatasetError,
+    Record,
+    _short,
+    find_summary_csv,
+    image_problems,
+    read_record,
+    read_summaries,
+    split_dir,
+)
+
+
+@dataclass
+class SplitReport:
+    folder: str
+    n_files: int = 0
+    n_valid: int = 0
+    n_unknown: int = 0  # samples with any −1 attribute (dropped from evaluation splits)
+    # (attribute, code, label) → count; code −1 = unknown
+    counts: Counter = field(default_factory=Counter)
+    image_shapes: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class CheckReport:
+    root: Path
+    splits: dict[str, SplitReport] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_file(path: Path) -> tuple[Record | None, tuple[int, ...] | None, list[str]]:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            rec, problems = read_record(npz)
+            shape = None
+            if IMAGE_KEY in npz.files:
+                image = npz[IMAGE_KEY]
+                shape = tuple(image.shape)
+                problems += image_problems(image)
+    except READ_ERRORS as exc:
+        return None, None, [f"unreadable npz, corrupt or truncated ({_short(exc)})"]
+    return (rec if not problems else None), shape, problems
+
+
+def check_dataset(root: str | os.PathLike[str]) -> CheckReport:
+    """Validate every split folder, file and summary row under root."""
+    root = Path(root)
+    report = CheckReport(root=root)
+    if not root.is_dir():
+        report.problems.append(f"{root}: dataset folder not found")
+        return report
+    summaries: dict[str, str] | None = None
+    if find_summary_csv(root) is None:
+        report.problems.append(f"{root}: missing GPT-4 summary CSV (gpt-4_summarized_notes.csv or "
+                               "gpt4_summarized_notes.csv); only text source 'note' will work")
+    else:
+        try:
+            summaries = read_summaries(root)
+        except DatasetError as exc:
+            report.problems.append(str(exc))
+    for split in SPLITS:
+        try:
+            folder = split_dir(root, split)
+        except DatasetError as exc:
+            report.problems.append(str(exc))
+            continue
+        rep = report.splits[split] = SplitReport(folder=folder.name)
+        files = sorted(p for p in folder.iterdir() if p.suffix == ".npz" and p.is_file())
+        rep.n_files = len(files)
+        if not files:
+            report.problems.append(f"{folder}: empty split (no .npz files)")
+            continue
+        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+            results = list(pool.map(_check_file, files))
+        for path, (rec, shape, problems) in zip(files, results, strict=True):
+            report.problems += [f"{path}: {p}" for p in problems]
+            if summaries is not None and path.name not in summaries:
+                report.problems.append(f"{path}: no row in {find_summary_csv(root).name}")  # type: ignore[union-attr]
+            if shape is not None:
+                rep.image_shapes[shape] += 1
+            if rec is None:
+                continue
+            rep.n_valid += 1
+            codes = {a: rec.attribute(a) for a in ATTRIBUTES}
+            rep.n_unknown += any(c == UNKNOWN for c in codes.values())
+            for attr, code in codes.items():
+                rep.counts[(attr, code, rec.glaucoma)] += 1
+    return report
+
+
+def split_label(split: str, report: CheckReport) -> str:
+    rep = report.splits.get(split)
+    return rep.folder if rep else SPLIT_DIRS[split][0]
