@@ -1,0 +1,445 @@
+"""Fair-MoE's mixture-of-experts layers (Wang et al., "Fair-MoE", Section 3.1), built into an open_clip CLIP.
+
+Embedding-based MoE: replaces the MLP of the last transformer block of an encoder. Per token, a gate MLP gives
+softmax weights over M experts; Top_r keeps the k largest per token; Top_c keeps, per expert, the α largest
+of those among the tokens of ONE sample. Choices the paper leaves open, made here:
+
+* α = ceil(C · n · k / M), clipped to [1, n], with n the sample's real token count: N + 1 patches + CLS for
+  the image tower; for text, the tokens up to and including EOT (padding after EOT neither competes in Top_c
+  nor counts in n, and gets MoE output 0 — it never reaches the pooled feature through the causal mask).
+* `keep_pooled` (default on): the pooled token (CLS, or the EOT token of text) bypasses Top_c and always goes
+  to its Top_r experts, so the one token the feature is read from is never dropped; the others compete for α
+  slots. Off = the paper's literal Top_c over all tokens.
+* `renormalize` (default on): the Top_r weights of a token are divided by their sum (Switch/Mixtral style)
+  before Top_c masks them, so an untrained MoE whose experts equal the pretrained MLP reproduces the block
+  exactly for every token all its Top_r experts keep. Off = the paper's Ŵ = Top_c(Top_r(softmax)).
+* A token no expert keeps gets MoE output 0: the block adds only its residual (attention output), i.e. the
+  token is "filtered out" as the paper intends. The dropped fraction and each expert's load are logged.
+* Experts are 2-layer MLPs with the backbone's activation, all initialised to the pretrained block's MLP.
+
+Dispatch is sparse: each expert computes only its capacity slots, gathered into one (M, B·S, D) tensor and run
+through stacked expert weights with batched matmuls, then scatter-added back — no Python loop over tokens or
+experts. `EmbeddingMoE.forward_dense` computes every expert on every token with the same routing (the test
+reference and the benchmark's baseline).
+
+Feature-based MoE: after each encoder's projected pooled feature; gate + softmax + Top_r (k₂ of M₂), output the
+weighted sum of experts. Experts are residual MLPs x + T σ(W x + b) + c with T, c = 0, so an untrained model
+equals the backbone (with renormalised weights). `feature_experts = 0` gives the released code's form: one
+expert per group of the training attribute; `feature_top_k = 0` a dense softmax.
+
+Gate weights are what FOL (fairbench.fol) regularises; `record_routing(model)` collects them per forward.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Routing:
+    """One embedding-MoE routing decision for a (B, T) batch of tokens and M experts."""
+
+    weights: torch.Tensor  # (B, T, M) combine weights Ŵ, zero where not kept; differentiable w.r.t. the gate
+    kept: torch.Tensor  # (B, T, M) bool: Top_r and Top_c (or the pooled-token bypass) both keep the entry
+    slots: torch.Tensor  # (B, S, M) long: token index of each capacity slot of each expert
+    slot_ok: torch.Tensor  # (B, S, M) bool: the slot holds a kept token (else it is padding)
+    valid: torch.Tensor  # (B, T) bool: tokens that take part (not text padding)
+
+
+@dataclass
+class GateRecord:
+    """Gate weights of one forward call, as FOL needs them; `valid` masks tokens (None for pooled features)."""
+
+    weights: torch.Tensor  # (B, T, M) or (B, M)
+    valid: torch.Tensor | None = None
+
+
+def capacity_slots(n_tokens: torch.Tensor | int, capacity: float, top_k: int, n_experts: int) -> torch.Tensor:
+    """α = ceil(C·n·k/M) clipped to [1, n]; ceil so a capacity never rounds to zero (a tiny ε absorbs float noise)."""
+    n = torch.as_tensor(n_tokens)
+    alpha = torch.ceil(n.double() * capacity * top_k / n_experts - 1e-9).long()
+    return torch.minimum(alpha.clamp_min(1), n.long().clamp_min(1))
+
+
+def top_r_mask(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the k largest entries of the last dimension (ties: lowest index first)."""
+    idx = probs.topk(k, dim=-1).indices
+    return torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, idx, True)
+
+
+def route_tokens(probs: torch.Tensor, top_k: int, capacity: float, valid: torch.Tensor | None = None,
+                 pooled: torch.Tensor | None = None, renormalize: bool = True) -> Routing:
+    """Top_r then per-sample Top_c over gate probabilities `probs` (B, T, M); see the module docstring.
+
+    `valid` (B, T) masks padding; `pooled` (B,) is the index of the token that bypasses Top_c (None: no bypass).
+    """
+    B, T, M = probs.shape
+    if valid is None:
+        valid = torch.ones(B, T, dtype=torch.bool, device=probs.device)
+    keep_r = top_r_mask(probs, top_k) & valid[..., None]
+    candidates = keep_r
+    if pooled is not None:
+        is_pooled = torch.zeros(B, T, dtype=torch.bool, device=probs.device)
+        is_pooled[torch.arange(B, device=probs.device), pooled] = True
+        candidates = keep_r & ~is_pooled[..., None]
+    alpha = capacity_slots(valid.sum(1), capacity, top_k, M).to(probs.device)  # (B,)
+    # A static slot count (α of a full-length sample) avoids a device sync; short texts leave slots unused.
+    n_slots = int(capacity_slots(T, capacity, top_k, M))
+    scores = torch.where(candidates, probs.detach(), torch.full_like(probs, -1.0))
+    top = scores.topk(n_slots, dim=1)  # per sample and expert, over its tokens
+    rank = torch.arange(n_slots, device=probs.device)[None, :, None]
+    slots, slot_ok = top.indices, (top.values >= 0) & (rank < alpha[:, None, None])
+    if pooled is not None:
+        pooled_slot = pooled[:, None, None].expand(B, 1, M)
+        slots = torch.cat([slots, pooled_slot], dim=1)
+        slot_ok = torch.cat([slot_ok, keep_r.gather(1, pooled_slot)], dim=1)
+    kept = torch.zeros(B, T, M, device=probs.device).scatter_reduce_(1, slots, slot_ok.float(), "amax") > 0
+    base = probs * keep_r
+    if renormalize:
+        base = base / base.sum(-1, keepdim=True).clamp_min(torch.finfo(base.dtype).tiny)
+    return Routing(weights=base * kept, kept=kept, slots=slots, slot_ok=slot_ok, valid=valid)
+
+
+def make_gate(dim: int, n_experts: int, hidden_ratio: float) -> nn.Module:
+    """The gating MLP (dim → hidden → M); default init gives small, varied logits, so routing differs per token."""
+    hidden = max(int(dim * hidden_ratio), n_experts)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, n_experts))
+
+
+class StackedExperts(nn.Module):
+    """M two-layer MLPs with weights stacked as (M, D, H) and (M, H, D), applied with batched matmuls."""
+
+    def __init__(self, n_experts: int, dim: int, hidden: int, act: nn.Module) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(n_experts, dim, hidden))
+        self.b1 = nn.Parameter(torch.zeros(n_experts, hidden))
+        self.w2 = nn.Parameter(torch.empty(n_experts, hidden, dim))
+        self.b2 = nn.Parameter(torch.zeros(n_experts, dim))
+        self.act = act
+        nn.init.normal_(self.w1, std=dim**-0.5)
+        nn.init.normal_(self.w2, std=hidden**-0.5)
+
+    @classmethod
+    def from_mlp(cls, mlp: nn.Module, n_experts: int) -> StackedExperts:
+        """M copies of an open_clip block MLP (c_fc, activation, c_proj), keeping its activation."""
+        c_fc, c_proj = mlp.c_fc, mlp.c_proj
+        experts = cls(n_experts, c_fc.in_features, c_fc.out_features, copy.deepcopy(mlp.gelu))
+        with torch.no_grad():
+            experts.w1.copy_(c_fc.weight.t().expand_as(experts.w1))
+            experts.b1.copy_(c_fc.bias.expand_as(experts.b1))
+            experts.w2.copy_(c_proj.weight.t().expand_as(experts.w2))
+            experts.b2.copy_(c_proj.bias.expand_as(experts.b2))
+        return experts.to(c_fc.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, N, D): row block m goes through expert m."""
+        h = self.act(torch.baddbmm(self.b1[:, None, :], x, self.w1))
+        return torch.baddbmm(self.b2[:, None, :], h, self.w2)
+
+
+class EmbeddingMoE(nn.Module):
+    """Drop-in replacement for a transformer block's MLP: (B, T, D) → (B, T, D), sparsely dispatched."""
+
+    def __init__(self, experts: StackedExperts, gate: nn.Module, top_k: int, capacity: float, *,
+                 renormalize: bool = True, keep_pooled: bool = True, pooled_first: bool = False) -> None:
+        super().__init__()
+        self.experts = experts
+        self.gate = gate
+        self.n_experts = experts.w1.shape[0]
+        if not 1 <= top_k <= self.n_experts:
+            raise ValueError(f"top_k must be in 1..{self.n_experts} (the number of experts), got {top_k}")
+        if capacity <= 0:
+            raise ValueError(f"capacity must be > 0, got {capacity}")
+        self.top_k, self.capacity = top_k, capacity
+        self.renormalize, self.keep_pooled = renormalize, keep_pooled
+        self.pooled_first = pooled_first  # image tower: the CLS token (index 0) is the pooled token
+        # Per-call token layout, set by MoECLIP.encode_text for the text tower (padding, EOT index).
+        self.token_valid: torch.Tensor | None = None
+        self.pooled_index: torch.Tensor | None = None
+        self.recording: list[GateRecord] | None = None
+        self._stats: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_mlp(cls, mlp: nn.Module, n_experts: int, top_k: int, capacity: float, *, gate_hidden_ratio: float = 0.25,
+                 **kwargs) -> EmbeddingMoE:
+        """An MoE whose experts all start as `mlp` (an open_clip block MLP)."""
+        experts = StackedExperts.from_mlp(mlp, n_experts)
+        gate = make_gate(mlp.c_fc.in_features, n_experts, gate_hidden_ratio).to(mlp.c_fc.weight.device)
+        return cls(experts, gate, top_k, capacity, **kwargs)
+
+    def route(self, x: torch.Tensor) -> Routing:
+        B, T, _ = x.shape
+        valid = self.token_valid
+        if valid is not None and valid.shape != (B, T):
+            raise ValueError(f"token mask of shape {tuple(valid.shape)} does not fit tokens of shape {(B, T)}")
+        pooled = self.pooled_index
+        if pooled is None and self.pooled_first:
+            pooled = torch.zeros(B, dtype=torch.long, device=x.device)
+        probs = self.gate(x).float().softmax(-1)
+        return route_tokens(probs, self.top_k, self.capacity, valid, pooled if self.keep_pooled else None,
+                            self.renormalize)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        routing = self.route(x)
+        self._observe(routing)
+        B, T, D = x.shape
+        M, S = self.n_experts, routing.slots.shape[1]
+        offsets = torch.arange(B, device=x.device)[:, None, None] * T
+        flat = (routing.slots + offsets).permute(2, 0, 1).reshape(M, B * S)  # token row of each slot
+        w = (routing.weights.gather(1, routing.slots) * routing.slot_ok).permute(2, 0, 1).reshape(M, B * S, 1)
+        y = self.experts(x.reshape(B * T, D)[flat])  # (M, B·S, D): each expert only on its slots
+        contrib = (y * w.to(y.dtype)).reshape(M * B * S, D)
+        out = x.new_zeros(B * T, D).index_add_(0, flat.reshape(-1), contrib.to(x.dtype))
+        return out.reshape(B, T, D)
+
+    def forward_dense(self, x: torch.Tensor, routing: Routing | None = None) -> torch.Tensor:
+        """Every expert on every token, masked by the same routing: the reference the sparse path must equal."""
+        routing = routing if routing is not None else self.route(x)
+        B, T, D = x.shape
+        y = self.experts(x.reshape(1, B * T, D).expand(self.n_experts, B * T, D))  # (M, B·T, D)
+        return torch.einsum("mnd,nm->nd", y, routing.weights.reshape(B * T, -1).to(y.dtype)).reshape(B, T, D)
+
+    def _observe(self, routing: Routing) -> None:
+        if self.recording is not None:
+            self.recording.append(GateRecord(routing.weights, routing.valid))
+        if not self.training:
+            return
+        with torch.no_grad():
+            kept_any = routing.kept.any(-1)
+            add = {"tokens": routing.valid.sum(), "dropped": (routing.valid & ~kept_any).sum(),
+                   "load": routing.kept.sum((0, 1))}
+            for key, value in add.items():
+                self._stats[key] = self._stats.get(key, 0) + value
+
+    def pop_stats(self) -> dict[str, float]:
+        """Fraction of tokens no expert kept and each expert's share of kept assignments, since the last call."""
+        stats, self._stats = self._stats, {}
+        if not stats:
+            return {}
+        load = stats["load"].double()
+        out = {"dropped": float(stats["dropped"]) / max(float(stats["tokens"]), 1.0)}
+        out.update({f"load_{j}": float(v) for j, v in enumerate((load / load.sum().clamp_min(1)).tolist())})
+        return out
+
+
+class FeatureMoE(nn.Module):
+    """Fair-MoE's feature-based MoE on a pooled feature (B, E): gate, softmax, Top_r (k₂), residual experts."""
+
+    def __init__(self, dim: int, n_experts: int, top_k: int, act: nn.Module, *, hidden_ratio: float = 1.0,
+                 gate_hidden_ratio: float = 0.25, renormalize: bool = True) -> None:
+        super().__init__()
+        if n_experts < 1 or not 0 <= top_k <= n_experts:
+            raise ValueError(f"feature MoE needs ≥ 1 expert and 0 ≤ top_k ≤ experts, got {n_experts}, {top_k}")
+        hidden = max(int(dim * hidden_ratio), 1)
+        self.n_experts, self.top_k, self.renormalize = n_experts, top_k, renormalize
+        self.gate = make_gate(dim, n_experts, gate_hidden_ratio)
+        self.experts = StackedExperts(n_experts, dim, hidden, act)
+        with torch.no_grad():  # residual form with a zero output layer: every expert starts as the identity
+            self.experts.w2.zero_()
+        self.recording: list[GateRecord] | None = None
+        self._stats: dict[str, torch.Tensor] = {}
+
+    def gate_weights(self, f: torch.Tensor) -> torch.Tensor:
+        probs = self.gate(f).float().softmax(-1)
+        if not self.top_k or self.top_k == self.n_experts:
+            return probs  # dense softmax (the released code's form)
+        w = probs * top_r_mask(probs, self.top_k)
+        return w / w.sum(-1, keepdim=True) if self.renormalize else w
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        w = self.gate_weights(f)
+        if self.recording is not None:
+            self.recording.append(GateRecord(w))
+        if self.training:
+            with torch.no_grad():
+                self._stats["load"] = self._stats.get("load", 0) + (w > 0).sum(0)
+        # All M₂ experts on all B features: B vectors are cheaper to compute densely than to gather.
+        y = f[None] + self.experts(f[None].expand(self.n_experts, *f.shape))  # (M, B, E)
+        return torch.einsum("mbe,bm->be", y, w.to(y.dtype))
+
+    def pop_stats(self) -> dict[str, float]:
+        stats, self._stats = self._stats, {}
+        if not stats:
+            return {}
+        load = stats["load"].double()
+        return {f"load_{j}": float(v) for j, v in enumerate((load / load.sum().clamp_min(1)).tolist())}
+
+
+@dataclass
+class MoEConfig:
+    """Where and how Fair-MoE's layers go into a CLIP (defaults: the released code's M = 10, k = 3, C = 0.8)."""
+
+    experts: int = 10
+    top_k: int = 3
+    capacity: float = 0.8
+    renormalize: bool = True
+    keep_pooled: bool = True
+    gate_hidden_ratio: float = 0.25
+    feature_experts: int = 10  # 0 = one per group of the training attribute (released code)
+    feature_top_k: int = 3  # 0 = dense softmax (released code)
+    feature_hidden_ratio: float = 1.0
+    embedding_moe: bool = True
+    feature_moe: bool = True
+    towers: tuple[str, ...] = field(default=("image", "text"))
+
+
+def text_layout(text: torch.Tensor, pool_type: str, eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(valid (B, L), pooled index (B,)) for token ids, following open_clip's text pooling."""
+    B, L = text.shape
+    if pool_type == "argmax":  # OpenAI tokenizer: EOT has the largest id; zeros pad after it
+        pooled = text.argmax(-1)
+    elif pool_type == "eos" and eos_id is not None:
+        pooled = (text == eos_id).int().argmax(-1)
+    elif pool_type == "first":
+        pooled = torch.zeros(B, dtype=torch.long, device=text.device)
+    else:  # "last" or unknown: every position counts
+        pooled = torch.full((B,), L - 1, dtype=torch.long, device=text.device)
+    valid = torch.arange(L, device=text.device)[None, :] <= pooled[:, None]
+    if pool_type == "first":
+        valid = torch.ones_like(valid)
+    return valid, pooled
+
+
+class MoECLIP(nn.Module):
+    """A CLIP with Fair-MoE layers; keeps CLIP's `encode_image`/`encode_text`/`logit_scale` API.
+
+    Other attributes fall through to the wrapped CLIP (`visual`, `transformer`, ...).
+    """
+
+    def __init__(self, clip: nn.Module, image_head: FeatureMoE | None = None, text_head: FeatureMoE | None = None):
+        super().__init__()
+        self.clip = clip
+        self.image_head = image_head
+        self.text_head = text_head
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("clip"), name)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale
+
+    def text_moe(self) -> EmbeddingMoE | None:
+        mlp = self.clip.transformer.resblocks[-1].mlp
+        return mlp if isinstance(mlp, EmbeddingMoE) else None
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.clip.encode_image(image)
+        x = self.image_head(x) if self.image_head is not None else x
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        layer = self.text_moe()
+        if layer is None:
+            x = self.clip.encode_text(text)
+        else:
+            pool = getattr(self.clip, "text_pool_type", "argmax")
+            layer.token_valid, layer.pooled_index = text_layout(text, pool, getattr(self.clip, "text_eos_id", None))
+            try:
+                x = self.clip.encode_text(text)
+            finally:
+                layer.token_valid = layer.pooled_index = None
+        x = self.text_head(x) if self.text_head is not None else x
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None):
+        """As open_clip's CLIP.forward without output_dict: normalised features and exp(logit_scale)."""
+        img = self.encode_image(image, normalize=True) if image is not None else None
+        txt = self.encode_text(text, normalize=True) if text is not None else None
+        return img, txt, self.logit_scale.exp()
+
+    def moe_layers(self) -> dict[str, EmbeddingMoE | FeatureMoE]:
+        """Named MoE layers: image/text × embedding/feature, only those present."""
+        found: dict[str, EmbeddingMoE | FeatureMoE] = {}
+        towers = (("image", self.clip.visual.transformer.resblocks), ("text", self.clip.transformer.resblocks))
+        for tower, blocks in towers:
+            if isinstance(blocks[-1].mlp, EmbeddingMoE):
+                found[f"{tower}_embedding"] = blocks[-1].mlp
+        for tower, head in (("image", self.image_head), ("text", self.text_head)):
+            if head is not None:
+                found[f"{tower}_feature"] = head
+        return found
+
+
+def build_fair_moe(clip: nn.Module, config: MoEConfig, n_groups: int = 0) -> MoECLIP:
+    """Swap Fair-MoE's layers into an open_clip CLIP (in place) and wrap it; see the module docstring."""
+    towers = {"image": getattr(clip, "visual", None), "text": clip}
+    for name in config.towers:
+        if name not in towers:
+            raise ValueError(f"unknown tower {name!r} in Fair-MoE config; use 'image' and/or 'text'")
+        tower = towers[name]
+        blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
+        if blocks is None or not hasattr(blocks[-1], "mlp") or not hasattr(blocks[-1].mlp, "c_fc"):
+            raise ValueError(f"Fair-MoE needs an open_clip CLIP whose {name} tower has transformer.resblocks with "
+                             f"c_fc/c_proj MLPs (got {type(clip).__name__}); use an arch like 'tiny', 'b16' or 'l14'")
+        if not getattr(tower.transformer, "batch_first", True):
+            raise ValueError(f"Fair-MoE expects batch-first (B, N, D) tokens; the {name} transformer is not")
+    heads: dict[str, FeatureMoE] = {}
+    m2 = config.feature_experts or n_groups
+    if config.feature_moe and m2 < 1:
+        raise ValueError("feature_experts = 0 means one expert per group, but the training attribute has no groups")
+    for name in config.towers:
+        tower = towers[name]
+        mlp = tower.transformer.resblocks[-1].mlp
+        act = copy.deepcopy(mlp.gelu if not isinstance(mlp, EmbeddingMoE) else mlp.experts.act)
+        if config.embedding_moe and not isinstance(mlp, EmbeddingMoE):
+            pooled_first = name == "image" and getattr(tower, "pool_type", "tok") == "tok"
+            tower.transformer.resblocks[-1].mlp = EmbeddingMoE.from_mlp(
+                mlp, config.experts, config.top_k, config.capacity, gate_hidden_ratio=config.gate_hidden_ratio,
+                renormalize=config.renormalize, keep_pooled=config.keep_pooled, pooled_first=pooled_first)
+        if config.feature_moe:
+            dim = _feature_dim(clip, name)
+            k2 = min(config.feature_top_k, m2)
+            heads[name] = FeatureMoE(dim, m2, k2, act, hidden_ratio=config.feature_hidden_ratio,
+                                     gate_hidden_ratio=config.gate_hidden_ratio, renormalize=config.renormalize)
+    device = next(clip.parameters()).device
+    return MoECLIP(clip, heads.get("image"), heads.get("text")).to(device)
+
+
+def _feature_dim(clip: nn.Module, tower: str) -> int:
+    proj = clip.visual.proj if tower == "image" else clip.text_projection
+    if proj is None:
+        return clip.visual.transformer.width if tower == "image" else clip.transformer.width
+    return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+
+
+def moe_layers(model: nn.Module) -> dict[str, EmbeddingMoE | FeatureMoE]:
+    """The Fair-MoE layers of a model built by `build_fair_moe` (empty for any other model)."""
+    return model.moe_layers() if isinstance(model, MoECLIP) else {}
+
+
+@contextmanager
+def record_routing(model: nn.Module) -> Iterator[dict[str, list[GateRecord]]]:
+    """Collect every MoE layer's gate weights (with gradients) per forward call, in call order."""
+    layers = moe_layers(model)
+    records: dict[str, list[GateRecord]] = {name: [] for name in layers}
+    for name, layer in layers.items():
+        layer.recording = records[name]
+    try:
+        yield records
+    finally:
+        for layer in layers.values():
+            layer.recording = None
+
+
+def routing_stats(model: nn.Module) -> dict[str, float]:
+    """Per-layer dropped-token fraction and expert loads accumulated since the last call (then reset)."""
+    out: dict[str, float] = {}
+    for name, layer in moe_layers(model).items():
+        out.update({f"moe/{name}/{k}": v for k, v in layer.pop_stats().items()})
+    return out
+
+
+__all__ = ["EmbeddingMoE", "FeatureMoE", "GateRecord", "MoECLIP", "MoEConfig", "Routing", "StackedExperts",
+           "build_fair_moe", "capacity_slots", "moe_layers", "record_routing", "route_tokens",
+           "routing_stats", "text_layout", "top_r_mask"]
