@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fairbench.metrics.kernel import Key, suite_arrays
-from fairbench.metrics.suite import MetricSuite, prepare, suite_from_flat
+from fairbench.metrics.suite import MetricSuite, point_estimate, prepare, suite_from_flat, warn_undefined
 
 # Keys that are counts, not metrics: no interval is reported for them.
 _COUNT_KEYS = frozenset({"n", "positives"})
@@ -93,7 +93,8 @@ def bootstrap(labels: Any, scores: Any, attributes: Mapping[str, Any], *, n_resa
     """Percentile bootstrap CIs for every scalar metric of the suite (resampling test rows)."""
     _check(n_resamples, ci)
     problem = prepare(labels, scores, attributes, threshold=threshold, group_names=group_names)
-    point = suite_from_flat(problem, suite_arrays(problem.layout, np.ones((1, problem.n))))
+    point = point_estimate(problem)
+    warn_undefined(point, stacklevel=2)
     weights = _multiplicities(resample_indices(problem.n, n_resamples, seed))
     flat = suite_arrays(problem.layout, weights)
     samples = {k: v for k, v in flat.items() if k[-1] not in _COUNT_KEYS}
@@ -152,15 +153,19 @@ def paired_bootstrap(labels: Any, scores_a: Any, scores_b: Any, attributes: Mapp
     difference is much tighter than comparing two independent CIs.
     """
     _check(n_resamples, ci)
-    pa = prepare(labels, scores_a, attributes, threshold=threshold, group_names=group_names)
-    pb = prepare(labels, scores_b, attributes, threshold=threshold, group_names=group_names)
+    pa = prepare(labels, scores_a, attributes, threshold=threshold, group_names=group_names,
+                 score_name="scores_a")
+    pb = prepare(labels, scores_b, attributes, threshold=threshold, group_names=group_names,
+                 score_name="scores_b")
     ones = np.ones((1, pa.n))
     flat_a, flat_b = suite_arrays(pa.layout, ones), suite_arrays(pb.layout, ones)
     weights = _multiplicities(resample_indices(pa.n, n_resamples, seed))
     rep_a, rep_b = suite_arrays(pa.layout, weights), suite_arrays(pb.layout, weights)
     keys = [k for k in rep_a if k[-1] not in _COUNT_KEYS]
+    point_a, point_b = suite_from_flat(pa, flat_a), suite_from_flat(pb, flat_b)
+    warn_undefined(point_a, stacklevel=2)
     return PairedBootstrapResult(
-        point_a=suite_from_flat(pa, flat_a), point_b=suite_from_flat(pb, flat_b),
+        point_a=point_a, point_b=point_b,
         estimates={k: float(flat_a[k][0] - flat_b[k][0]) for k in keys},
         samples={k: rep_a[k] - rep_b[k] for k in keys},
         n_resamples=n_resamples, seed=seed, ci=ci)

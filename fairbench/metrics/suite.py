@@ -132,10 +132,10 @@ class Problem:
 
 
 def prepare(labels: Any, scores: Any, attributes: Mapping[str, Any], *, threshold: float = 0.5,
-            group_names: Mapping[str, Mapping[int, str]] | None = None) -> Problem:
+            group_names: Mapping[str, Mapping[int, str]] | None = None, score_name: str = "scores") -> Problem:
     """Check and encode inputs once, so evaluation and bootstrap see the same groups."""
     y = check_labels(labels)
-    s = check_scores(scores, len(y))
+    s = check_scores(scores, len(y), name=score_name)
     if not math.isfinite(threshold):
         raise MetricInputError(f"threshold must be finite, got {threshold}", field="threshold")
     names = {**DEFAULT_GROUP_NAMES, **(group_names or {})}
@@ -166,11 +166,20 @@ def evaluate(labels: Any, scores: Any, attributes: Mapping[str, Any], *, thresho
              group_names: Mapping[str, Mapping[int, str]] | None = None) -> MetricSuite:
     """The full suite (overall, per attribute, per group); see the package docstring for edge cases."""
     problem = prepare(labels, scores, attributes, threshold=threshold, group_names=group_names)
-    flat = suite_arrays(problem.layout, np.ones((1, problem.n)))
-    suite = suite_from_flat(problem, flat)
-    for message in undefined_warnings(suite):
-        warnings.warn(message, MetricWarning, stacklevel=2)
+    suite = point_estimate(problem)
+    warn_undefined(suite, stacklevel=2)
     return suite
+
+
+def point_estimate(problem: Problem) -> MetricSuite:
+    """The suite on the full sample set (unit weights), without warnings."""
+    return suite_from_flat(problem, suite_arrays(problem.layout, np.ones((1, problem.n))))
+
+
+def warn_undefined(suite: MetricSuite, stacklevel: int = 2) -> None:
+    """Emit undefined_warnings as MetricWarnings; stacklevel is relative to the function calling this."""
+    for message in undefined_warnings(suite):
+        warnings.warn(message, MetricWarning, stacklevel=stacklevel + 1)
 
 
 def undefined_warnings(suite: MetricSuite) -> list[str]:
