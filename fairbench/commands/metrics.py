@@ -26,10 +26,10 @@ class _BadFile(Exception):
 def metrics(
     file: Path = typer.Argument(..., help="Predictions file (.csv or .parquet) with label, score and "
                                 "attribute columns (race/gender/ethnicity/language: codes or group names)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the suite as JSON to stdout instead of tables."),
+    json_out: bool = typer.Option(False, "--json", help="Print the suite as JSON to stdout, not tables."),
     threshold: float = typer.Option(0.5, "--threshold", help="Predicted label = score >= threshold."),
     n_bootstrap: int = typer.Option(0, "--bootstrap", metavar="N",
-                                    help="Add percentile CIs from N bootstrap resamples of the rows (0: none)."),
+                                    help="Add percentile CIs from N bootstrap resamples of rows (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     ci: float = typer.Option(0.95, "--ci", help="Bootstrap interval level."),
     attr: list[str] = typer.Option(None, "--attr", help="Attribute column to evaluate (repeatable). "
@@ -44,7 +44,7 @@ def metrics(
             raise _BadFile(f"--bootstrap must be >= 0, got {n_bootstrap}")
         if n_bootstrap and not 0.0 < ci < 1.0:
             raise _BadFile(f"--ci must be between 0 and 1 (e.g. 0.95), got {ci}")
-        suite, boot, notes = _compute(labels, scores, attributes, threshold, n_bootstrap, seed, ci)
+        suite, boot, notes = _compute(file, labels, scores, attributes, threshold, n_bootstrap, seed, ci)
     except _BadFile as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -96,7 +96,9 @@ def _read(path: Path, label_col: str, score_col: str, attr_cols: list[str] | Non
     bad = np.flatnonzero(~((label == 0) | (label == 1)))
     if bad.size:
         i = int(bad[0])
-        raise _BadFile(f"{path}: row {i + 1}: {label_col} is {df[label_col].iloc[i]!r}; labels must be 0 or 1")
+        raw = df[label_col].iloc[i]
+        raw = raw.item() if hasattr(raw, "item") else raw
+        raise _BadFile(f"{path}: row {i + 1}: {label_col} is {raw!r}; labels must be 0 or 1")
 
     cols = attr_cols if attr_cols is not None else [c for c in DEFAULT_ATTRIBUTES if c in df.columns]
     attributes = {c: (df[c].to_numpy() if df[c].dtype.kind in "biuf" else df[c].astype(object).to_numpy())
@@ -104,8 +106,8 @@ def _read(path: Path, label_col: str, score_col: str, attr_cols: list[str] | Non
     return label.astype(np.int8), score, attributes
 
 
-def _compute(labels: Any, scores: Any, attributes: dict, threshold: float, n_bootstrap: int, seed: int,
-             ci: float) -> tuple[Any, Any, list[str]]:
+def _compute(path: Path, labels: Any, scores: Any, attributes: dict, threshold: float, n_bootstrap: int,
+             seed: int, ci: float) -> tuple[Any, Any, list[str]]:
     from fairbench.metrics import MetricInputError, MetricWarning, bootstrap, evaluate
 
     try:
@@ -117,8 +119,9 @@ def _compute(labels: Any, scores: Any, attributes: dict, threshold: float, n_boo
             boot = bootstrap(labels, scores, attributes, n_resamples=n_bootstrap, seed=seed, ci=ci,
                              threshold=threshold)
     except MetricInputError as exc:
-        where = f"row {exc.row + 1}: " if exc.row is not None else ""
-        raise _BadFile(f"{where}{exc}") from None
+        if exc.row is not None and exc.reason:
+            raise _BadFile(f"{path}: row {exc.row + 1}: {exc.field} is {exc.value!r}; {exc.reason}") from None
+        raise _BadFile(f"{path}: {exc}") from None
     notes = [str(w.message) for w in caught if issubclass(w.category, MetricWarning)]
     return suite, boot, notes
 
@@ -152,7 +155,8 @@ def _print_tables(path: Path, suite: Any, boot: Any) -> None:
     if not suite.attributes:
         console.print("no attribute columns found (race/gender/ethnicity/language); use --attr")
         return
-    table = Table(title="Per attribute (× 100; ↑ higher is better, ↓ lower; AUC std/range: group AUC disparity ÷ AUC)")
+    table = Table(title="Per attribute (× 100; ↑ higher is better, ↓ lower; "
+                        "AUC std/range: group AUC disparity ÷ AUC)")
     table.add_column("Attribute")
     for k in ATTRIBUTE_METRICS:
         table.add_column(f"{METRICS[k].label} {METRICS[k].arrow}", justify="right")

@@ -50,7 +50,7 @@ def _percentile_interval(x: np.ndarray, ci: float) -> tuple[float, float]:
 
 
 def _nest(values: Mapping[Key, Any]) -> dict[str, Any]:
-    """{("race", "groups", "Black", "auc"): v} → {"attributes": {"race": {"groups": {"Black": {"auc": v}}}}}."""
+    """{("race", "es_auc"): v, ("auc",): w} → {"auc": w, "attributes": {"race": {"es_auc": v}}}."""
     out: dict[str, Any] = {}
     for key, v in values.items():
         node = out if len(key) == 1 else out.setdefault("attributes", {})

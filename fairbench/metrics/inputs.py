@@ -27,12 +27,21 @@ _MISSING_STRINGS = frozenset({"", "nan", "none", "null", "<na>", "na", "-1", "un
 
 
 class MetricInputError(ValueError):
-    """Bad metric input; `field` names the array and `row` the 0-based offending sample, if any."""
+    """Bad metric input; `field` names the array, `row` the 0-based offending sample and `reason` the rule."""
 
-    def __init__(self, message: str, *, field: str | None = None, row: int | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, row: int | None = None,
+                 value: Any = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.field = field
         self.row = row
+        self.value = value
+        self.reason = reason
+
+    @classmethod
+    def at(cls, field: str, row: int, value: Any, reason: str) -> MetricInputError:
+        """'field[row] = value: reason', keeping the parts so a CLI can word it for its file."""
+        value = value.item() if hasattr(value, "item") else value
+        return cls(f"{field}[{row}] = {value!r}: {reason}", field=field, row=row, value=value, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -67,9 +76,7 @@ def check_labels(labels: Any) -> np.ndarray:
     bad = ~((arr == 0) | (arr == 1))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise MetricInputError(
-            f"labels[{row}] = {arr[row].item()!r}: labels must be 0 or 1 (binary glaucoma label)",
-            field="labels", row=row)
+        raise MetricInputError.at("labels", row, arr[row], "labels must be 0 or 1 (binary glaucoma label)")
     return arr.astype(np.int8)
 
 
@@ -88,7 +95,7 @@ def check_scores(scores: Any, n: int, name: str = "scores") -> np.ndarray:
     bad = ~np.isfinite(arr)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise MetricInputError(f"{name}[{row}] is {arr[row]}: scores must be finite", field=name, row=row)
+        raise MetricInputError.at(name, row, arr[row], "scores must be finite")
     return arr
 
 
@@ -121,7 +128,7 @@ def encode_attribute(name: str, values: Any, n: int, names: Mapping[int, str] | 
         strs = arr.astype(str)
         uniq_s, inv_s = np.unique(strs, return_inverse=True)
         by_name = {str(v).strip().lower(): int(k) for k, v in names.items()}
-        mapped: list[int | str | None] = [_string_code(s, by_name) for s in uniq_s]
+        mapped: list[int | str | None] = [_string_code(name, s, by_name) for s in uniq_s]
         group_codes = tuple(sorted({c for c in mapped if c is not None}, key=_group_sort_key))
         position = {c: i for i, c in enumerate(group_codes)}
         lut = np.array([-1 if c is None else position[c] for c in mapped], dtype=np.int64)
@@ -140,22 +147,18 @@ def _numeric_codes(name: str, arr: np.ndarray) -> np.ndarray:
         frac = filled != np.round(filled)
         if frac.any():
             row = int(np.flatnonzero(frac)[0])
-            raise MetricInputError(
-                f"attribute {name!r} row {row} is {arr[row].item()}: group codes must be integers",
-                field=name, row=row)
+            raise MetricInputError.at(name, row, arr[row], "group codes must be integers")
         codes = filled.astype(np.int64)
     else:
         codes = arr.astype(np.int64)
     bad = codes < UNKNOWN_CODE
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise MetricInputError(
-            f"attribute {name!r} row {row} is {codes[row]}: codes must be >= 0, or -1 for unknown",
-            field=name, row=row)
+        raise MetricInputError.at(name, row, codes[row], "group codes must be >= 0, or -1 for unknown")
     return codes
 
 
-def _string_code(raw: str, by_name: Mapping[str, int]) -> int | str | None:
+def _string_code(name: str, raw: str, by_name: Mapping[str, int]) -> int | str | None:
     s = raw.strip()
     low = s.lower()
     if low in _MISSING_STRINGS:
@@ -167,5 +170,6 @@ def _string_code(raw: str, by_name: Mapping[str, int]) -> int | str | None:
     except ValueError:
         return s
     if code < UNKNOWN_CODE:
-        raise MetricInputError(f"group code {code} is not valid: codes must be >= 0, or -1 for unknown")
+        raise MetricInputError(f"attribute {name!r}: group code {code} is not valid; codes must be >= 0, "
+                               "or -1 for unknown", field=name)
     return code

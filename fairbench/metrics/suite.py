@@ -132,7 +132,8 @@ class Problem:
 
 
 def prepare(labels: Any, scores: Any, attributes: Mapping[str, Any], *, threshold: float = 0.5,
-            group_names: Mapping[str, Mapping[int, str]] | None = None, score_name: str = "scores") -> Problem:
+            group_names: Mapping[str, Mapping[int, str]] | None = None,
+            score_name: str = "scores") -> Problem:
     """Check and encode inputs once, so evaluation and bootstrap see the same groups."""
     y = check_labels(labels)
     s = check_scores(scores, len(y), name=score_name)
