@@ -85,7 +85,7 @@ def write_run(root: Path, method: str, arch: str, attribute: str | None, seed: i
     scores = make_scores(pop, strength, seed=zlib.crc32(f"{method}/{arch}/{attribute}/{seed}/{cfg_hash}".encode()))
     if predictions:
         lines = ["sample,label,score,race,gender,ethnicity,language"]
-        lines += [f"{s},{y},{p!r},{r},{g},{e},{la}" for s, y, p, r, g, e, la in zip(
+        lines += [f"{s},{y},{float(p)!r},{r},{g},{e},{la}" for s, y, p, r, g, e, la in zip(
             pop["sample"], pop["label"], scores, pop["race"], pop["gender"], pop["ethnicity"], pop["language"],
             strict=True)]
         (folder / "predictions_test.csv").write_text("\n".join(lines) + "\n")
