@@ -121,7 +121,7 @@ def clip_transform_uint8(image: np.ndarray, size: int) -> np.ndarray:
 
     pil = Image.fromarray(image.astype(np.float32, copy=False))
     pil = CenterCrop(size)(Resize(size, interpolation=InterpolationMode.BICUBIC)(pil))
-    return np.asarray(pil.convert("L"), dtype=np.uint8)
+    return np.array(pil.convert("L"), dtype=np.uint8)
 
 
 def _progress(total: int, label: str, enabled: bool) -> tuple[Callable[[], None], Callable[[], None]]:
