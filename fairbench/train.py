@@ -176,7 +176,7 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
                 terms = method.loss_terms(model, batch, groups)
             loss = sum(t.float() for t in terms.values())
             if not torch.isfinite(loss):
-                bad = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                 raise TrainingDiverged(f"loss is not finite at epoch {epoch}, step {step} ({bad}); "
                                        "lower the learning rate or the method's loss weights")
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,159 @@
+"""End to end through the CLI: run → table, skip on rerun, no overwrite on a changed setting, plugins,
+and one-line errors for bad input."""
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fairbench.cli import app
+from tests.helpers import small_synthetic
+
+runner = CliRunner()
+FAST = ["--epochs", "1", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return small_synthetic(tmp_path_factory.mktemp("e2e"))
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def result_files(out: Path) -> list[Path]:
+    return sorted(out.rglob("result.json"))
+
+
+def test_run_two_methods_two_seeds_then_table_then_skip_then_no_overwrite(dataset, tmp_path):
+    out = tmp_path / "results"
+    r = invoke("run", "--method", "clip,fairclip", "--attr", "race", "--seeds", "2", "--data", dataset,
+               "--out", out, *FAST)
+    assert r.exit_code == 0, r.output
+    files = result_files(out)
+    assert len(files) == 4  # clip × 2 seeds (no attribute) + fairclip/race × 2 seeds
+    rec = json.loads(files[0].read_text())
+    assert rec["dataset"]["synthetic"] is True and rec["dataset"]["tag"] == "synthetic"
+    assert rec["selection"]["rule"] == "val"
+    assert set(rec["metrics"]["test"]["attributes"]) == {"race", "gender", "ethnicity", "language"}
+    run_dir = files[0].parent
+    for name in ("config.json", "history.json", "predictions_val.csv", "predictions_test.csv"):
+        assert (run_dir / name).exists(), name
+    assert "SYNTHETIC" in r.output
+
+    table = invoke("table", "--out", out, "--attr", "race")
+    assert table.exit_code == 0, table.output
+    assert "clip" in table.output and "fairclip" in table.output
+
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    again = invoke("run", "--method", "clip,fairclip", "--attr", "race", "--seeds", "2", "--data", dataset,
+                   "--out", out, *FAST)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("skipped") == 4
+    assert {p: p.stat().st_mtime_ns for p in result_files(out)} == mtimes
+
+    changed = invoke("run", "--method", "fairclip", "--attr", "race", "--seeds", "1", "--data", dataset,
+                     "--out", out, *FAST, "--set", "fair_lambda=1e-3")
+    assert changed.exit_code == 0, changed.output
+    files_after = result_files(out)
+    assert len(files_after) == 5
+    assert {p: p.stat().st_mtime_ns for p in files} == mtimes  # the earlier runs are untouched
+
+
+def test_same_seed_same_numbers(dataset, tmp_path):
+    scores = []
+    for i in range(2):
+        out = tmp_path / f"r{i}"
+        r = invoke("run", "--method", "clip", "--seeds", "1", "--data", dataset, "--out", out, *FAST)
+        assert r.exit_code == 0, r.output
+        (f,) = result_files(out)
+        scores.append((f.parent / "predictions_test.csv").read_text())
+    assert scores[0] == scores[1]
+
+
+PLUGIN = textwrap.dedent('''
+    from dataclasses import dataclass
+    from fairbench import Method, register_method, encode_batch
+    from fairbench.losses import clip_contrastive_loss
+
+    @register_method("halfclip", description="CLIP with half the contrastive loss (plugin test)")
+    class HalfCLIP(Method):
+        @dataclass
+        class Settings:
+            weight: float = 0.5
+
+        def loss_terms(self, model, batch, group_batches):
+            image, text = encode_batch(model, batch)
+            return {"half": self.settings.weight * clip_contrastive_loss(image, text, model.logit_scale.exp())}
+''')
+
+
+def test_plugin_method_runs_and_is_listed_and_tabled(dataset, tmp_path):
+    plugin = tmp_path / "halfclip_plugin.py"
+    plugin.write_text(PLUGIN)
+    listed = invoke("methods", "--plugin", plugin)
+    assert listed.exit_code == 0 and "halfclip" in listed.output
+    out = tmp_path / "results"
+    r = invoke("run", "--method", "halfclip", "--plugin", plugin, "--seeds", "1", "--data", dataset, "--out", out,
+               *FAST, "--set", "weight=0.25")
+    assert r.exit_code == 0, r.output
+    (f,) = result_files(out)
+    rec = json.loads(f.read_text())
+    assert rec["method"] == "halfclip" and rec["config"]["method_settings"] == {"weight": 0.25}
+    table = invoke("table", "--out", out)
+    assert table.exit_code == 0 and "halfclip" in table.output
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["--method", "fairclp"], r"unknown method 'fairclp'.*Did you mean 'fairclip'"),
+    (["--method", "clip", "--arch", "vit-huge-nope"], r"unknown arch 'vit-huge-nope'"),
+    (["--method", "clip", "--set", "lamda=1"], r"--set lamda: no method in this run nor the trainer has"),
+    (["--method", "clip", "--set", "novalue"], r"--set 'novalue' is not key=value"),
+    (["--method", "fairclip", "--set", "fair_lambda=abc"], r"fair_lambda.*expects a float, got 'abc'"),
+    (["--method", "fairclip", "--attr", "age"], r"unknown attribute 'age'"),
+    (["--method", "clip", "--select", "best"], r"--select must be 'val' or 'test'"),
+])
+def test_bad_options_fail_with_one_line(args, pattern, tmp_path):
+    r = invoke("run", *args, "--out", tmp_path / "o", "--dry-run")
+    assert r.exit_code == 2, r.output
+    assert re.search(pattern, r.output), r.output
+    assert "Traceback" not in r.output
+
+
+def test_dataset_that_is_not_fairvlmed(tmp_path):
+    (tmp_path / "notdata").mkdir()
+    r = invoke("run", "--method", "clip", "--seeds", "1", "--data", tmp_path / "notdata", "--out", tmp_path / "o")
+    assert r.exit_code == 2
+    assert "Training" in r.output and "Traceback" not in r.output
+
+
+def test_dry_run_expands_attributes_for_attribute_methods(tmp_path):
+    r = invoke("run", "--method", "clip,fairclip", "--seeds", "2", "--dry-run", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "10 job(s)" in r.output  # clip: 2 seeds; fairclip: 4 attributes × 2 seeds
+
+
+def test_nan_loss_stops_with_message_and_keeps_history(dataset, tmp_path):
+    out = tmp_path / "results"
+    r = invoke("run", "--method", "clip", "--seeds", "1", "--data", dataset, "--out", out, "--epochs", "2",
+               "--set", "batch_size=16", "--set", "lr=1e30")
+    assert r.exit_code == 1, r.output
+    assert "not finite" in r.output
+    assert not result_files(out)
+    assert list(out.rglob("config.json"))
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from fairbench.cli import app; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
