@@ -201,17 +201,26 @@ def _csv_cell(col: Column, cell: Cell | None) -> list:
 # -- HTML -------------------------------------------------------------------------------------------
 
 def render_html_table(table: Table) -> str:
-    """One <table> with caption and notes; best values in <strong>."""
+    """One <table> with caption and notes; best values in <strong>; the paper's value and Δ sit under ours."""
     esc = html.escape
     cls = "synthetic" if table.synthetic else "real"
     out = [f'<div class="table-block {cls}">', f"<h3>{esc(table.title)}</h3>", "<table>",
            f"<caption>{esc(table.caption)}</caption>", "<thead><tr>"]
-    out += [f"<th>{esc(h)}</th>" for h in header(table)]
+    out += [f"<th>{esc(h)}</th>" for h in ["method", "arch", "n"] + [f"{c.label} {c.arrow}" for c in table.columns]]
     out.append("</tr></thead><tbody>")
-    for line in _body(table, lambda t: _BEST + t):
-        cells = [f"<td><strong>{esc(t[1:])}</strong></td>" if t.startswith(_BEST)
-                 else f"<td>{esc(t)}</td>" for t in line]
-        out.append("<tr>" + "".join(cells) + "</tr>")
+    for row in table.rows:
+        cells = [row.label, row.arch, _n_text(row.seeds, row.flag)]
+        line = [f"<td>{esc(t)}</td>" for t in cells]
+        for col in table.columns:
+            cell = row.cells.get(col.key)
+            text = esc(cell_text(cell))
+            if cell is not None and cell.best:
+                text = f"<strong>{text}</strong>"
+            if table.compare and cell is not None and cell.paper is not None:
+                text += (f'<div class="paper">paper {esc(paper_text(cell, _default_table(table)))} · '
+                         f"Δ {esc(fmt(cell.diff, signed=True))}</div>")
+            line.append(f"<td>{text}</td>")
+        out.append("<tr>" + "".join(line) + "</tr>")
     out.append("</tbody></table>")
     if table.notes:
         out.append('<ul class="notes">' + "".join(f"<li>{esc(n)}</li>" for n in table.notes) + "</ul>")

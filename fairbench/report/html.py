@@ -1,0 +1,147 @@
+"""One self-contained HTML page: protocol, tables and figures (PNG embedded as base64).
+
+The page is meant to be mailed or archived next to a paper draft, so it carries everything needed to
+judge the numbers: data (with a loud synthetic warning), selection rule, seeds, configs and versions.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from fairbench.report.aggregate import selection_label, variant_labels
+from fairbench.report.load import Loaded
+from fairbench.report.paper import PaperTables
+from fairbench.report.render import render_html_table
+from fairbench.report.tables import build_tables
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1300px;
+       color: #222; line-height: 1.45; padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2rem; margin-top: 2.2rem; }
+.meta { color: #666; font-size: 0.9rem; }
+.banner { background: #fdecea; border: 2px solid #c0392b; color: #8e1b10; padding: 0.7rem 1rem;
+          font-weight: 700; border-radius: 6px; margin: 1rem 0; }
+.optimistic { background: #fff4e0; border-color: #d68910; color: #7e5109; }
+.warnings { background: #fffbe6; border: 1px solid #e0c060; padding: 0.5rem 1rem; border-radius: 6px; }
+table { border-collapse: collapse; margin: 0.5rem 0 0.3rem; font-size: 0.88rem; }
+caption { caption-side: bottom; text-align: left; color: #555; font-size: 0.8rem; padding-top: 0.3rem; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; white-space: nowrap; }
+th { background: #f4f6f8; } td:nth-child(1), td:nth-child(2), th:nth-child(1), th:nth-child(2) { text-align: left; }
+td strong { color: #1a7f37; }
+.table-block.synthetic h3 { color: #c0392b; }
+.table-block { overflow-x: auto; margin-bottom: 1.4rem; }
+ul.notes { font-size: 0.82rem; color: #444; margin-top: 0.2rem; }
+figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85rem; color: #555; }
+.paper { color: #777; font-size: 0.75rem; }
+code { background: #f4f6f8; padding: 0 0.2rem; border-radius: 3px; }
+"""
+
+
+def _png_data_uri(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _protocol(records: list[dict[str, Any]]) -> list[str]:
+    """One section per (dataset, selection rule): data, selection, seeds, configs, versions."""
+    esc = html.escape
+    labels = variant_labels(records)
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        by_key[(rec["dataset"].get("tag", "?"), rec["selection"].get("rule", "?"))].append(rec)
+    out = []
+    for (tag, rule), recs in sorted(by_key.items(), key=lambda kv: (kv[1][0]["dataset"].get("synthetic", False),
+                                                                      kv[0][0], kv[0][1] != "val")):
+        ds = recs[0]["dataset"]
+        out.append(f"<h3>dataset <code>{esc(tag)}</code> · selection: {esc(selection_label(rule))}</h3>")
+        if any(r["dataset"].get("synthetic") for r in recs):
+            out.append('<div class="banner">SYNTHETIC DATA — generated images and notes, not Harvard-FairVLMed. '
+                       "These numbers test the pipeline; they say nothing about real glaucoma detection.</div>")
+        if rule == "test":
+            out.append('<div class="banner optimistic">Epochs chosen by best TEST AUC (the papers\' rule): '
+                       "optimistic, because the test set picked the model.</div>")
+        fingerprints = sorted({str(r["dataset"].get("fingerprint")) for r in recs})
+        items = [f"splits n = {esc(json.dumps(ds.get('n', {})))}; dropped (unknown attribute) = "
+                 f"{esc(json.dumps(ds.get('n_dropped', {})))}",
+                 f"data path: <code>{esc(str(ds.get('path', '?')))}</code>; fingerprint(s): "
+                 f"{esc(', '.join(fingerprints))}"]
+        if len(fingerprints) > 1:
+            items.append("<strong>runs were made on different data versions (fingerprints differ)</strong>")
+        rows = defaultdict(list)
+        for r in recs:
+            rows[(r["method"], r["arch"], r.get("attribute") or "none", labels[r["_dir"]], r["config_hash"])].append(r)
+        lines = []
+        for (method, arch, attr, variant, cfg_hash), rs in sorted(rows.items()):
+            seeds = ", ".join(str(s) for s in sorted(int(r["seed"]) for r in rs))
+            epochs = sorted({str(r["selection"].get("epoch")) for r in rs})
+            lines.append(f"<tr><td>{esc(method)}{' [' + esc(variant) + ']' if variant else ''}</td><td>{esc(arch)}"
+                         f"</td><td>{esc(attr)}</td><td>{esc(cfg_hash)}</td><td>{esc(seeds)}</td>"
+                         f"<td>{esc(', '.join(epochs))}</td></tr>")
+        items.append("<table><thead><tr><th>method</th><th>arch</th><th>trained on</th><th>config</th>"
+                     "<th>seeds</th><th>selected epoch(s)</th></tr></thead><tbody>" + "".join(lines)
+                     + "</tbody></table>")
+        versions = sorted({json.dumps(r.get("versions") or {}, sort_keys=True) for r in recs})
+        devices = sorted({str(r.get("device", "?")) for r in recs})
+        items.append("versions: " + "; ".join(f"<code>{esc(v)}</code>" for v in versions)
+                     + f"; devices: {esc(', '.join(devices))}")
+        out.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+    return out
+
+
+def build_report(loaded: Loaded, paper: PaperTables | None = None, attrs: list[str] | None = None,
+                 plots: bool = True, source: str = "") -> tuple[str, list[str]]:
+    """The HTML page and the problems met building it (missing predictions etc.)."""
+    esc = html.escape
+    problems = list(loaded.problems)
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>fairbench report</title>", f"<style>{_CSS}</style></head><body>",
+             "<h1>fairbench report</h1>",
+             f'<p class="meta">results folder <code>{esc(source)}</code> · {len(loaded.records)} finished runs · '
+             f"generated {now}</p>"]
+    if any(r["dataset"].get("synthetic") for r in loaded.records):
+        parts.append('<div class="banner">This report contains results on SYNTHETIC data; those tables and '
+                     "figures are marked and never mixed with real-data results.</div>")
+    body: list[str] = []
+    frame = loaded.frame
+    if not frame.empty:
+        body.append("<h2>Protocol</h2>")
+        body += _protocol(loaded.records)
+        body.append("<h2>Table 1 layout: ES-AUC, AUC, DPD, EOD per attribute</h2>")
+        tables = build_tables(frame, "table1", attrs=attrs)
+        if paper is not None:
+            real = build_tables(frame[~frame["synthetic"]], "table1", attrs=attrs, paper=paper)
+            tables = real + [t for t in tables if t.synthetic]
+        body += [render_html_table(t) for t in tables]
+        body.append("<h2>Ablation layout: ES-AUC per attribute</h2>")
+        body += [render_html_table(t) for t in build_tables(frame, "ablation", attrs=attrs)]
+        if plots:
+            from fairbench.report.plots import make_plots
+
+            figs = make_plots(loaded.records, frame, None, attrs=attrs)
+            problems += figs.problems
+            body.append("<h2>Figures</h2>")
+            for name, fig in figs.figures.items():
+                body.append(f'<figure><img alt="{esc(name)}" src="{_png_data_uri(fig)}">'
+                            f"<figcaption>{esc(name)}</figcaption></figure>")
+    if problems:
+        parts.append('<h2>Warnings</h2><div class="warnings"><ul>'
+                     + "".join(f"<li>{esc(p)}</li>" for p in problems) + "</ul></div>")
+    parts += body
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n", problems
+
+
+def write_report(path: Path, page: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
