@@ -71,11 +71,17 @@ class FairVLMedData:
 
 def normalize_images(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
                      std: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) → float (x/255 − mean)/std on the batch's device (mean/std per channel)."""
+    """uint8 (B, C, H, W) → float (x/255 − mean)/std on the batch's device (mean/std per channel).
+
+    One fused multiply-add; a grayscale batch (C = 1, or 3 channels that are one expanded channel)
+    is converted to float once and broadcast to the channels of mean/std.
+    """
     dev = images.device
     m = torch.as_tensor(mean, dtype=torch.float32, device=dev).reshape(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32, device=dev).reshape(1, -1, 1, 1)
-    return (images.to(torch.float32) / 255.0 - m) / s
+    if images.dim() == 4 and images.shape[1] > 1 and images.stride(1) == 0:
+        images = images[:, :1]
+    return torch.addcmul(-m / s, images.to(torch.float32), 1.0 / (255.0 * s))
 
 
 def resolve_dataset_path(data: str | os.PathLike[str] | None) -> Path:
