@@ -81,14 +81,17 @@ def make_scores(pop: dict[str, np.ndarray], strength: float, seed: int) -> np.nd
 
 def write_run(root: Path, method: str, arch: str, attribute: str | None, seed: int, *, strength: float = 1.0,
               dataset: str = "fairvlmed", synthetic: bool = False, selection: str = "val",
-              config: dict | None = None, predictions: bool = True, pop: dict | None = None) -> dict:
+              config: dict | None = None, predictions: bool = True, pop: dict | None = None,
+              score_seed: int | None = None) -> dict:
     """Write one finished run (predictions CSVs, history, result.json last); return the record."""
     pop = pop if pop is not None else population()
     config = config or {"method": method, "arch": arch, "epochs": 10, "lr": 1e-5, "method_settings": {}}
     cfg_hash = config_hash(config)
     folder = run_dir(root, dataset, method, arch, attribute, cfg_hash, seed)
     folder.mkdir(parents=True, exist_ok=True)
-    scores = make_scores(pop, strength, seed=zlib.crc32(f"{method}/{arch}/{attribute}/{seed}/{cfg_hash}".encode()))
+    if score_seed is None:
+        score_seed = zlib.crc32(f"{method}/{arch}/{attribute}/{seed}/{cfg_hash}".encode())
+    scores = make_scores(pop, strength, seed=score_seed)
     if predictions:
         lines = ["sample,label,score,race,gender,ethnicity,language"]
         lines += [f"{s},{y},{float(p)!r},{r},{g},{e},{la}" for s, y, p, r, g, e, la in zip(

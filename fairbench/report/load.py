@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fairbench.report.aggregate import long_frame
@@ -46,3 +47,25 @@ def load_results(out: Path) -> Loaded:
     if not records and not problems:
         problems.append(f"no finished runs (result.json) under {out}; run `fairbench run` first or pass --out")
     return Loaded(records, long_frame(records), problems)
+
+
+def load_predictions(record: dict[str, Any], split: str = "test") -> tuple[pd.DataFrame | None, str]:
+    """A run's saved predictions with numeric label/score, or None and a one-line reason."""
+    name = (record.get("files") or {}).get(f"predictions_{split}") or f"predictions_{split}.csv"
+    path = Path(record["_dir"]) / name
+    if not path.is_file():
+        return None, f"{path}: missing; rerun that run to restore its predictions"
+    try:
+        preds = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return None, f"{path}: not a readable CSV ({exc}); rerun that run"
+    missing = [c for c in ("sample", "label", "score") if c not in preds.columns]
+    if missing:
+        return None, f"{path}: no column {', '.join(missing)}; rerun that run"
+    for col in ("label", "score"):
+        values = pd.to_numeric(preds[col], errors="coerce")
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0]) + 1
+            return None, f"{path}: column {col!r} row {row} is not a number; rerun that run"
+        preds[col] = values
+    return preds, ""

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fairbench.report.aggregate import eval_attributes, for_attribute, selection_label
+from fairbench.report.load import load_predictions
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -124,27 +125,6 @@ def group_auc_figure(frame: pd.DataFrame, attr: str, title: str) -> Figure | Non
     return fig
 
 
-def _predictions(record: dict[str, Any]) -> tuple[pd.DataFrame | None, str]:
-    name = (record.get("files") or {}).get("predictions_test") or "predictions_test.csv"
-    path = Path(record["_dir"]) / name
-    if not path.is_file():
-        return None, f"{path}: missing; ROC curves for this run are not drawn (rerun it to restore predictions)"
-    try:
-        preds = pd.read_csv(path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        return None, f"{path}: not a readable CSV ({exc}); ROC curves for this run are not drawn"
-    missing = [c for c in ("label", "score") if c not in preds.columns]
-    if missing:
-        return None, f"{path}: no column {', '.join(missing)}; ROC curves for this run are not drawn"
-    for col in ("label", "score"):
-        values = pd.to_numeric(preds[col], errors="coerce")
-        if values.isna().any():
-            row = int(np.flatnonzero(values.isna().to_numpy())[0]) + 1
-            return None, f"{path}: column {col!r} row {row} is not a number; ROC curves for this run are not drawn"
-        preds[col] = values
-    return preds, ""
-
-
 def roc_figure(records: list[dict[str, Any]], labels: dict[str, str], attr: str, title: str,
                problems: list[str]) -> Figure | None:
     """Per-group ROC curves of each method's lowest seed, from its saved test predictions."""
@@ -158,9 +138,9 @@ def roc_figure(records: list[dict[str, Any]], labels: dict[str, str], attr: str,
     panels = []
     for key in sorted(chosen):
         rec = chosen[key]
-        preds, problem = _predictions(rec)
+        preds, problem = load_predictions(rec)
         if preds is None:
-            problems.append(problem)
+            problems.append(f"{problem} (its ROC panel is not drawn)")
         elif attr not in preds.columns:
             problems.append(f"{rec['_dir']}/predictions_test.csv: no column {attr!r}; ROC curves not drawn")
         else:

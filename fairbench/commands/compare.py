@@ -1,0 +1,65 @@
+"""`fairbench compare A B`: is A's AUC / ES-AUC difference from B distinguishable from noise?
+
+Paired over the same seeds (t-test, sign test) and the same test samples (paired bootstrap).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from fairbench.commands.common import fail, split_list
+
+
+def compare(
+    method_a: str = typer.Argument(..., help="Method A (e.g. fairmoe)."),
+    method_b: str = typer.Argument(..., help="Method B (e.g. fairclip)."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder written by `fairbench run`."),
+    attr: str = typer.Option("race", "--attr", "-a", help="Evaluation attribute(s), comma-separated."),
+    arch: str = typer.Option(None, "--arch", help="Only this backbone (default: every one both methods ran)."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="Only this dataset tag."),
+    select: str = typer.Option(None, "--select", help="Only runs selected by this rule: val | test."),
+    config_a: str = typer.Option(None, "--config-a", help="Config hash (prefix) of A, when A ran with several."),
+    config_b: str = typer.Option(None, "--config-b", help="Config hash (prefix) of B, when B ran with several."),
+    resamples: int = typer.Option(1000, "--resamples", "-B", help="Bootstrap resamples per seed."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level (two-sided); CIs are 1 − alpha."),
+    bootstrap: bool = typer.Option(True, "--bootstrap/--no-bootstrap", help="Paired bootstrap over test samples."),
+    fmt: str = typer.Option("terminal", "--format", "-f", help="terminal | json"),
+) -> None:
+    """Paired comparison of AUC and ES-AUC: bootstrap over test samples per seed, t-test/sign test over seeds."""
+    from fairbench.report.load import load_results
+    from fairbench.report.significance import CompareError, compare_methods
+
+    if fmt not in ("terminal", "json"):
+        fail(f"--format {fmt!r} is not one of terminal, json")
+    if not 0 < alpha < 1:
+        fail(f"--alpha {alpha} must be between 0 and 1, e.g. 0.05")
+    if resamples < 1:
+        fail(f"--resamples {resamples} must be at least 1, e.g. 1000")
+    loaded = load_results(out)
+    for problem in loaded.problems:
+        typer.echo(f"warning: {problem}", err=True)
+    if not loaded.records:
+        raise typer.Exit(1)
+    comparisons, errors = [], []
+    for one in split_list(attr) or ["race"]:
+        try:
+            comparisons += compare_methods(loaded.records, method_a, method_b, one, arch=arch, dataset=dataset,
+                                           select=select, config_a=config_a, config_b=config_b,
+                                           n_resamples=resamples, alpha=alpha, bootstrap=bootstrap)
+        except CompareError as exc:
+            errors.append(str(exc))
+    if not comparisons:
+        fail(errors[0] if len(errors) == 1 else " | ".join(errors))
+    for error in errors:
+        typer.echo(f"warning: {error}", err=True)
+    if fmt == "json":
+        from fairbench.report.compare_render import to_json
+
+        typer.echo(json.dumps(to_json(comparisons), indent=2))
+    else:
+        from fairbench.report.compare_render import render_comparisons
+
+        typer.echo(render_comparisons(comparisons), nl=False)

@@ -1,0 +1,100 @@
+"""Render paired comparisons (fairbench.report.significance) for the terminal or as JSON."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+from fairbench.report.aggregate import selection_label
+from fairbench.report.significance import Comparison
+
+DASH = "–"
+
+
+def _f(x: float, fmt: str = ".2f") -> str:
+    return DASH if x is None or math.isnan(x) else format(x, fmt)
+
+
+def _p(x: float) -> str:
+    return DASH if math.isnan(x) else (f"{x:.3f}" if x >= 0.001 else "<0.001")
+
+
+def _mean_sd(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return DASH
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if v.size > 1 else f"{v.mean():.2f}"
+
+
+def title(c: Comparison) -> str:
+    warn = "SYNTHETIC DATA — " if c.synthetic else ""
+    return (f"{warn}{c.method_a} (A) vs {c.method_b} (B) · {c.arch} · attribute: {c.attribute} · dataset: "
+            f"{c.dataset} · selection: {selection_label(c.selection)} · seeds {', '.join(map(str, c.seeds))}")
+
+
+def render_comparisons(comparisons: list[Comparison], width: int = 220) -> str:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, no_color=True, highlight=False)
+    for c in comparisons:
+        ci = f"{100 * (1 - c.alpha):.0f}%"
+        table = Table(title=escape(title(c)), caption=escape(
+            f"values × 100; A/B: mean ± std over seeds (ddof = 1); Δ = A − B per seed; t-test: paired over seeds; "
+            f"sign test: A wins/B wins; bootstrap: {c.n_resamples} paired resamples of the test samples per seed, "
+            f"CI of the seed-averaged Δ ({ci}); α = {c.alpha}"), caption_justify="left")
+        for name in ("metric", "A", "B", "Δ mean", "Δ per seed", "t-test p", "sign test", f"bootstrap {ci} CI",
+                     "bootstrap p", "verdict"):
+            table.add_column(name, overflow="fold")
+        for m in c.metrics:
+            per_seed = " ".join(_f(a - b, "+.2f") for a, b in zip(m.a, m.b, strict=True))
+            sign = f"{m.wins[0]}/{m.wins[1]} p={_p(m.sign_p)}"
+            boot = DASH if math.isnan(m.boot_low) else f"[{m.boot_low:+.2f}, {m.boot_high:+.2f}]"
+            table.add_row(*(escape(x) for x in (m.label, _mean_sd(m.a), _mean_sd(m.b), _f(m.diff, "+.2f"),
+                                                per_seed, _p(m.t_p), sign, boot, _p(m.boot_p), m.verdict)))
+        console.print(table)
+        seeds = Table(title="paired bootstrap per seed", title_justify="left")
+        for name in ("seed", "metric", "Δ", f"{ci} CI", "p"):
+            seeds.add_column(name)
+        for m in c.metrics:
+            for seed, d, lo, hi, p in m.boot_seeds:
+                seeds.add_row(str(seed), escape(m.label), _f(d, "+.2f"), f"[{_f(lo, '+.2f')}, {_f(hi, '+.2f')}]",
+                              _p(p))
+        if seeds.row_count:
+            console.print(seeds)
+        for note in c.notes:
+            console.print(f"  note: {note}", markup=False)
+        console.print()
+    return buf.getvalue()
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def to_json(comparisons: list[Comparison]) -> list[dict[str, Any]]:
+    """JSON-ready dicts (values × 100, NaN → null)."""
+    out = []
+    for c in comparisons:
+        metrics = []
+        for m in c.metrics:
+            metrics.append({
+                "metric": m.metric, "label": m.label, "seeds": m.seeds, "a": [_num(x) for x in m.a],
+                "b": [_num(x) for x in m.b], "diff_mean": _num(m.diff), "t_test_p": _num(m.t_p),
+                "sign_test_p": _num(m.sign_p), "wins_a": m.wins[0], "wins_b": m.wins[1], "ties": m.wins[2],
+                "bootstrap_ci": [_num(m.boot_low), _num(m.boot_high)], "bootstrap_p": _num(m.boot_p),
+                "bootstrap_per_seed": [{"seed": s, "diff": _num(d), "low": _num(lo), "high": _num(hi), "p": _num(p)}
+                                       for s, d, lo, hi, p in m.boot_seeds],
+                "verdict": m.verdict,
+            })
+        out.append({"method_a": c.method_a, "method_b": c.method_b, "arch": c.arch, "attribute": c.attribute,
+                    "dataset": c.dataset, "synthetic": c.synthetic, "selection": c.selection, "seeds": c.seeds,
+                    "n_resamples": c.n_resamples, "alpha": c.alpha, "scale": 100, "metrics": metrics,
+                    "notes": c.notes})
+    return out

@@ -1,0 +1,252 @@
+"""Is method A really better than method B? Paired tests on the same seeds and the same test set.
+
+Two noise sources, tested separately and reported side by side:
+- training noise (seeds): a paired t-test and a sign test over the per-seed differences;
+- test-set sampling noise: fairbench.metrics.paired_bootstrap per seed (both methods scored on the
+  same resampled rows, matched by the predictions' `sample` column). With one bootstrap seed, row i
+  of every seed's test set is drawn identically, so averaging replicates over seeds gives a CI for
+  the seed-averaged difference.
+A difference is called distinguishable from noise only when it survives both.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fairbench.report.aggregate import variant_labels
+from fairbench.report.load import load_predictions
+
+METRICS: tuple[tuple[str, str], ...] = (("auc", "AUC"), ("es_auc", "ES-AUC"))
+
+
+class CompareError(ValueError):
+    """The two methods cannot be compared as asked (absent, ambiguous configs, no shared seeds)."""
+
+
+@dataclass
+class MetricComparison:
+    """A − B for one metric (values × 100)."""
+
+    metric: str
+    label: str
+    seeds: list[int]
+    a: list[float]
+    b: list[float]
+    t_p: float = math.nan
+    sign_p: float = math.nan
+    wins: tuple[int, int, int] = (0, 0, 0)  # A better, B better, ties
+    boot_low: float = math.nan
+    boot_high: float = math.nan
+    boot_p: float = math.nan
+    boot_seeds: list[tuple[int, float, float, float, float]] = field(default_factory=list)  # seed, Δ, lo, hi, p
+    verdict: str = ""
+
+    @property
+    def diff(self) -> float:
+        return float(np.mean(np.subtract(self.a, self.b))) if self.a else math.nan
+
+
+@dataclass
+class Comparison:
+    method_a: str
+    method_b: str
+    arch: str
+    attribute: str
+    dataset: str
+    synthetic: bool
+    selection: str
+    seeds: list[int]
+    metrics: list[MetricComparison]
+    notes: list[str] = field(default_factory=list)
+    n_resamples: int = 0
+    alpha: float = 0.05
+
+
+def _metric_value(rec: dict[str, Any], metric: str, attr: str) -> float:
+    suite = rec["metrics"]["test"]
+    block = (suite.get("attributes") or {}).get(attr) or {}
+    value = block.get(metric, suite.get(metric) if metric == "auc" else None)
+    return math.nan if value is None else 100.0 * float(value)
+
+
+def _pick(records: list[dict[str, Any]], method: str, attr: str, config: str | None,
+          labels: dict[str, str]) -> dict[tuple, dict[int, dict[str, Any]]]:
+    """Runs of `method` usable for attribute `attr`, by (dataset, synthetic, selection, arch) then seed."""
+    out: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
+    hashes: dict[tuple, set[tuple[str, str]]] = defaultdict(set)
+    for rec in records:
+        if rec["method"] != method or rec.get("attribute") not in (None, attr):
+            continue
+        if attr not in (rec["metrics"]["test"].get("attributes") or {}):
+            continue
+        if config is not None and not rec["config_hash"].startswith(config):
+            continue
+        key = (rec["dataset"].get("tag"), bool(rec["dataset"].get("synthetic")), rec["selection"].get("rule"),
+               rec["arch"])
+        hashes[key].add((rec["config_hash"], labels[rec["_dir"]]))
+        out[key][int(rec["seed"])] = rec
+    for key, found in hashes.items():
+        if len(found) > 1:
+            listed = "; ".join(f"{h} ({label})" for h, label in sorted(found))
+            raise CompareError(f"{method}/{key[3]} on {key[0]} has runs with {len(found)} configs ({listed}); "
+                               f"pick one with --config-a/--config-b HASH")
+    return out
+
+
+def _seed_tests(mc: MetricComparison) -> None:
+    from scipy import stats
+
+    d = np.subtract(mc.a, mc.b)
+    d = d[~np.isnan(d)]
+    wins = (int((d > 0).sum()), int((d < 0).sum()), int((d == 0).sum()))
+    mc.wins = wins
+    if wins[0] + wins[1] > 0:
+        mc.sign_p = float(stats.binomtest(wins[0], wins[0] + wins[1], 0.5).pvalue)
+    if d.size >= 2:
+        mc.t_p = 1.0 if np.all(d == d[0]) and d[0] == 0 else float(stats.ttest_rel(d, np.zeros_like(d)).pvalue)
+
+
+def _bootstrap(mc_by_key: dict[tuple[str, ...], MetricComparison], pairs: list[tuple[int, Any, Any]], attr: str,
+               n_resamples: int, boot_seed: int, notes: list[str], ci: float, n_seeds: int) -> None:
+    """Per-seed paired bootstrap, and the CI of the seed-averaged difference when every seed has one."""
+    from fairbench.metrics import paired_bootstrap
+
+    replicates: dict[tuple[str, ...], list[np.ndarray]] = defaultdict(list)
+    test_sets: set[bytes] = set()
+    for seed, pa, pb in pairs:
+        merged = pa.merge(pb, on="sample", suffixes=("_a", "_b"), validate="one_to_one").sort_values("sample")
+        dropped = max(len(pa), len(pb)) - len(merged)
+        if dropped:
+            notes.append(f"seed {seed}: {dropped} test samples appear in only one method's predictions; "
+                         f"the bootstrap uses the {len(merged)} shared ones")
+        if (merged["label_a"] != merged["label_b"]).any():
+            bad = merged.loc[merged["label_a"] != merged["label_b"], "sample"].iloc[0]
+            notes.append(f"seed {seed}: sample {bad} has different labels in the two predictions files: not the "
+                         "same test set, bootstrap skipped for this seed")
+            continue
+        col = f"{attr}_a" if f"{attr}_a" in merged else attr
+        if col not in merged:
+            notes.append(f"seed {seed}: predictions have no {attr!r} column; bootstrap skipped for this seed")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # undefined small-group metrics are reported as NaN, not warned
+            res = paired_bootstrap(merged["label_a"].to_numpy(), merged["score_a"].to_numpy(),
+                                   merged["score_b"].to_numpy(), {attr: merged[col].to_numpy()},
+                                   n_resamples=n_resamples, seed=boot_seed, ci=ci)
+        test_sets.add(merged["sample"].to_numpy().tobytes())
+        for key, mc in mc_by_key.items():
+            if key not in res.samples:
+                continue
+            diff = res.difference(*key)
+            mc.boot_seeds.append((seed, 100 * diff.estimate, 100 * diff.low, 100 * diff.high, diff.p_value))
+            replicates[key].append(100 * res.samples[key])
+    if len(test_sets) > 1:
+        notes.append("seeds were scored on different test samples; no pooled bootstrap CI over seeds")
+        return
+    for key, mc in mc_by_key.items():
+        reps = replicates.get(key, [])
+        if len(reps) != n_seeds:
+            continue
+        mean = np.mean(np.vstack(reps), axis=0)
+        mean = mean[~np.isnan(mean)]
+        if mean.size == 0:
+            continue
+        mc.boot_low, mc.boot_high = (float(x) for x in np.percentile(mean, [50 * (1 - ci), 50 * (1 + ci)]))
+        tail = min(np.count_nonzero(mean <= 0), np.count_nonzero(mean >= 0))
+        mc.boot_p = min(1.0, 2.0 * (1.0 + tail) / (1.0 + mean.size))
+
+
+def _verdict(mc: MetricComparison, alpha: float, n_seeds: int) -> str:
+    better = "A" if mc.diff > 0 else "B"
+    seeds_ok = not math.isnan(mc.t_p) and mc.t_p < alpha
+    boot_ok = not math.isnan(mc.boot_p) and mc.boot_p < alpha
+    if math.isnan(mc.boot_p) and math.isnan(mc.t_p):
+        return "not testable (need ≥ 2 seeds or saved predictions)"
+    if seeds_ok and boot_ok:
+        return f"{better} better: distinguishable from noise (seeds and test sampling)"
+    if math.isnan(mc.t_p) and boot_ok:
+        return f"{better} better on the test set, but one seed cannot rule out training noise"
+    if seeds_ok:
+        return f"{better} better across seeds, but within test-set sampling noise"
+    if boot_ok:
+        return f"{better} better on the test set, but within seed-to-seed noise"
+    if math.isnan(mc.boot_p):
+        return "not distinguishable from seed-to-seed noise (no bootstrap)"
+    return "not distinguishable from noise"
+
+
+def compare_methods(records: list[dict[str, Any]], method_a: str, method_b: str, attr: str,
+                    arch: str | None = None, dataset: str | None = None, select: str | None = None,
+                    config_a: str | None = None, config_b: str | None = None, n_resamples: int = 1000,
+                    boot_seed: int = 0, alpha: float = 0.05, bootstrap: bool = True) -> list[Comparison]:
+    """Paired comparisons of A vs B on `attr`, one per (dataset, selection rule, arch) both methods ran."""
+    labels = variant_labels(records)
+    runs_a = _pick(records, method_a, attr, config_a, labels)
+    runs_b = _pick(records, method_b, attr, config_b, labels)
+    keys = sorted(k for k in set(runs_a) & set(runs_b)
+                  if (arch is None or k[3] == arch) and (dataset is None or k[0] == dataset)
+                  and (select is None or k[2] == select))
+    if not keys:
+        raise CompareError(_nothing_shared(method_a, method_b, attr, runs_a, runs_b, arch, dataset, select))
+    out = []
+    for key in keys:
+        a, b = runs_a[key], runs_b[key]
+        seeds = sorted(set(a) & set(b))
+        tag, synthetic, rule, arch_name = key
+        comp = Comparison(method_a, method_b, arch_name, attr, tag, synthetic, rule, seeds, [],
+                          n_resamples=n_resamples if bootstrap else 0, alpha=alpha)
+        only = sorted(set(a) ^ set(b))
+        if only:
+            comp.notes.append(f"seed(s) {', '.join(map(str, only))} ran for only one method and are left out")
+        if not seeds:
+            comp.notes.append("no seed ran for both methods: nothing to pair")
+            out.append(comp)
+            continue
+        by_key: dict[tuple[str, ...], MetricComparison] = {}
+        for metric, label in METRICS:
+            mc = MetricComparison(metric, label if metric == "auc" else f"{label} {attr}", seeds,
+                                  [_metric_value(a[s], metric, attr) for s in seeds],
+                                  [_metric_value(b[s], metric, attr) for s in seeds])
+            _seed_tests(mc)
+            by_key[("auc",) if metric == "auc" else (attr, metric)] = mc
+            comp.metrics.append(mc)
+        if bootstrap:
+            pairs = []
+            for s in seeds:
+                pa, why_a = load_predictions(a[s])
+                pb, why_b = load_predictions(b[s])
+                if pa is None or pb is None:
+                    comp.notes.append(f"seed {s}: {why_a or why_b}; no bootstrap for this seed")
+                    continue
+                pairs.append((s, pa, pb))
+            if pairs:
+                _bootstrap(by_key, pairs, attr, n_resamples, boot_seed, comp.notes, 1 - alpha, len(seeds))
+            if len(pairs) < len(seeds):
+                comp.notes.append("the pooled bootstrap CI needs predictions for every paired seed")
+        for mc in comp.metrics:
+            mc.verdict = _verdict(mc, alpha, len(seeds))
+        if 0 < len(seeds) < 6:
+            comp.notes.append(f"with {len(seeds)} seeds a two-sided sign test cannot reach p < 0.05 "
+                              f"(smallest possible p = {2 * 0.5 ** len(seeds):.3g}); it is shown for reference")
+        out.append(comp)
+    return out
+
+
+def _nothing_shared(method_a: str, method_b: str, attr: str, runs_a: dict, runs_b: dict, arch: str | None,
+                    dataset: str | None, select: str | None) -> str:
+    def where(runs: dict) -> str:
+        return ", ".join(f"{k[0]}/{k[2]}/{k[3]}" for k in sorted(runs)) or "nowhere"
+
+    for method, runs in ((method_a, runs_a), (method_b, runs_b)):
+        if not runs:
+            return (f"no finished runs of {method!r} usable for attribute {attr!r} (trained on {attr} or on no "
+                    "attribute); check the method name with `fairbench table`")
+    filt = f" matching --arch {arch or '*'} --dataset {dataset or '*'} --select {select or '*'}"
+    return (f"{method_a} ({where(runs_a)}) and {method_b} ({where(runs_b)}) share no dataset/selection/arch"
+            f"{filt}; both must run on the same data, rule and backbone to be paired")

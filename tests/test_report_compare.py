@@ -1,0 +1,130 @@
+"""`fairbench compare`: paired tests over seeds and test samples, checked against scipy and sklearn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from fairbench.cli import app
+from fairbench.report.load import load_results
+from fairbench.report.significance import CompareError, compare_methods
+from tests.test_report_fixtures import write_run
+
+SEEDS = range(5)
+
+
+def _shuffle_predictions(run: Path, seed: int) -> None:
+    """Reorder a predictions file so only the `sample` column can pair it with the other method's."""
+    path = run / "predictions_test.csv"
+    frame = pd.read_csv(path)
+    frame.sample(frac=1.0, random_state=seed).to_csv(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cmp")
+    for seed in SEEDS:
+        write_run(root, "strong", "b16", "race", seed, strength=2.5)
+        rec = write_run(root, "weak", "b16", None, seed, strength=0.4)
+        _shuffle_predictions(root / rec["run_id"], seed)
+        write_run(root, "twin", "b16", None, seed, strength=0.4, score_seed=1000 + seed)
+        write_run(root, "twin2", "b16", None, seed, strength=0.4, score_seed=1000 + seed)
+    return root
+
+
+@pytest.fixture(scope="module")
+def records(root: Path) -> list[dict]:
+    return load_results(root).records
+
+
+def _per_seed(records: list[dict], method: str, key) -> list[float]:
+    by_seed = {r["seed"]: key(r["metrics"]["test"]) for r in records if r["method"] == method}
+    return [100 * by_seed[s] for s in SEEDS]
+
+
+def test_seed_level_tests_match_scipy(records):
+    (comp,) = compare_methods(records, "strong", "weak", "race", n_resamples=200)
+    auc, es = comp.metrics
+    assert (auc.label, es.label) == ("AUC", "ES-AUC race")
+    a = _per_seed(records, "strong", lambda s: s["auc"])
+    b = _per_seed(records, "weak", lambda s: s["auc"])
+    assert auc.a == pytest.approx(a) and auc.b == pytest.approx(b)
+    assert auc.t_p == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    wins = sum(x > y for x, y in zip(a, b, strict=True))
+    assert auc.wins[0] == wins
+    assert auc.sign_p == pytest.approx(stats.binomtest(wins, 5, 0.5).pvalue)
+    ea = _per_seed(records, "strong", lambda s: s["attributes"]["race"]["es_auc"])
+    eb = _per_seed(records, "weak", lambda s: s["attributes"]["race"]["es_auc"])
+    assert es.diff == pytest.approx(np.mean(np.subtract(ea, eb)))
+
+
+def test_bootstrap_pairs_by_sample_column(root, records):
+    (comp,) = compare_methods(records, "strong", "weak", "race", n_resamples=300)
+    auc = comp.metrics[0]
+    assert [s for s, *_ in auc.boot_seeds] == list(SEEDS)
+    # the weak method's file is shuffled: the estimate is right only if rows were matched by `sample`
+    for seed, diff, low, high, _ in auc.boot_seeds:
+        pa = pd.read_csv(next((root / "fairvlmed" / "strong").rglob(f"seed{seed}/predictions_test.csv")))
+        pb = pd.read_csv(next((root / "fairvlmed" / "weak").rglob(f"seed{seed}/predictions_test.csv")))
+        m = pa.merge(pb, on="sample")
+        ref = roc_auc_score(m.label_x, m.score_x) - roc_auc_score(m.label_x, m.score_y)
+        assert diff == pytest.approx(100 * ref)
+        assert low < diff < high
+    assert auc.boot_low < auc.diff < auc.boot_high
+    assert auc.verdict.startswith("A better: distinguishable from noise")
+
+
+def test_identical_predictions_are_not_distinguishable(records):
+    (comp,) = compare_methods(records, "twin", "twin2", "race", n_resamples=200)
+    for m in comp.metrics:
+        assert m.diff == 0 and m.wins == (0, 0, 5)
+        assert m.verdict == "not distinguishable from noise"
+        assert m.boot_low == 0 and m.boot_high == 0
+
+
+def test_missing_seed_and_missing_predictions_are_notes(root, records, tmp_path):
+    part = [r for r in records if not (r["method"] == "weak" and r["seed"] == 4)]
+    (comp,) = compare_methods(part, "strong", "weak", "race", n_resamples=100)
+    assert comp.seeds == [0, 1, 2, 3]
+    assert any("seed(s) 4" in n for n in comp.notes)
+    gone = dict(next(r for r in part if r["method"] == "weak" and r["seed"] == 0))
+    gone["_dir"] = str(tmp_path)  # a run folder without predictions
+    part = [gone if (r["method"], r["seed"]) == ("weak", 0) else r for r in part]
+    (comp,) = compare_methods(part, "strong", "weak", "race", n_resamples=100)
+    assert any("seed 0:" in n and "missing" in n for n in comp.notes)
+    assert np.isnan(comp.metrics[0].boot_low)  # no pooled CI without every seed's predictions
+    assert len(comp.metrics[0].boot_seeds) == 3
+
+
+def test_unknown_method_and_ambiguous_configs_raise(records, tmp_path):
+    with pytest.raises(CompareError, match="no finished runs of 'nosuch'"):
+        compare_methods(records, "nosuch", "weak", "race")
+    write_run(tmp_path, "x", "b16", None, 0, config={"method": "x", "lr": 1e-5})
+    write_run(tmp_path, "x", "b16", None, 0, config={"method": "x", "lr": 1e-4})
+    write_run(tmp_path, "y", "b16", None, 0)
+    recs = load_results(tmp_path).records
+    with pytest.raises(CompareError, match=r"2 configs .*lr=0\.0001.*--config-a"):
+        compare_methods(recs, "x", "y", "race")
+    cfg = next(r["config_hash"] for r in recs if r["method"] == "x" and r["config"]["lr"] == 1e-4)
+    (comp,) = compare_methods(recs, "x", "y", "race", config_a=cfg[:6], bootstrap=False)
+    assert comp.seeds == [0]
+
+
+def test_cli_json_and_errors(root):
+    result = CliRunner().invoke(app, ["compare", "strong", "weak", "--out", str(root), "--attr", "race",
+                                      "--resamples", "100", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (doc,) = json.loads(result.stdout)
+    assert doc["method_a"] == "strong" and doc["seeds"] == list(SEEDS) and doc["scale"] == 100
+    assert [m["metric"] for m in doc["metrics"]] == ["auc", "es_auc"]
+    text = CliRunner().invoke(app, ["compare", "strong", "weak", "--out", str(root), "--resamples", "50"])
+    assert text.exit_code == 0 and "distinguishable" in text.stdout and "paired bootstrap per seed" in text.stdout
+    bad = CliRunner().invoke(app, ["compare", "strong", "nosuch", "--out", str(root)])
+    assert bad.exit_code == 2 and "no finished runs of 'nosuch'" in bad.stderr and "Traceback" not in bad.output
