@@ -41,6 +41,8 @@ def compare(
     loaded = load_results(out)
     for problem in loaded.problems:
         typer.echo(f"warning: {problem}", err=True)
+    for note in loaded.run_warnings:
+        typer.echo(f"run warning: {note}", err=True)
     if not loaded.records:
         raise typer.Exit(1)
     comparisons, errors = [], []

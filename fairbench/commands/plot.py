@@ -32,6 +32,8 @@ def plot(
     loaded = load_results(out)
     for problem in loaded.problems:
         typer.echo(f"warning: {problem}", err=True)
+    for note in loaded.run_warnings:
+        typer.echo(f"run warning: {note}", err=True)
     if loaded.frame.empty:
         raise typer.Exit(1)
     target = to if to is not None else Path(out) / "plots"

@@ -27,6 +27,8 @@ def report(
     loaded = load_results(out)
     for problem in loaded.problems:
         typer.echo(f"warning: {problem}", err=True)
+    for note in loaded.run_warnings:
+        typer.echo(f"run warning: {note}", err=True)
     paper = None
     if compare == "paper":
         try:

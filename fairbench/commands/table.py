@@ -42,6 +42,8 @@ def table(
     loaded = load_results(out)
     for problem in loaded.problems:
         typer.echo(f"warning: {problem}", err=True)
+    for note in loaded.run_warnings:
+        typer.echo(f"run warning: {note}", err=True)
     frame = loaded.frame
     if frame.empty:
         raise typer.Exit(1)

@@ -89,6 +89,9 @@ def _protocol(records: list[dict[str, Any]]) -> list[str]:
         items.append("<table><thead><tr><th>method</th><th>arch</th><th>trained on</th><th>config</th>"
                      "<th>seeds</th><th>selected epoch(s)</th></tr></thead><tbody>" + "".join(lines)
                      + "</tbody></table>")
+        warned = [f"{r.get('run_id') or r['_dir']}: {w}" for r in recs for w in (r.get("warnings") or [])]
+        if warned:
+            items.append("run warnings: <ul>" + "".join(f"<li>{esc(str(w))}</li>" for w in warned) + "</ul>")
         versions = sorted({json.dumps(r.get("versions") or {}, sort_keys=True) for r in recs})
         devices = sorted({str(r.get("device", "?")) for r in recs})
         items.append("versions: " + "; ".join(f"<code>{esc(v)}</code>" for v in versions)

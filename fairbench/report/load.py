@@ -19,6 +19,12 @@ class Loaded:
     frame: pd.DataFrame
     problems: list[str]
 
+    @property
+    def run_warnings(self) -> list[str]:
+        """Warnings the trainer stored in result.json (e.g. validation AUC below 0.5), one line each."""
+        return [f"{rec.get('run_id') or rec['_dir']}: {w}" for rec in self.records
+                for w in (rec.get("warnings") or []) if isinstance(w, str)]
+
 
 def _malformed(rec: dict[str, Any]) -> str:
     """Why a record that passed load_result still cannot be tabulated ("" if it can)."""
