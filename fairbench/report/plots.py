@@ -47,7 +47,8 @@ def _new_figure(n: int, width: float = 6.0, height: float = 4.6, max_cols: int =
 
     ncols = min(n, max_cols)
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(width * ncols, height * nrows + 0.6), layout="constrained")
+    # at least 9 inches wide so the two-line title (dataset, selection rule) is never clipped
+    fig = Figure(figsize=(max(width * ncols, 9.0), height * nrows + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
     for ax in axes[n:]:
@@ -165,6 +166,7 @@ def roc_figure(records: list[dict[str, Any]], labels: dict[str, str], attr: str,
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, alpha=0.5)
         ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
                title=f"{row_label(*key)} · seed {rec['seed']}")
+        ax.set_aspect("equal", adjustable="box")
         ax.legend(fontsize=7, loc="lower right")
     _suptitle(fig, f"{title}\nper-group ROC · {attr} (test predictions of each method's lowest seed)")
     return fig
@@ -194,7 +196,9 @@ def make_plots(records: list[dict[str, Any]], frame: pd.DataFrame, outdir: Path 
         frame = frame[frame["dataset"] == dataset]
     if select is not None:
         frame = frame[frame["selection"] == select]
-    for (tag, synthetic, rule), part in frame.groupby(["dataset", "synthetic", "selection"], sort=True):
+    groups = sorted(frame.groupby(["dataset", "synthetic", "selection"]), key=lambda kv: (kv[0][1], kv[0][0],
+                                                                                       kv[0][2] != "val"))
+    for (tag, synthetic, rule), part in groups:
         recs = [r for r in records if r["dataset"].get("tag") == tag and r["selection"].get("rule") == rule]
         for attr in eval_attributes(part):
             if attrs is not None and attr not in attrs:
