@@ -2,7 +2,8 @@
 
 Embedding-based MoE: replaces the MLP of the last transformer block of an encoder. Per token, a gate MLP gives
 softmax weights over M experts; Top_r keeps the k largest per token; Top_c keeps, per expert, the α largest
-of those among the tokens of ONE sample. Choices the paper leaves open, made here:
+of those among the tokens of ONE sample (ranked by the softmax weights, the paper's Top_r(W) entries).
+Choices the paper leaves open, made here:
 
 * α = ceil(C · n · k / M), clipped to [1, n], with n the sample's real token count: N + 1 patches + CLS for
   the image tower; for text, the tokens up to and including EOT (padding after EOT neither competes in Top_c
