@@ -12,6 +12,9 @@ measured in a feasibility study (DESIGN.md, "Synthetic FairVLMed"):
 Images keep the real 664×512 (H×W) aspect at a smaller scale: `size` is the width, height is
 round(size·664/512); the default 128 gives 166×128 px, twice what the CPU demo model sees (64 px).
 They are stored as uint8 (0–255). Same arguments → same bytes: the npz zips carry fixed timestamps.
+Version 2 enlarged the optic disc (radius 0.42–0.48 of half the width) and centred it more: with the
+version-1 disc (0.21–0.27) the tiny CLIP stayed at the ln(batch) loss plateau for 4 epochs and scored
+chance AUC; with the larger one it reaches validation AUC ≈ 0.9 in the same budget.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 
 from fairbench.data.format import DatasetError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = "fairbench_synthetic.json"
 DEFAULTS: dict[str, int] = {"n_train": 1500, "n_val": 400, "n_test": 1000, "size": 128, "seed": 0}
 _SPLIT_FOLDERS = (("Training", "training"), ("Validation", "validation"), ("Test", "test"))
@@ -96,8 +99,8 @@ def _fundus_batch(cdr: np.ndarray, degraded: np.ndarray, height: int, width: int
 
     bright = col(rng.uniform(95, 125, b))
     eye = np.where(rng.random(b) < 0.5, -1.0, 1.0)
-    cx, cy = col(eye * 0.2 + rng.normal(0, 0.04, b)), col(rng.normal(0, 0.05, b))
-    rd = col(rng.uniform(0.21, 0.27, b))
+    cx, cy = col(eye * 0.12 + rng.normal(0, 0.03, b)), col(rng.normal(0, 0.03, b))
+    rd = col(rng.uniform(0.42, 0.48, b))
     rc = col(cdr) * rd
     contrast = col(np.where(degraded, 0.6, 1.0) * rng.uniform(0.85, 1.15, b))
     dx, dy = x - cx, y - cy
