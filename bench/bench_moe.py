@@ -1,9 +1,9 @@
 """Fair-MoE cost at ViT-B/16 shapes on CPU: train step of `fairmoe` over `fairclip`, sparse MoE over dense.
 
 Both train steps see the same batch and the same group batches (one per group of a 3-group attribute) and run
-forward + backward + an Adam step with FairCLIP's optimiser settings; reps alternate between the methods so
-background load hits both alike. The layer comparison times one embedding MoE (forward + backward) at the
-image tower's shape, sparse dispatch against every expert on every token with the same routing.
+forward + backward + an Adam step with FairCLIP's optimiser settings. The layer comparison times one embedding
+MoE at the image tower's shape (forward, and forward + backward), sparse dispatch against every expert on every
+token with the same routing. Reps alternate between the compared functions so background load hits both alike.
 
     PYTHONPATH=. python bench/bench_moe.py            # targets: step ≤ 1.2×, sparse ≥ 3× faster
 """
@@ -25,15 +25,18 @@ NOTE = ("Patient with elevated intraocular pressure and an enlarged cup-to-disc 
         "visual field shows an early superior arcuate defect, consistent with glaucoma. Follow up")
 
 
-def timed(fn: Callable[[], None], warmup: int, reps: int) -> list[float]:
+def alternating(fns: dict[str, Callable[[], None]], warmup: int, reps: int) -> dict[str, list[float]]:
+    """Seconds per call of each function; reps alternate between them so drifting background load hits all alike."""
     for _ in range(warmup):
-        fn()
-    out = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def train_step_fn(method, model: torch.nn.Module, batch, groups) -> Callable[[], None]:
@@ -73,13 +76,7 @@ def bench_steps(args: argparse.Namespace) -> tuple[list[float], list[float]]:
         method = cls(cls.Settings(), attribute="race", n_groups=3)
         model = method.build(copy.deepcopy(backbone.model)).train()
         steps[name] = train_step_fn(method, model, main, group_batches)
-    for _ in range(args.warmup):
-        for fn in steps.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.reps):  # alternate, so drifting background load affects both
-        for name, fn in steps.items():
-            times[name] += timed(fn, 0, 1)
+    times = alternating(steps, args.warmup, args.reps)
     return times["fairclip"], times["fairmoe"]
 
 
@@ -95,16 +92,17 @@ def bench_layer(args: argparse.Namespace) -> dict[str, list[float]]:
     x = torch.randn(args.batch, tokens, mlp.c_fc.in_features)
 
     def sparse() -> None:
+        moe.zero_grad(set_to_none=True)
         moe(x).sum().backward()
 
     def dense() -> None:
+        moe.zero_grad(set_to_none=True)
         moe.forward_dense(x).sum().backward()
 
     with torch.no_grad():
-        fwd = {"sparse fwd": timed(lambda: moe(x), args.warmup, args.reps),
-               "dense fwd": timed(lambda: moe.forward_dense(x), args.warmup, args.reps)}
-    return {**fwd, "sparse fwd+bwd": timed(sparse, args.warmup, args.reps),
-            "dense fwd+bwd": timed(dense, args.warmup, args.reps)}
+        fwd = alternating({"sparse fwd": lambda: moe(x), "dense fwd": lambda: moe.forward_dense(x)},
+                          args.warmup, args.reps)
+    return {**fwd, **alternating({"sparse fwd+bwd": sparse, "dense fwd+bwd": dense}, args.warmup, args.reps)}
 
 
 def main() -> None:
