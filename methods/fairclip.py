@@ -63,18 +63,25 @@ def pair_similarities(model: nn.Module, image: torch.Tensor, text: torch.Tensor,
     return sims / sims.sum() if group_side else sims
 
 
+def encode_groups(model: nn.Module, group_batches: dict[int, Batch], form: str) -> dict[int, tuple[torch.Tensor, ...]]:
+    """Features of each group batch; the published form computes them without gradients."""
+    with torch.set_grad_enabled(torch.is_grad_enabled() and form != "published"):
+        return {g: encode_batch(model, gb) for g, gb in group_batches.items()}
+
+
 def fairclip_distance(model: nn.Module, batch: Batch, group_batches: dict[int, Batch], *, form: str = "published",
-                      blur: float = 1e-4, features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Σ over groups of Sinkhorn(batch similarities, group similarities); `features` reuses the batch's encoding."""
+                      blur: float = 1e-4, features: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      group_features: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    """Σ over groups of Sinkhorn(batch similarities, group similarities).
+
+    `features` / `group_features` reuse encodings the caller already made (see `encode_groups`).
+    """
     image, text = features if features is not None else encode_batch(model, batch)
+    if group_features is None:
+        group_features = encode_groups(model, group_batches, form)
     batch_sims = pair_similarities(model, image, text, form, group_side=False).float()
     total = batch_sims.new_zeros(())
-    for group_batch in group_batches.values():  # one extra batch per group (≤ 3)
-        if form == "published":
-            with torch.no_grad():
-                g_image, g_text = encode_batch(model, group_batch)
-        else:
-            g_image, g_text = encode_batch(model, group_batch)
+    for g_image, g_text in group_features.values():  # one extra batch per group (≤ 3)
         group_sims = pair_similarities(model, g_image, g_text, form, group_side=True).float()
         total = total + sinkhorn_distance(batch_sims[:, None], group_sims[:, None], blur=blur)
     return total

@@ -22,7 +22,7 @@ from fairbench.losses import clip_contrastive_loss
 from fairbench.method import Batch, Method, SettingsError, encode_batch
 from fairbench.models.moe import MoEConfig, build_fair_moe, record_routing, routing_stats
 from fairbench.registry import register_method
-from methods.fairclip import FairCLIPSettings, fairclip_distance
+from methods.fairclip import FairCLIPSettings, encode_groups, fairclip_distance
 
 
 @dataclass
@@ -92,11 +92,12 @@ class FairMoE(Method):
     def loss_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch]) -> dict[str, torch.Tensor]:
         s = self.settings
         # One encoding per batch serves the contrastive loss, L_distance and FOL: the MoE layers record their
-        # gate weights for the main batch, then for each group batch as fairclip_distance encodes them.
+        # gate weights for the main batch, then for each group batch in dict order (matching `codes` below).
         with record_routing(model) as records:
             image, text = encode_batch(model, batch)
-            distance = fairclip_distance(model, batch, group_batches, form=s.form, blur=s.blur,
-                                         features=(image, text))
+            group_features = encode_groups(model, group_batches, s.form)
+        distance = fairclip_distance(model, batch, group_batches, form=s.form, blur=s.blur, features=(image, text),
+                                     group_features=group_features)
         terms = {"contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp()),
                  "sinkhorn": s.fair_lambda * distance}
         codes = [_codes(batch, -1)] + [_codes(gb, g) for g, gb in group_batches.items()]
