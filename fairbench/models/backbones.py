@@ -108,7 +108,12 @@ def _image_size(model: nn.Module) -> int:
 def load_local_weights(model: nn.Module, model_name: str, path: Path) -> None:
     """Load a local checkpoint strictly: a partial load would silently train a half-random model."""
     state = read_checkpoint(path)
-    missing, unexpected = model.load_state_dict(_adapt_keys(state, model), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(_adapt_keys(state, model), strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise WeightsUnavailableError(f"checkpoint {path} does not fit {model_name}: {detail[:200]}; "
+                                      "check --arch") from None
     if missing or unexpected:
         raise WeightsUnavailableError(
             f"checkpoint {path} does not fit {model_name}: {len(missing)} missing keys "
