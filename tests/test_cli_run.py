@@ -157,3 +157,32 @@ def test_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_select_test_is_labelled_everywhere(dataset, tmp_path):
+    out = tmp_path / "results"
+    r = invoke("run", "--method", "clip", "--seeds", "1", "--data", dataset, "--out", out, "--select", "test",
+               "--epochs", "2", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16")
+    assert r.exit_code == 0, r.output
+    assert "TEST AUC" in r.output
+    (f,) = result_files(out)
+    rec = json.loads(f.read_text())
+    assert rec["selection"]["rule"] == "test" and "TEST" in rec["selection"]["label"]
+    history = json.loads((f.parent / "history.json").read_text())
+    assert all("test_auc" in h for h in history)
+    best = max(range(len(history)), key=lambda i: history[i]["test_auc"])
+    assert rec["selection"]["epoch"] == best
+    table = invoke("table", "--out", out)
+    assert table.exit_code == 0 and re.search(r"test", table.output, re.I)
+
+
+def test_val_selection_never_scores_test_per_epoch(dataset, tmp_path):
+    out = tmp_path / "results"
+    r = invoke("run", "--method", "clip", "--seeds", "1", "--data", dataset, "--out", out, "--epochs", "2",
+               "--set", "max_steps_per_epoch=2", "--set", "batch_size=16")
+    assert r.exit_code == 0, r.output
+    (f,) = result_files(out)
+    history = json.loads((f.parent / "history.json").read_text())
+    assert all("test_auc" not in h for h in history)
+    rec = json.loads(f.read_text())
+    assert rec["selection"]["epoch"] == max(range(2), key=lambda i: history[i]["val_auc"])
