@@ -65,11 +65,13 @@ def test_run_two_methods_two_seeds_then_table_then_skip_then_no_overwrite(datase
     assert {p: p.stat().st_mtime_ns for p in files} == mtimes  # the earlier runs are untouched
 
 
-def test_same_seed_same_numbers(dataset, tmp_path):
+@pytest.mark.parametrize("method", ["clip", "fairclip", "fairmoe"])
+def test_same_seed_same_numbers(dataset, tmp_path, method):
     scores = []
     for i in range(2):
         out = tmp_path / f"r{i}"
-        r = invoke("run", "--method", "clip", "--seeds", "1", "--data", dataset, "--out", out, *FAST)
+        r = invoke("run", "--method", method, "--attr", "race", "--seeds", "1", "--data", dataset, "--out", out,
+                   *FAST)
         assert r.exit_code == 0, r.output
         (f,) = result_files(out)
         scores.append((f.parent / "predictions_test.csv").read_text())

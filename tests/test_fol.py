@@ -8,14 +8,7 @@ import torch
 from fairbench.fol import fol_terms, group_variances, variance_gap
 from fairbench.models.moe import GateRecord
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is fastest and immune to other jobs oversubscribing the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loop_fol(weights, groups, n_groups, valid, population, form="paper", lam=1.0):

@@ -14,13 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 load_builtin_methods()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is fastest and immune to other jobs oversubscribing the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STUDY = ["fairmoe", "fairmoe-no-em", "fairmoe-no-fei", "fairmoe-no-fet", "fairmoe-no-ffi", "fairmoe-no-fft",
          "fairmoe-no-fm", "fairmoe-no-fol", "fairmoe-no-image-moe", "fairmoe-no-text-moe"]

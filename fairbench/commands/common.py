@@ -29,3 +29,20 @@ def load_methods(plugins: list[str] | None) -> None:
         load_plugins(plugins or [])
     except PluginError as exc:
         fail(str(exc))
+
+
+def check_select(select: str | None) -> None:
+    if select not in (None, "val", "test"):
+        fail(f"--select {select!r} is not one of val, test")
+
+
+def load_results_reporting(out):
+    """Load a results folder for a reporting command; skipped files and run warnings go to stderr."""
+    from fairbench.report.load import load_results
+
+    loaded = load_results(out)
+    for problem in loaded.problems:
+        typer.echo(f"warning: {problem}", err=True)
+    for note in loaded.run_warnings:
+        typer.echo(f"run warning: {note}", err=True)
+    return loaded

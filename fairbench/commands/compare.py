@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import fail, split_list
+from fairbench.commands.common import check_select, fail, load_results_reporting, split_list
 
 
 def compare(
@@ -29,7 +29,6 @@ def compare(
     fmt: str = typer.Option("terminal", "--format", "-f", help="terminal | json"),
 ) -> None:
     """Paired comparison of AUC and ES-AUC: bootstrap over test samples per seed, t-test/sign test over seeds."""
-    from fairbench.report.load import load_results
     from fairbench.report.significance import CompareError, compare_methods
 
     if fmt not in ("terminal", "json"):
@@ -38,11 +37,8 @@ def compare(
         fail(f"--alpha {alpha} must be between 0 and 1, e.g. 0.05")
     if resamples < 1:
         fail(f"--resamples {resamples} must be at least 1, e.g. 1000")
-    loaded = load_results(out)
-    for problem in loaded.problems:
-        typer.echo(f"warning: {problem}", err=True)
-    for note in loaded.run_warnings:
-        typer.echo(f"run warning: {note}", err=True)
+    check_select(select)
+    loaded = load_results_reporting(out)
     if not loaded.records:
         raise typer.Exit(1)
     comparisons, errors = [], []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import fail, split_list
+from fairbench.commands.common import check_select, fail, load_results_reporting, split_list
 
 KINDS = ("tradeoff", "group_auc", "roc")
 
@@ -20,20 +20,14 @@ def plot(
     select: str = typer.Option(None, "--select", help="Only runs selected by this rule: val | test."),
 ) -> None:
     """AUC vs ES-AUC / DPD trade-off (mean ± std per method, faint seeds), per-group AUC bars, per-group ROC."""
-    from fairbench.report.load import load_results
     from fairbench.report.plots import make_plots
 
     kinds = tuple(split_list(kind) or KINDS)
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         fail(f"--kind {','.join(bad)}: choose from {', '.join(KINDS)}")
-    if select not in (None, "val", "test"):
-        fail(f"--select {select!r} is not one of val, test")
-    loaded = load_results(out)
-    for problem in loaded.problems:
-        typer.echo(f"warning: {problem}", err=True)
-    for note in loaded.run_warnings:
-        typer.echo(f"run warning: {note}", err=True)
+    check_select(select)
+    loaded = load_results_reporting(out)
     if loaded.frame.empty:
         raise typer.Exit(1)
     target = to if to is not None else Path(out) / "plots"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import fail, split_list
+from fairbench.commands.common import fail, load_results_reporting, split_list
 
 
 def report(
@@ -19,16 +19,11 @@ def report(
 ) -> None:
     """Tables, figures (embedded as base64 PNG) and the protocol: data, selection rule, seeds, versions."""
     from fairbench.report.html import build_report, write_report
-    from fairbench.report.load import load_results
     from fairbench.report.paper import PaperTableError, PaperTables
 
     if compare not in ("paper", "none"):
         fail(f"--compare {compare!r}: choose 'paper' or 'none'")
-    loaded = load_results(out)
-    for problem in loaded.problems:
-        typer.echo(f"warning: {problem}", err=True)
-    for note in loaded.run_warnings:
-        typer.echo(f"run warning: {note}", err=True)
+    loaded = load_results_reporting(out)
     paper = None
     if compare == "paper":
         try:

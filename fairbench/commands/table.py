@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import fail, split_list
+from fairbench.commands.common import check_select, fail, load_results_reporting, split_list
 
 FORMAT_HELP = "terminal | markdown | latex | csv (wide, × 100) | long-csv (tidy: run × attribute × group × metric, raw)"
 
@@ -26,7 +26,6 @@ def table(
     select: str = typer.Option(None, "--select", help="Only runs selected by this rule: val | test."),
 ) -> None:
     """Mean ± std over seeds per method/arch, best per column marked, missing seeds flagged."""
-    from fairbench.report.load import load_results
     from fairbench.report.paper import PaperTableError, PaperTables
     from fairbench.report.render import FORMATS, render_csv, render_latex, render_markdown, render_terminal
     from fairbench.report.tables import LAYOUTS, build_tables
@@ -37,13 +36,8 @@ def table(
         fail(f"--layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if compare not in (None, "paper"):
         fail(f"--compare {compare!r}: only 'paper' (the Fair-MoE paper's Tables 1–6) is available")
-    if select not in (None, "val", "test"):
-        fail(f"--select {select!r} is not one of val, test")
-    loaded = load_results(out)
-    for problem in loaded.problems:
-        typer.echo(f"warning: {problem}", err=True)
-    for note in loaded.run_warnings:
-        typer.echo(f"run warning: {note}", err=True)
+    check_select(select)
+    loaded = load_results_reporting(out)
     frame = loaded.frame
     if frame.empty:
         raise typer.Exit(1)

@@ -9,6 +9,8 @@ checkpoint `{'model_state_dict': ...}`. Local pickles are read with `weights_onl
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,7 +89,8 @@ def create_backbone(arch: str, pretrained: str | None = "default", device: str |
         model = _from_hub(model_name, pretrained)
         tokenizer = open_clip.get_tokenizer(model_name)
     else:
-        model = open_clip.create_model(model_name, pretrained=None)
+        with _quiet_root_logger():  # open_clip warns on the root logger that the init is random; that is the intent
+            model = open_clip.create_model(model_name, pretrained=None)
         tokenizer = open_clip.get_tokenizer(model_name)
     if local is not None and local.is_file():
         load_local_weights(model, model_name, local)
@@ -98,6 +101,17 @@ def create_backbone(arch: str, pretrained: str | None = "default", device: str |
     context = getattr(tokenizer, "context_length", None) or getattr(model, "context_length", 77)
     return Backbone(model=model, tokenize=tokenizer, tokenizer_key=f"{type(tokenizer).__name__}-{context}",
                     image_size=image_size, mean=mean, std=std, arch=arch, pretrained=pretrained)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _image_size(model: nn.Module) -> int:

@@ -96,7 +96,10 @@ def route_tokens(probs: torch.Tensor, top_k: int, capacity: float, valid: torch.
     scores = torch.where(candidates, probs.detach(), torch.full_like(probs, -1.0))
     top = scores.topk(n_slots, dim=1)  # per sample and expert, over its tokens
     rank = torch.arange(n_slots, device=probs.device)[None, :, None]
-    slots, slot_ok = top.indices, (top.values >= 0) & (rank < alpha[:, None, None])
+    slot_ok = (top.values >= 0) & (rank < alpha[:, None, None])
+    # Unused slots point at token 0: topk orders tied (masked) entries arbitrarily, and the dispatched index
+    # set must be the same in every run for same-seed runs to agree bit for bit.
+    slots = torch.where(slot_ok, top.indices, torch.zeros_like(top.indices))
     if pooled is not None:
         pooled_slot = pooled[:, None, None].expand(B, 1, M)
         slots = torch.cat([slots, pooled_slot], dim=1)
@@ -195,7 +198,9 @@ class EmbeddingMoE(nn.Module):
         offsets = torch.arange(B, device=x.device)[:, None, None] * T
         flat = (routing.slots + offsets).permute(2, 0, 1).reshape(M, B * S)  # token row of each slot
         w = (routing.weights.gather(1, routing.slots) * routing.slot_ok).permute(2, 0, 1).reshape(M, B * S, 1)
-        y = self.experts(x.reshape(B * T, D)[flat])  # (M, B·S, D): each expert only on its slots
+        # index_select, not x[flat]: its backward is index_add_, deterministic on CPU with repeated indices.
+        gathered = x.reshape(B * T, D).index_select(0, flat.reshape(-1)).reshape(M, B * S, D)
+        y = self.experts(gathered)  # (M, B·S, D): each expert only on its slots
         contrib = (y * w.to(y.dtype)).reshape(M * B * S, D)
         out = x.new_zeros(B * T, D).index_add_(0, flat.reshape(-1), contrib.to(x.dtype))
         return out.reshape(B, T, D)
