@@ -188,3 +188,23 @@ def test_val_selection_never_scores_test_per_epoch(dataset, tmp_path):
     assert all("test_auc" not in h for h in history)
     rec = json.loads(f.read_text())
     assert rec["selection"]["epoch"] == max(range(2), key=lambda i: history[i]["val_auc"])
+
+
+def test_whole_fairmoe_study_runs_through_the_cli(dataset, tmp_path):
+    """`--method 'fairmoe*'` expands to every Fair-MoE variant; each trains on tiny and lands in the ablation table."""
+    from fairbench.registry import list_methods, load_plugins
+
+    load_plugins()
+    study = list_methods("fairmoe*")
+    assert len(study) >= 10
+    out = tmp_path / "results"
+    r = invoke("run", "--method", "fairmoe*,fairclip-fom", "--attr", "race", "--seeds", "1", "--data", dataset,
+               "--out", out, "--epochs", "1", "--set", "max_steps_per_epoch=1", "--set", "batch_size=16",
+               "--set", "group_batch_size=8")
+    assert r.exit_code == 0, r.output
+    methods = {json.loads(p.read_text())["method"] for p in result_files(out)}
+    assert methods == {*study, "fairclip-fom"}
+    table = invoke("table", "--out", out, "--layout", "ablation")
+    assert table.exit_code == 0, table.output
+    for name in methods:
+        assert name in table.output
