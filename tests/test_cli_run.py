@@ -50,6 +50,10 @@ def test_run_two_methods_two_seeds_then_table_then_skip_then_no_overwrite(datase
     assert table.exit_code == 0, table.output
     assert "clip" in table.output and "fairclip" in table.output
 
+    compare = invoke("compare", "fairclip", "clip", "--out", out, "--attr", "race", "--resamples", "50")
+    assert compare.exit_code == 0, compare.output
+    assert "different test samples" not in compare.output  # both seeds share one test set: pooled CI shown
+
     mtimes = {p: p.stat().st_mtime_ns for p in files}
     again = invoke("run", "--method", "clip,fairclip", "--attr", "race", "--seeds", "2", "--data", dataset,
                    "--out", out, *FAST)

@@ -128,3 +128,10 @@ def test_cli_json_and_errors(root):
     assert text.exit_code == 0 and "distinguishable" in text.stdout and "paired bootstrap per seed" in text.stdout
     bad = CliRunner().invoke(app, ["compare", "strong", "nosuch", "--out", str(root)])
     assert bad.exit_code == 2 and "no finished runs of 'nosuch'" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_pooled_ci_when_every_seed_shares_the_test_set(records):
+    """Regression: string sample ids were compared by object pointers, so seeds never looked alike."""
+    (comp,) = compare_methods(records, "strong", "weak", "race", n_resamples=200)
+    assert not any("different test samples" in note for note in comp.notes)
+    assert np.isfinite(comp.metrics[0].boot_low) and comp.metrics[0].boot_low <= comp.metrics[0].boot_high

@@ -139,7 +139,7 @@ def _bootstrap(mc_by_key: dict[tuple[str, ...], MetricComparison], pairs: list[t
             res = paired_bootstrap(merged["label_a"].to_numpy(), merged["score_a"].to_numpy(),
                                    merged["score_b"].to_numpy(), {attr: merged[col].to_numpy()},
                                    n_resamples=n_resamples, seed=boot_seed, ci=ci)
-        test_sets.add(merged["sample"].to_numpy().tobytes())
+        test_sets.add(tuple(merged["sample"].astype(str)))  # object arrays: compare values, not pointers
         for key, mc in mc_by_key.items():
             if key not in res.samples:
                 continue
