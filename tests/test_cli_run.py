@@ -3,7 +3,6 @@ and one-line errors for bad input."""
 
 import json
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from typer.testing import CliRunner
 
 from fairbench.cli import app
 from tests.helpers import small_synthetic
+from tests.test_registry import PLUGIN_SOURCE
 
 runner = CliRunner()
 FAST = ["--epochs", "1", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
@@ -82,26 +82,9 @@ def test_same_seed_same_numbers(dataset, tmp_path, method):
     assert scores[0] == scores[1]
 
 
-PLUGIN = textwrap.dedent('''
-    from dataclasses import dataclass
-    from fairbench import Method, register_method, encode_batch
-    from fairbench.losses import clip_contrastive_loss
-
-    @register_method("halfclip", description="CLIP with half the contrastive loss (plugin test)")
-    class HalfCLIP(Method):
-        @dataclass
-        class Settings:
-            weight: float = 0.5
-
-        def loss_terms(self, model, batch, group_batches):
-            image, text = encode_batch(model, batch)
-            return {"half": self.settings.weight * clip_contrastive_loss(image, text, model.logit_scale.exp())}
-''')
-
-
 def test_plugin_method_runs_and_is_listed_and_tabled(dataset, tmp_path):
     plugin = tmp_path / "halfclip_plugin.py"
-    plugin.write_text(PLUGIN)
+    plugin.write_text(PLUGIN_SOURCE.format(name="halfclip"))
     listed = invoke("methods", "--plugin", plugin)
     assert listed.exit_code == 0 and "halfclip" in listed.output
     out = tmp_path / "results"
