@@ -5,7 +5,7 @@ Kept import-light on purpose: `fairbench --help` must not pay for torch.
 
 __version__ = "0.1.0"
 
-ATTRIBUTES: tuple[str, ...] = ("race", "gender", "ethnicity", "language")
+from fairbench.attributes import ATTRIBUTES  # noqa: E402,F401 - re-exported
 
 
 def __getattr__(name: str):

@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fairbench import ATTRIBUTES, __version__
+from fairbench import __version__
+from fairbench.attributes import ATTRIBUTE_GROUPS, ATTRIBUTES
 from fairbench.method import Method, SettingsError, convert_value, parse_settings, settings_dict
 from fairbench.registry import get_method
 from fairbench.results import (
@@ -137,8 +138,6 @@ class Runner:
     # ------------------------------------------------------------------ planning
     def plan(self, job: Job) -> tuple[dict[str, Any], Method, Any]:
         """The job's resolved config (what the hash covers), its method instance and trainer settings."""
-        from fairbench.data import ATTRIBUTE_GROUPS
-
         cls = get_method(job.method)
         method_settings = parse_settings(cls.Settings, self.method_overrides.get(job.method, {}),
                                          owner=f"method {job.method!r}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-DEFAULT_ATTRIBUTES = ("race", "gender", "ethnicity", "language")
+from fairbench.attributes import ATTRIBUTES as DEFAULT_ATTRIBUTES
 
 
 class _BadFile(Exception):

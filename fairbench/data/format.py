@@ -18,14 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-ATTRIBUTE_GROUPS: dict[str, dict[int, str]] = {
-    "race": {0: "Asian", 1: "Black", 2: "White"},
-    "gender": {0: "Female", 1: "Male"},
-    "ethnicity": {0: "Non-Hispanic", 1: "Hispanic"},
-    "language": {0: "English", 1: "Spanish", 2: "Other"},
-}
-ATTRIBUTES: tuple[str, ...] = tuple(ATTRIBUTE_GROUPS)
-UNKNOWN = -1
+from fairbench.attributes import ATTRIBUTE_GROUPS, ATTRIBUTES, UNKNOWN  # noqa: F401 - re-exported
 
 # Published split folder names; the test split appears as `Test/` or, in some releases, `Testing/`.
 SPLIT_DIRS: dict[str, tuple[str, ...]] = {
@@ -275,7 +268,7 @@ def truncate_text(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:
 def demographics_phrase(rec: Record) -> str:
     """The patient's demographics in words, unknown values left out, e.g. '67-year-old Black
     non-Hispanic female, Spanish-speaking.'"""
-    words = {"race": {0: "Asian", 1: "Black", 2: "White"}, "ethnicity": {0: "non-Hispanic", 1: "Hispanic"},
+    words = {"race": ATTRIBUTE_GROUPS["race"], "ethnicity": {0: "non-Hispanic", 1: "Hispanic"},
              "gender": {0: "female", 1: "male"}}
     parts = [f"{int(rec.age)}-year-old"] if np.isfinite(rec.age) else []
     parts += [words[a][rec.attribute(a)] for a in words if rec.attribute(a) != UNKNOWN]

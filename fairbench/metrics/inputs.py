@@ -12,15 +12,11 @@ from typing import Any
 
 import numpy as np
 
-UNKNOWN_CODE = -1
+from fairbench.attributes import ATTRIBUTE_GROUPS
+from fairbench.attributes import UNKNOWN as UNKNOWN_CODE
 
 # FairVLMed attribute codes (DESIGN.md "Protocol facts"; FairCLIP's npz files).
-DEFAULT_GROUP_NAMES: dict[str, dict[int, str]] = {
-    "race": {0: "Asian", 1: "Black", 2: "White"},
-    "gender": {0: "Female", 1: "Male"},
-    "ethnicity": {0: "Non-Hispanic", 1: "Hispanic"},
-    "language": {0: "English", 1: "Spanish", 2: "Other"},
-}
+DEFAULT_GROUP_NAMES: dict[str, dict[int, str]] = ATTRIBUTE_GROUPS
 
 # String values read as "unknown" (compared lower-case, stripped); numeric unknown is -1 or NaN.
 _MISSING_STRINGS = frozenset({"", "nan", "none", "null", "<na>", "na", "-1", "unknown"})

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from fairbench.attributes import ATTRIBUTES
 from fairbench.results import SELECTION_LABELS
 
 OVERALL = "overall"
@@ -120,7 +121,7 @@ def long_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def eval_attributes(frame: pd.DataFrame) -> list[str]:
     """Evaluation attributes present, in the papers' order first."""
-    order = ["race", "gender", "ethnicity", "language"]
+    order = list(ATTRIBUTES)
     present = [a for a in frame["eval_attribute"].unique() if a != OVERALL]
     return sorted(present, key=lambda a: (order.index(a) if a in order else len(order), a))
 
