@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from fairbench.metrics.info import METRICS
 from fairbench.report.aggregate import eval_attributes, for_attribute, seed_problem, selection_label, summarise
 from fairbench.report.paper import PAPER_CITATION, PAPER_DATASET, PAPER_SELECTION, PaperTables, PaperValue
 
 LAYOUTS = ("table1", "ablation")
 SCALE = 100.0  # the papers print these metrics × 100
-TABLE1_METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("es_auc", "ES-AUC", True), ("auc", "AUC", True), ("dpd", "DPD", False), ("eod", "EOD", False),
-)
+TABLE1_METRICS: tuple[str, ...] = ("es_auc", "auc", "dpd", "eod")
 STD_NOTE = "mean ± std over seeds (sample std, ddof = 1), × 100"
 
 
@@ -27,11 +26,14 @@ class Column:
     key: str
     label: str
     metric: str
-    higher_is_better: bool
+
+    @property
+    def higher_is_better(self) -> bool:
+        return bool(METRICS[self.metric].higher_is_better)
 
     @property
     def arrow(self) -> str:
-        return "↑" if self.higher_is_better else "↓"
+        return METRICS[self.metric].arrow
 
 
 @dataclass
@@ -195,11 +197,11 @@ def _finish(table: Table, paper: PaperTables | None) -> Table:
 
 def _table1(frame: pd.DataFrame, key: tuple, attr: str, paper: PaperTables | None) -> Table | None:
     sub = for_attribute(frame, attr)
-    sub = sub[(sub["group"] == "") & sub["metric"].isin([m for m, _, _ in TABLE1_METRICS])]
+    sub = sub[(sub["group"] == "") & sub["metric"].isin(TABLE1_METRICS)]
     if sub.empty:
         return None
     summary = summarise(sub, ["method", "arch", "variant", "metric"])
-    columns = [Column(m, label, m, hib) for m, label, hib in TABLE1_METRICS]
+    columns = [Column(m, METRICS[m].label, m) for m in TABLE1_METRICS]
     dataset, synthetic, selection = key
     table = Table(_title("table1", attr, dataset, synthetic, selection), "", "table1", dataset, synthetic,
                   selection, attr, columns, _rows(summary, "metric"))
@@ -216,7 +218,7 @@ def _ablation(frame: pd.DataFrame, key: tuple, attrs: list[str], paper: PaperTab
         return None
     summary = summarise(sub, ["method", "arch", "variant", "eval_attribute"])
     present = [a for a in attrs if a in set(summary["eval_attribute"])]
-    columns = [Column(a, f"ES-AUC {a}", "es_auc", True) for a in present]
+    columns = [Column(a, f"ES-AUC {a}", "es_auc") for a in present]
     dataset, synthetic, selection = key
     table = Table(_title("ablation", None, dataset, synthetic, selection), "", "ablation", dataset, synthetic,
                   selection, None, columns, _rows(summary, "eval_attribute"))
