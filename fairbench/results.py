@@ -21,6 +21,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,21 +69,28 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON via a temp file in the same folder and rename, so readers never see half a file."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds, so readers never see
+    half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(to_jsonable(obj), fh, indent=2, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Strict JSON (NaN → null), flushed to disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        json.dump(to_jsonable(obj), fh, indent=2, allow_nan=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 REQUIRED_KEYS = ("schema", "method", "arch", "seed", "dataset", "config_hash", "selection", "metrics")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 import platform
 import sys
 import time
@@ -30,6 +29,7 @@ from fairbench.results import (
     RESULT_FILE,
     RESULT_SCHEMA,
     SELECTION_LABELS,
+    atomic_path,
     config_hash,
     run_dir,
     write_json_atomic,
@@ -279,14 +279,12 @@ def _auc(labels, scores) -> float:
 
 
 def _write_predictions(path: Path, samples: list[str], labels, scores, attributes: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["sample", "label", "score", *attributes])
-        cols = [attributes[a] for a in attributes]
-        for i, sample in enumerate(samples):
-            writer.writerow([sample, int(labels[i]), repr(float(scores[i])), *(int(c[i]) for c in cols)])
-    os.replace(tmp, path)
+        codes = zip(*(attributes[a].tolist() for a in attributes), strict=True)
+        writer.writerows([s, int(y), repr(float(p)), *c]
+                         for s, y, p, c in zip(samples, labels.tolist(), scores.tolist(), codes, strict=True))
 
 
 def _dataset_info(data) -> dict[str, Any]:

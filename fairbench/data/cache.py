@@ -27,17 +27,16 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fairbench.data.format import DatasetError, Record, _short, read_image, read_split_records
+from fairbench.results import atomic_path, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -83,28 +82,9 @@ def text_file_fingerprint(path: Path | None) -> str:
 
 # ---------------------------------------------------------------- atomic writes
 
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in path's folder; rename it onto path only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_npy_atomic(path: Path, array: np.ndarray) -> None:
-    with _atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array, allow_pickle=False)
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    with _atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, allow_nan=False))
 
 
 # ---------------------------------------------------------------- the CLIP image transform
@@ -205,7 +185,7 @@ class SplitCache:
             return out
 
         try:
-            with _atomic_path(path) as tmp:
+            with atomic_path(path) as tmp:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                                 shape=(len(self.files), 1, size, size))
                 workers = max(1, min(8, os.cpu_count() or 1))
