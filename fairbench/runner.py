@@ -133,7 +133,6 @@ class Runner:
         self.method_overrides, self.train_overrides = split_overrides(methods, options.overrides)
         self.log = log
         self._data_cache: dict[tuple, Any] = {}
-        self._backbone_meta: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------------ planning
     def plan(self, job: Job) -> tuple[dict[str, Any], Method, Any]:
@@ -158,15 +157,10 @@ class Runner:
     def dataset_for(self, arch: str):
         """Load (or reuse) the dataset tensors for this arch's image size and tokenizer."""
         from fairbench.data import load_fairvlmed, resolve_dataset_path
-        from fairbench.models import create_backbone
+        from fairbench.models.backbones import input_spec
 
-        meta_key = (arch, self.options.pretrained)
-        if meta_key not in self._backbone_meta:
-            # Only the input pipeline matters here; build random-init to read image size and tokenizer.
-            bb = create_backbone(arch, pretrained=None)
-            self._backbone_meta[meta_key] = (bb.image_size, bb.tokenize, bb.tokenizer_key, bb.mean, bb.std)
-            del bb
-        image_size, tokenize, tokenizer_key, mean, std = self._backbone_meta[meta_key]
+        inputs = input_spec(arch)
+        image_size, tokenize, tokenizer_key = inputs.image_size, inputs.tokenize, inputs.tokenizer_key
         root = resolve_dataset_path(self.options.data)
         key = (str(root), image_size, tokenizer_key, self.options.text_source)
         if key not in self._data_cache:

@@ -77,17 +77,13 @@ def run(
 
 
 def _check_archs(archs: list[str]) -> None:
-    from fairbench.models.backbones import ARCHS
+    from fairbench.models.backbones import input_spec
 
-    unknown = [a for a in archs if a not in ARCHS]
-    if unknown:
-        import open_clip
-
-        known = set(open_clip.list_models())
-        bad = [a for a in unknown if a not in known]
-        if bad:
-            fail(f"unknown arch {bad[0]!r}: use {', '.join(ARCHS)} or an open_clip model name "
-                 "(python -c 'import open_clip; print(open_clip.list_models())')")
+    for a in archs:
+        try:
+            input_spec(a)
+        except ValueError as exc:
+            fail(str(exc))
 
 
 def _print_plan(console, jobs, plans) -> None:

@@ -65,18 +65,47 @@ class Backbone:
     pretrained: str | None
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """What the data pipeline needs from an arch (image size, tokenizer), known without building the model."""
+
+    model_name: str
+    image_size: int
+    tokenize: Callable[[list[str]], torch.Tensor]
+    tokenizer_key: str
+
+
+def input_spec(arch: str) -> InputSpec:
+    """The input pipeline of `arch`, read from its config: cheap even for ViT-L/14."""
+    import open_clip
+
+    spec = ARCHS.get(arch)
+    model_name = spec.model_name if spec else arch
+    if model_name == "fairbench-tiny":
+        context = TINY_CFG["text_cfg"]["context_length"]
+        tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=context)
+        size = TINY_CFG["vision_cfg"]["image_size"]
+    else:
+        config = open_clip.get_model_config(model_name)
+        if config is None:
+            raise ValueError(f"unknown arch {arch!r}: use one of {', '.join(ARCHS)} or an open_clip model name "
+                             "(see open_clip.list_models())")
+        tokenizer = open_clip.get_tokenizer(model_name)
+        size = config["vision_cfg"].get("image_size", 224)
+        context = getattr(tokenizer, "context_length", None) or config.get("text_cfg", {}).get("context_length", 77)
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return InputSpec(model_name, size, tokenizer, f"{type(tokenizer).__name__}-{context}")
+
+
 def create_backbone(arch: str, pretrained: str | None = "default", device: str | torch.device = "cpu") -> Backbone:
     """Build `arch` with weights `pretrained` ("default" = the arch's usual weights; None = random init)."""
     import open_clip
 
     spec = ARCHS.get(arch)
-    model_name = spec.model_name if spec else arch
+    inputs = input_spec(arch)  # also validates the arch name
+    model_name = inputs.model_name
     if pretrained == "default":
         pretrained = spec.default_pretrained if spec else None
-    if spec is None and model_name not in open_clip.list_models():
-        known = ", ".join(ARCHS)
-        raise ValueError(f"unknown arch {arch!r}: use one of {known} or an open_clip model name "
-                         "(see open_clip.list_models())")
 
     local = Path(str(pretrained)).expanduser() if pretrained else None
     if model_name == "fairbench-tiny":
@@ -84,23 +113,18 @@ def create_backbone(arch: str, pretrained: str | None = "default", device: str |
             raise ValueError(f"arch 'tiny' has no hub weights ({pretrained!r}); it trains from random init "
                              "(--pretrained none) or loads a local checkpoint file")
         model = open_clip.CLIP(**TINY_CFG)
-        tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=TINY_CFG["text_cfg"]["context_length"])
     elif pretrained and not local.is_file():
         model = _from_hub(model_name, pretrained)
-        tokenizer = open_clip.get_tokenizer(model_name)
     else:
         with _quiet_root_logger():  # open_clip warns on the root logger that the init is random; that is the intent
             model = open_clip.create_model(model_name, pretrained=None)
-        tokenizer = open_clip.get_tokenizer(model_name)
     if local is not None and local.is_file():
         load_local_weights(model, model_name, local)
     model.to(device)
-    image_size = _image_size(model)
     mean = tuple(getattr(model.visual, "image_mean", None) or OPENAI_MEAN)
     std = tuple(getattr(model.visual, "image_std", None) or OPENAI_STD)
-    context = getattr(tokenizer, "context_length", None) or getattr(model, "context_length", 77)
-    return Backbone(model=model, tokenize=tokenizer, tokenizer_key=f"{type(tokenizer).__name__}-{context}",
-                    image_size=image_size, mean=mean, std=std, arch=arch, pretrained=pretrained)
+    return Backbone(model=model, tokenize=inputs.tokenize, tokenizer_key=inputs.tokenizer_key,
+                    image_size=inputs.image_size, mean=mean, std=std, arch=arch, pretrained=pretrained)
 
 
 @contextlib.contextmanager
@@ -112,11 +136,6 @@ def _quiet_root_logger():
         yield
     finally:
         root.setLevel(level)
-
-
-def _image_size(model: nn.Module) -> int:
-    size = getattr(model.visual, "image_size", 224)
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 def load_local_weights(model: nn.Module, model_name: str, path: Path) -> None:
