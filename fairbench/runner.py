@@ -263,13 +263,10 @@ class Runner:
 
 
 def _auc(labels, scores) -> float:
-    """Per-epoch AUC for selection; NaN when a split has one class (selection then keeps the first epoch)."""
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
+    """Per-epoch AUC for selection, from the metric suite; NaN (with its warning) when a split has one class."""
+    from fairbench.metrics import evaluate
 
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
+    return float(evaluate(labels, scores, {}).auc)
 
 
 def _write_predictions(path: Path, samples: list[str], labels, scores, attributes: dict[str, Any]) -> None:
