@@ -229,10 +229,13 @@ class EmbeddingMoE(nn.Module):
         stats, self._stats = self._stats, {}
         if not stats:
             return {}
-        load = stats["load"].double()
-        out = {"dropped": float(stats["dropped"]) / max(float(stats["tokens"]), 1.0)}
-        out.update({f"load_{j}": float(v) for j, v in enumerate((load / load.sum().clamp_min(1)).tolist())})
-        return out
+        return {"dropped": float(stats["dropped"]) / max(float(stats["tokens"]), 1.0), **_load_shares(stats["load"])}
+
+
+def _load_shares(load: torch.Tensor) -> dict[str, float]:
+    """Each expert's share of the kept assignments counted since the last report."""
+    load = load.double()
+    return {f"load_{j}": float(v) for j, v in enumerate((load / load.sum().clamp_min(1)).tolist())}
 
 
 class FeatureMoE(nn.Module):
@@ -274,8 +277,7 @@ class FeatureMoE(nn.Module):
         stats, self._stats = self._stats, {}
         if not stats:
             return {}
-        load = stats["load"].double()
-        return {f"load_{j}": float(v) for j, v in enumerate((load / load.sum().clamp_min(1)).tolist())}
+        return _load_shares(stats["load"])
 
 
 @dataclass
