@@ -1,9 +1,10 @@
-"""The method registry: one public path for built-in methods and users' plugins alike.
+"""The registries of methods and datasets: one public path for built-ins and users' plugins alike.
 
-Built-in methods in `methods/` and a user's own file register through `register_method`, so the core
-never names a method. Plugins are found through `--plugin` (a file path or a module name), the
-`FAIRBENCH_PLUGINS` environment variable (os.pathsep-separated) and the `fairbench.methods` entry-point
-group of installed packages.
+Built-in methods in `methods/`, the built-in datasets in `fairbench.datasets` and a user's own file register
+through `register_method` / `register_dataset`, so the core never names a method or a dataset. Plugins (which
+may register either) are found through `--plugin` (a file path or a module name), the `FAIRBENCH_PLUGINS`
+environment variable (os.pathsep-separated) and the `fairbench.methods` / `fairbench.datasets` entry-point
+groups of installed packages.
 """
 
 from __future__ import annotations
@@ -17,56 +18,108 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
+    from fairbench.datasets.base import Dataset
     from fairbench.method import Method
 
 ENTRY_POINT_GROUP = "fairbench.methods"
+DATASET_ENTRY_POINT_GROUP = "fairbench.datasets"
 PLUGIN_ENV = "FAIRBENCH_PLUGINS"
 BUILTIN_PACKAGE = "methods"
+BUILTIN_DATASETS = "fairbench.datasets.builtin"
 
-_REGISTRY: dict[str, type[Method]] = {}
-_loaded_sources: set[str] = set()
-
+T = TypeVar("T")
 M = TypeVar("M", bound="type[Method]")
+D = TypeVar("D", bound="type[Dataset]")
 
 
-class UnknownMethodError(KeyError):
-    """Raised for a method name (or pattern) that matches nothing registered."""
+class UnknownNameError(KeyError):
+    """Raised for a name (or pattern) that matches nothing registered."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class UnknownMethodError(UnknownNameError):
+    """Raised for a method name (or pattern) that matches nothing registered."""
+
+
+class UnknownDatasetError(UnknownNameError):
+    """Raised for a dataset name that matches nothing registered."""
 
 
 class PluginError(ImportError):
     """Raised when a plugin file or module cannot be imported."""
 
 
+class Registry(Generic[T]):
+    """Named classes of one kind (methods or datasets), with aliases, wildcards and did-you-mean errors."""
+
+    def __init__(self, kind: str, base: str, error: type[UnknownNameError], listing: str) -> None:
+        self.kind, self.base, self.error, self.listing = kind, base, error, listing
+        self.entries: dict[str, T] = {}
+
+    def register(self, name: str, description: str, aliases: tuple[str, ...]) -> Callable[[T], T]:
+        def decorate(cls: T) -> T:
+            module_name, _, class_name = self.base.rpartition(".")
+            base = getattr(importlib.import_module(module_name), class_name)
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise TypeError(f"@register_{self.kind}({name!r}) must decorate a subclass of {self.base}")
+            cls.name = name
+            cls.description = description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
+            for key in (name, *aliases):
+                existing = self.entries.get(key)
+                if existing is not None and existing.__qualname__ != cls.__qualname__:
+                    raise ValueError(f"{self.kind} name {key!r} is already registered by {existing.__module__}")
+                self.entries[key] = cls
+            cls.aliases = tuple(aliases)
+            return cls
+
+        return decorate
+
+    def get(self, name: str) -> T:
+        try:
+            return self.entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self.entries), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise self.error(f"unknown {self.kind} {name!r}.{hint} {self.listing}") from None
+
+    def names(self, pattern: str = "*", include_aliases: bool = False) -> list[str]:
+        names = [n for n, cls in self.entries.items() if include_aliases or n == cls.name]
+        return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+
+
+_METHODS: Registry[type[Method]] = Registry(
+    "method", "fairbench.method.Method", UnknownMethodError,
+    "Run `fairbench methods` to list them, or load your own with --plugin FILE.py.")
+_DATASETS: Registry[type[Dataset]] = Registry(
+    "dataset", "fairbench.datasets.base.Dataset", UnknownDatasetError,
+    "Run `fairbench data list` to list them, or load your own with --plugin FILE.py.")
+_REGISTRY = _METHODS.entries  # v0.1 name of the method table
+_loaded_sources: set[str] = set()
+
+
 def register_method(name: str, *, description: str = "", aliases: tuple[str, ...] = ()) -> Callable[[M], M]:
     """Class decorator that makes a `Method` subclass available under `name` (and its aliases)."""
+    return _METHODS.register(name, description, aliases)
 
-    def decorate(cls: M) -> M:
-        from fairbench.method import Method
 
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise TypeError(f"@register_method({name!r}) must decorate a subclass of fairbench.method.Method")
-        cls.name = name
-        cls.description = description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
-        for key in (name, *aliases):
-            existing = _REGISTRY.get(key)
-            if existing is not None and existing.__qualname__ != cls.__qualname__:
-                raise ValueError(f"method name {key!r} is already registered by {existing.__module__}")
-            _REGISTRY[key] = cls
-        cls.aliases = tuple(aliases)
-        return cls
-
-    return decorate
+def register_dataset(name: str, *, description: str = "", aliases: tuple[str, ...] = ()) -> Callable[[D], D]:
+    """Class decorator that makes a `fairbench.datasets.Dataset` subclass available under `name`."""
+    return _DATASETS.register(name, description, aliases)
 
 
 def load_builtin_methods() -> None:
     """Import the built-in `methods` package; its modules register themselves."""
     _import_once(f"module:{BUILTIN_PACKAGE}", lambda: importlib.import_module(BUILTIN_PACKAGE))
+
+
+def load_builtin_datasets() -> None:
+    """Import the built-in datasets; they register themselves like a plugin's."""
+    _import_once(f"module:{BUILTIN_DATASETS}", lambda: importlib.import_module(BUILTIN_DATASETS))
 
 
 def load_plugin(spec: str) -> None:
@@ -106,8 +159,10 @@ def load_plugin(spec: str) -> None:
 def load_plugins(specs: list[str] | tuple[str, ...] = ()) -> None:
     """Load built-ins, then entry points, then `FAIRBENCH_PLUGINS`, then explicit `specs`."""
     load_builtin_methods()
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        _import_once(f"entry:{ep.value}", ep.load)
+    load_builtin_datasets()
+    for group in (ENTRY_POINT_GROUP, DATASET_ENTRY_POINT_GROUP):
+        for ep in entry_points(group=group):
+            _import_once(f"entry:{ep.value}", ep.load)
     env = os.environ.get(PLUGIN_ENV, "")
     for spec in [s for s in env.split(os.pathsep) if s.strip()]:
         load_plugin(spec.strip())
@@ -124,23 +179,24 @@ def _import_once(key: str, loader: Callable[[], object]) -> None:
 
 def get_method(name: str) -> type[Method]:
     """Look a method up by exact name, suggesting close matches when there is none."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownMethodError(
-            f"unknown method {name!r}.{hint} Run `fairbench methods` to list them, "
-            "or load your own with --plugin FILE.py."
-        ) from None
+    return _METHODS.get(name)
 
 
 def list_methods(pattern: str = "*", *, include_aliases: bool = False) -> list[str]:
-    """Registered names matching a shell-style wildcard, sorted."""
-    names = [
-        n for n, cls in _REGISTRY.items() if include_aliases or n == cls.name
-    ]
-    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+    """Registered method names matching a shell-style wildcard, sorted."""
+    return _METHODS.names(pattern, include_aliases)
+
+
+def get_dataset(name: str) -> type[Dataset]:
+    """Look a dataset up by exact name (built-ins load on first use), suggesting close matches."""
+    load_builtin_datasets()
+    return _DATASETS.get(name)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Registered dataset names matching a shell-style wildcard, sorted."""
+    load_builtin_datasets()
+    return _DATASETS.names(pattern)
 
 
 def expand_methods(spec: str) -> list[str]:

@@ -7,6 +7,7 @@ $FAIRBENCH_DATA, or the default synthetic one).
 from fairbench.data.dataset import (
     FairVLMedData,
     SplitTensors,
+    identify_fairvlmed,
     load_fairvlmed,
     normalize_images,
     resolve_dataset_path,
@@ -20,6 +21,7 @@ __all__ = [
     "FairVLMedData",
     "SplitTensors",
     "default_synthetic_dataset",
+    "identify_fairvlmed",
     "is_synthetic",
     "load_fairvlmed",
     "make_synthetic",

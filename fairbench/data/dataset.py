@@ -10,13 +10,12 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fairbench.data.cache import SplitCache, cache_root, text_file_fingerprint
+from fairbench.data.cache import SplitCache, cache_root, files_fingerprint, text_file_fingerprint
 from fairbench.data.format import (
     ATTRIBUTES,
     SPLITS,
@@ -30,43 +29,13 @@ from fairbench.data.format import (
     truncate_text,
 )
 from fairbench.data.synth import default_synthetic_dataset, is_synthetic
+from fairbench.datasets.base import DataIdentity, LoadedDataset, SplitTensors
 
 log = logging.getLogger("fairbench.data")
 
 
-@dataclass
-class SplitTensors:
-    """One split. `images` is uint8 (N, 3, S, S) (a read-only-by-convention expanded view of one
-    channel: normalise with `normalize_images`, never in place); attribute codes −1 = unknown."""
-
-    images: torch.Tensor
-    tokens: torch.Tensor
-    labels: torch.Tensor
-    attributes: dict[str, torch.Tensor]
-    filenames: list[str]
-    texts: list[str]
-    n_dropped: int = 0
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclass
-class FairVLMedData:
-    """The three splits plus what identifies the data; `tag` names the results folder, so synthetic
-    and real results never mix."""
-
-    root: Path
-    synthetic: bool
-    tag: str
-    fingerprint: str
-    train: SplitTensors
-    val: SplitTensors
-    test: SplitTensors
-    text_source: str = field(default="gpt4")
-
-    def split(self, name: str) -> SplitTensors:
-        return {"train": self.train, "val": self.val, "test": self.test}[name]
+# The split and dataset types are the core's (fairbench.datasets.base); these names are FairVLMed's view of them.
+FairVLMedData = LoadedDataset
 
 
 def normalize_images(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
@@ -123,11 +92,23 @@ def load_fairvlmed(root: str | os.PathLike[str], *, image_size: int,
             log.info("%s: dropped %d of %d samples with an unknown attribute", s, out[s].n_dropped, len(files[s]))
         if len(out[s]) == 0:
             raise DatasetError(f"{folders[s]}: every sample has an unknown (−1) attribute; nothing to evaluate")
-    parts = [caches[s].fingerprint for s in SPLITS] + [text_file_fingerprint(find_summary_csv(root))]
-    fingerprint = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    ident = _identity(root, [caches[s].fingerprint for s in SPLITS])
+    return LoadedDataset(name="fairvlmed", root=root, synthetic=ident.synthetic, tag=ident.tag,
+                         fingerprint=ident.fingerprint, text_source=text_source, **out)
+
+
+def identify_fairvlmed(root: str | os.PathLike[str]) -> DataIdentity:
+    """Tag and fingerprint of a FairVLMed folder from file names, sizes and npz CRCs: no image is decoded."""
+    root = Path(root).expanduser().resolve()
+    folders = {s: split_dir(root, s) for s in SPLITS}
+    return _identity(root, [files_fingerprint(list_split_files(folders[s])) for s in SPLITS])
+
+
+def _identity(root: Path, split_fingerprints: list[str]) -> DataIdentity:
+    parts = [*split_fingerprints, text_file_fingerprint(find_summary_csv(root))]
     synthetic = is_synthetic(root)
-    return FairVLMedData(root=root, synthetic=synthetic, tag="synthetic" if synthetic else "fairvlmed",
-                         fingerprint=fingerprint, text_source=text_source, **out)
+    return DataIdentity(root=root, synthetic=synthetic, tag="synthetic" if synthetic else "fairvlmed",
+                        fingerprint=hashlib.sha256("|".join(parts).encode()).hexdigest()[:16])
 
 
 def _split_tensors(split: str, images: np.ndarray, tokens: np.ndarray, records: list, files: list[Path],
@@ -143,5 +124,5 @@ def _split_tensors(split: str, images: np.ndarray, tokens: np.ndarray, records: 
         img, tok, labels = img[sel], tok[sel], labels[sel]
         attrs = {a: v[sel] for a, v in attrs.items()}
     return SplitTensors(images=img.expand(-1, 3, -1, -1), tokens=tok, labels=labels, attributes=attrs,
-                        filenames=[files[i].name for i in idx], texts=[texts[i] for i in idx],
+                        sample_ids=[files[i].name for i in idx], texts=[texts[i] for i in idx],
                         n_dropped=int((~keep).sum()))

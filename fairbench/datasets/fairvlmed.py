@@ -1,0 +1,62 @@
+"""Harvard-FairVLMed (Luo et al., CVPR 2024): glaucoma from SLO fundus images and clinical notes.
+
+Registered like any plugin's dataset. Without --data or $FAIRBENCH_DATA it falls back to a synthetic
+FairVLMed in the real on-disk format, generated once into the cache (see fairbench.data.synth).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fairbench.datasets.base import DataIdentity, Dataset, LoadedDataset
+from fairbench.registry import register_dataset
+
+
+@register_dataset("fairvlmed", description="Harvard-FairVLMed: glaucoma from SLO fundus images + clinical notes "
+                  "(synthetic stand-in without --data)")
+class FairVLMed(Dataset):
+    """Harvard-FairVLMed: 7000/1000/2000 patients, four protected attributes."""
+
+    tag = "fairvlmed"
+    synthetic_tag = "synthetic"
+    label = "glaucoma"
+    classes = ("non-glaucoma", "glaucoma")
+    # Group codes as stored in the npz files (FairCLIP's data loader); −1 = unknown.
+    attributes = {
+        "race": {0: "Asian", 1: "Black", 2: "White"},
+        "gender": {0: "Female", 1: "Male"},
+        "ethnicity": {0: "Non-Hispanic", 1: "Hispanic"},
+        "language": {0: "English", 1: "Spanish", 2: "Other"},
+    }
+    # FairCLIP's zero-shot prompts (`compute_vl_prob`): p(glaucoma) = softmax over the two cosine similarities.
+    prompts = ("A photo of non-glaucoma", "A photo of glaucoma")
+    text_sources = ("gpt4", "note", "note+demographics")
+    env_var = "FAIRBENCH_DATA"
+
+    def default_path(self, cache_dir: Path | None = None) -> Path:
+        from fairbench.data.synth import default_synthetic_dataset
+
+        return default_synthetic_dataset(cache_dir)
+
+    def identify(self, root: Path, text_source: str) -> DataIdentity:
+        from fairbench.data.dataset import identify_fairvlmed
+
+        return identify_fairvlmed(root)
+
+    def load(self, root: Path, *, image_size: int, tokenize: Any, tokenizer_key: str, text_source: str,
+             cache_dir: Path | None = None) -> LoadedDataset:
+        from fairbench.data.dataset import load_fairvlmed
+
+        return load_fairvlmed(root, image_size=image_size, tokenize=tokenize, tokenizer_key=tokenizer_key,
+                              text_source=text_source, cache_dir=cache_dir)
+
+    def check(self, root: Path) -> Any:
+        from fairbench.data.check import check_dataset
+
+        return check_dataset(root)
+
+    def synthesize(self, out: Path, **options: Any) -> Path:
+        from fairbench.data.synth import make_synthetic
+
+        return make_synthetic(out, **options)
