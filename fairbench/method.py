@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import torch
     from torch import nn
 
@@ -41,6 +43,9 @@ class Method:
       uses_attribute  the method trains on a protected attribute, so it runs once per attribute.
       group_batches   the trainer passes one extra batch per group of that attribute each step.
       Settings        a dataclass of hyperparameters, each settable with `--set name=value`.
+
+    Hooks the trainer calls besides `loss_terms`: `build` (the model to train), `trainable_parameters`
+    (what the optimiser updates), `group_batch_size` (the size of each group batch) and `step_stats`.
     """
 
     name: ClassVar[str] = ""
@@ -61,6 +66,15 @@ class Method:
     def build(self, model: nn.Module) -> nn.Module:
         """Return the model to train, e.g. the backbone with layers swapped in. Default: unchanged."""
         return model
+
+    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
+        """The parameters the optimiser updates. Default: every parameter that requires a gradient; a protocol
+        that fine-tunes part of the model (FairCLIP trains only the two towers) narrows it here."""
+        return (p for p in model.parameters() if p.requires_grad)
+
+    def group_batch_size(self) -> int | None:
+        """Pairs in each group batch when `group_batches` is set; None = the trainer's batch size."""
+        return None
 
     def loss_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch]) -> dict[str, torch.Tensor]:
         """Named scalar losses for one step; the trainer sums them and logs each."""

@@ -96,6 +96,9 @@ class FairCLIP(Method):
     group_batches = True
     Settings = FairCLIPSettings
 
+    def group_batch_size(self) -> int:
+        return self.settings.group_batch_size
+
     def loss_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch]) -> dict[str, torch.Tensor]:
         image, text = encode_batch(model, batch)
         s = self.settings

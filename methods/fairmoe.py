@@ -86,6 +86,9 @@ class FairMoE(Method):
     group_batches = True
     Settings = FairMoESettings
 
+    def group_batch_size(self) -> int:
+        return self.settings.group_batch_size
+
     def build(self, model: nn.Module) -> nn.Module:
         return build_fair_moe(model, self.settings.moe_config(), n_groups=self.n_groups)
 
