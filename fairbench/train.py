@@ -58,13 +58,10 @@ class TrainSettings:
 
 
 def default_train_settings(arch: str) -> dict[str, Any]:
-    """Per-arch defaults: the FairCLIP protocol for real backbones, what DESIGN.md measured to work for tiny."""
-    if arch == "tiny":
-        # AdamW 1e-3, batch 64 reached zero-shot AUC 0.84–0.91 in 4 epochs on synthetic data (DESIGN.md).
-        # A short warm-up keeps the random-init text tower from collapsing to one embedding in the first steps.
-        return {"epochs": 4, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3, "betas": (0.9, 0.98),
-                "eps": 1e-6, "weight_decay": 0.1, "warmup_steps": 30, "eval_batch_size": 512}
-    return {"checkpoint": True}
+    """The arch's training defaults (part of its description in fairbench.models.backbones.ARCHS)."""
+    from fairbench.models.backbones import arch_train_defaults
+
+    return arch_train_defaults(arch)
 
 
 class TrainingDiverged(RuntimeError):
@@ -130,17 +127,20 @@ class GroupSampler:
 
 def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_data: SplitData, val_data: SplitData,
           test_data: SplitData, normalize: Callable[[torch.Tensor], torch.Tensor],
-          tokenize: Callable[[list[str]], torch.Tensor], seed: int, device: torch.device,
+          tokenize: Callable[[list[str]], torch.Tensor], prompts: tuple[str, str], seed: int, device: torch.device,
           auc: Callable[[np.ndarray, np.ndarray], float],
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          progress: Callable[[int, int], None] | None = None) -> TrainOutcome:
-    """Train `model` with `method`'s loss terms and return the selected epoch's val/test scores."""
+          progress: Callable[[int, int], None] | None = None, label: str = "the positive class") -> TrainOutcome:
+    """Train `model` with `method`'s loss terms and return the selected epoch's val/test scores.
+
+    `prompts` are the dataset's zero-shot prompts of class 0 and class 1; `label` names class 1 in warnings.
+    """
     seed_everything(seed)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    optimizer = _make_optimizer(model, settings)
+    optimizer = _make_optimizer(method.trainable_parameters(model), settings)
     warmup = max(settings.warmup_steps, 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and device.type == "cuda")
@@ -152,7 +152,7 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
     if method.group_batches:
         if train_data.groups is None:
             raise ValueError(f"method {method.name!r} needs group batches but no training attribute was given")
-        size = getattr(method.settings, "group_batch_size", settings.batch_size)
+        size = method.group_batch_size() or settings.batch_size
         sampler = GroupSampler(train_data.groups, method.n_groups, size, generator)
 
     def batch_at(data: SplitData, idx: torch.Tensor) -> Batch:
@@ -165,7 +165,7 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
     best_key = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     score = lambda data: zero_shot_scores(  # noqa: E731 - a local shorthand
-        model, data.images, tokenize, normalize, device, settings.eval_batch_size, autocast=use_bf16)
+        model, data.images, tokenize, prompts, normalize, device, settings.eval_batch_size, autocast=use_bf16)
     for epoch in range(settings.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(n_train, generator=generator)
@@ -228,15 +228,18 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
     best_val = outcome.history[outcome.best_epoch]["val_auc"]
     if best_val is not None and not math.isnan(best_val) and best_val < 0.5:
         outcome.warnings.append(
-            f"validation AUC {best_val:.3f} is below 0.5: the model ranks glaucoma backwards (the two prompts may "
-            "be inverted for this text source; check the notes mention 'glaucoma'/'non-glaucoma')")
+            f"validation AUC {best_val:.3f} is below 0.5: the model ranks {label} backwards (the two prompts "
+            f"{prompts[0]!r} / {prompts[1]!r} may be inverted for this text source; check that the training texts "
+            "use the prompts' wording)")
     return outcome
 
 
-def _make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
-    """Adam/AdamW, fused where this torch build supports it (≈ 11 % off a tiny-model CPU step: most of tiny's
-    parameters are the 6.3 M-entry token embedding, updated densely every step)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def _make_optimizer(parameters, s: TrainSettings) -> torch.optim.Optimizer:
+    """Adam/AdamW over the method's trainable parameters, fused where this torch build supports it (≈ 11 % off a
+    tiny-model CPU step: most of tiny's parameters are the 6.3 M-entry token embedding, updated densely)."""
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        raise ValueError("the method's trainable_parameters() gave no parameter that requires a gradient")
     cls = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
     kwargs = {"lr": s.lr, "betas": tuple(s.betas), "eps": s.eps, "weight_decay": s.weight_decay}
     try:

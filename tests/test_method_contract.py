@@ -27,8 +27,8 @@ def data(tmp_path_factory):
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_method_trains_two_steps_and_scores(name, data):
     from fairbench.data import ATTRIBUTE_GROUPS, normalize_images
+    from fairbench.execute import _auc
     from fairbench.models import create_backbone
-    from fairbench.runner import _auc
 
     cls = get_method(name)
     attribute = "race" if cls.uses_attribute else None
@@ -59,7 +59,8 @@ def test_method_trains_two_steps_and_scores(name, data):
                              max_steps_per_epoch=2, eval_batch_size=64)
     out = train(method, model, settings, train_data=split(data.train), val_data=split(data.val),
                 test_data=split(data.test), normalize=lambda x: normalize_images(x, mean, std),
-                tokenize=bb.tokenize, seed=0, device=torch.device("cpu"), auc=_auc)
+                tokenize=bb.tokenize, prompts=("A photo of non-glaucoma", "A photo of glaucoma"), seed=0,
+                device=torch.device("cpu"), auc=_auc)
     assert len(seen_terms) == 2
     for terms in seen_terms:
         assert terms and all(isinstance(k, str) and k for k in terms)

@@ -14,11 +14,11 @@ def run(
                                "'clip,fairclip' or 'fairmoe*'. See `fairbench methods`."),
     arch: str = typer.Option("tiny", "--arch", "-a", help="tiny (CPU demo, random init), b16, l14, or an open_clip "
                              "model name; comma list allowed."),
-    attr: str = typer.Option(None, "--attr", help="Training attribute(s) for methods that use one: race, gender, "
-                             "ethnicity, language (comma list). Default: all four."),
+    attr: str = typer.Option(None, "--attr", help="Training attribute(s) for methods that use one, comma list "
+                             "(`fairbench data list` shows each dataset's). Default: all of the dataset's."),
     seeds: int = typer.Option(3, "--seeds", "-s", min=1, help="Run seeds 0..S-1."),
-    data: str = typer.Option(None, "--data", help="FairVLMed folder. Default: $FAIRBENCH_DATA, else the built-in "
-                             "SYNTHETIC FairVLMed (generated once and cached)."),
+    data: str = typer.Option(None, "--data", help="Dataset folder. Default: the dataset's environment variable "
+                             "(FAIRBENCH_DATA for fairvlmed), else its built-in SYNTHETIC stand-in (generated once)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results root."),
     epochs: int = typer.Option(None, "--epochs", min=1, help="Override the arch's default epoch count."),
     set_: list[str] = typer.Option(None, "--set", help="Method or trainer setting, key=value (repeatable); "
@@ -27,28 +27,33 @@ def run(
                                "'test' (the papers' best-test-epoch rule; optimistic, labelled in every output)."),
     pretrained: str = typer.Option("default", "--pretrained", help="'default' (the arch's usual weights: openai "
                                    "for b16/l14, none for tiny), an open_clip tag, a local checkpoint, or 'none'."),
-    text_source: str = typer.Option("gpt4", "--text-source", help="Training text: gpt4 (GPT-4 summary), note, "
-                                    "note+demographics."),
+    text_source: str = typer.Option(None, "--text-source", help="Training text, one of the dataset's text sources "
+                                    "(default: its first; `fairbench data list` shows them)."),
     plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and their settings; train nothing."),
+    dataset: str = typer.Option("fairvlmed", "--dataset", help="Registered dataset (see `fairbench data list`)."),
+    launcher: str = typer.Option("local", "--launcher", help="Where jobs run: local (this process, one after "
+                                 "another)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List each job with its run folder and state "
+                                 "(done / pending); train nothing."),
 ) -> None:
     """Train and evaluate methods; one result folder per (dataset, method, arch, attribute, config, seed)."""
     from rich.console import Console
 
-    from fairbench import ATTRIBUTES
+    from fairbench.datasets import DatasetError
     from fairbench.method import SettingsError
-    from fairbench.registry import UnknownMethodError, expand_methods
+    from fairbench.registry import UnknownNameError, expand_methods, get_dataset
 
     console = Console()
     load_methods(plugin)
     try:
         methods = expand_methods(method)
-    except UnknownMethodError as exc:
+        spec = get_dataset(dataset)
+    except UnknownNameError as exc:
         fail(str(exc))
     attrs = split_list(attr)
     for a in attrs or []:
-        if a not in ATTRIBUTES:
-            fail(f"unknown attribute {a!r} in --attr; use one or more of {', '.join(ATTRIBUTES)}")
+        if a not in spec.attributes:
+            fail(f"unknown attribute {a!r} in --attr; dataset {spec.name!r} has {', '.join(spec.attributes)}")
     if select not in (None, "val", "test"):
         fail(f"--select must be 'val' or 'test', got {select!r}")
     overrides = {}
@@ -60,20 +65,25 @@ def run(
     archs = split_list(arch) or ["tiny"]
     _check_archs(archs)
 
-    from fairbench.runner import Runner, RunOptions, expand_jobs
+    from fairbench.jobs import RunOptions, expand_jobs, plan
+    from fairbench.launchers import get_launcher
 
-    options = RunOptions(out=out, data=data, pretrained=None if pretrained.lower() == "none" else pretrained,
-                         text_source=text_source, epochs=epochs, select=select, overrides=overrides)
-    jobs = expand_jobs(methods, archs, attrs, list(range(seeds)))
     try:
-        runner = Runner(options, methods, log=console.print)
-        plans = [runner.plan(job) for job in jobs]  # validates every --set before any training starts
-    except SettingsError as exc:
+        chosen = get_launcher(launcher)
+    except ValueError as exc:
+        fail(str(exc))
+    options = RunOptions(out=out, dataset=spec.name, data=data,
+                         pretrained=None if pretrained.lower() == "none" else pretrained,
+                         text_source=text_source, epochs=epochs, select=select, overrides=overrides,
+                         plugins=tuple(plugin or ()))
+    try:  # validates every --set and the data before any training starts
+        planned = plan(options, expand_jobs(methods, archs, attrs, list(range(seeds)), dataset=spec.name))
+    except (SettingsError, DatasetError) as exc:
         fail(str(exc))
     if dry_run:
-        _print_plan(console, jobs, plans)
+        _print_plan(console, planned)
         return
-    _run_all(console, runner, jobs)
+    _run_all(console, chosen, planned)
 
 
 def _check_archs(archs: list[str]) -> None:
@@ -86,67 +96,100 @@ def _check_archs(archs: list[str]) -> None:
             fail(str(exc))
 
 
-def _print_plan(console, jobs, plans) -> None:
-    from rich.table import Table
+def _print_plan(console, planned) -> None:
+    from collections import Counter
 
-    table = Table(title=f"{len(jobs)} job(s) (dry run)")
-    for col in ("method", "arch", "attribute", "seed", "method settings", "trainer"):
-        table.add_column(col)
-    for job, (config, _, settings) in zip(jobs, plans, strict=True):
-        ms = ", ".join(f"{k}={v}" for k, v in config["method_settings"].items()) or "-"
-        tr = f"epochs={settings.epochs} batch={settings.batch_size} {settings.optimizer} lr={settings.lr:g} " \
-             f"select={settings.select}"
-        table.add_row(job.method, job.arch, job.attribute or "-", str(job.seed), ms, tr)
-    console.print(table)
+    states = [p.state() for p in planned]
+    counts = Counter(states)
+    console.print(f"{len(planned)} job(s) (dry run): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for p, state in zip(planned, states, strict=True):
+        settings = p.train_settings()
+        ms = ", ".join(f"{k}={v}" for k, v in p.config["method_settings"].items()) or "-"
+        console.print(f"{state:8} {p.label()}  {p.run_dir}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"         method: {ms}; trainer: epochs={settings.epochs} batch={settings.batch_size} "
+                      f"{settings.optimizer} lr={settings.lr:g} select={settings.select}",
+                      markup=False, highlight=False, soft_wrap=True)
 
 
-def _run_all(console, runner, jobs) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _run_all(console, launcher, planned) -> None:
     from fairbench.data import DatasetError
     from fairbench.models import WeightsUnavailableError
 
-    failed = 0
-    synthetic = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not console.is_terminal, transient=True) as progress:
-        all_task = progress.add_task("runs", total=len(jobs))
-        for job in jobs:
-            step_task = progress.add_task(f"  {job.label()}", total=None)
-
-            def on_step(done: int, total: int, _task=step_task) -> None:
-                progress.update(_task, completed=done, total=total)
-
-            try:
-                result = runner.run(job, progress=on_step)
-            except (DatasetError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
-                progress.stop()
-                fail(f"{job.label()}: {exc}")
-            progress.remove_task(step_task)
-            progress.advance(all_task)
-            if result.status == "failed":
-                failed += 1
-                console.print(f"[red]failed[/] {job.label()}: {result.message}")
-            elif result.status == "skipped":
-                console.print(f"[dim]skipped[/] {job.label()}: {result.message} ({result.path})")
-            else:
-                rec = result.record
-                synthetic = rec["dataset"]["synthetic"]
-                console.print(_summary_line(job, rec))
-    if synthetic:
-        console.print("[bold yellow]These results are on SYNTHETIC FairVLMed-shaped data, not the real dataset.[/]")
-    console.print(f"Results under {runner.options.out}/ — show them with `fairbench table --out {runner.options.out}`.")
-    if failed:
+    out = planned[0].out if planned else None
+    with ConsoleReporter(console) as reporter:
+        try:
+            results = launcher.launch(planned, reporter)
+        except (DatasetError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
+            reporter.close()
+            fail(f"{reporter.current or 'run'}: {exc}")
+    if any(r.record and r.record["dataset"]["synthetic"] for r in results):
+        console.print("[bold yellow]These results are on SYNTHETIC data, not the real dataset.[/]")
+    console.print(f"Results under {out}/ — show them with `fairbench table --out {out}`.")
+    if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 
 
-def _summary_line(job, rec) -> str:
+class ConsoleReporter:
+    """Rich progress bars in a terminal; plain lines otherwise. One line per finished, skipped or failed job."""
+
+    def __init__(self, console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.current: str | None = None
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, disable=not console.is_terminal,
+                                 transient=True)
+        self.all_task = None
+        self.step_task = None
+
+    def __enter__(self) -> ConsoleReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.progress.stop()
+
+    def log(self, message: str) -> None:
+        self.console.print(message)
+
+    def job_started(self, planned, index: int, total: int) -> None:
+        self.current = planned.label()
+        if self.all_task is None:
+            self.all_task = self.progress.add_task("runs", total=total)
+        self.step_task = self.progress.add_task(f"  {planned.label()}", total=None)
+
+    def step(self, planned, done: int, total: int) -> None:
+        if self.step_task is not None:
+            self.progress.update(self.step_task, completed=done, total=total)
+
+    def epoch_finished(self, planned, record) -> None:
+        pass
+
+    def job_finished(self, result) -> None:
+        if self.step_task is not None:
+            self.progress.remove_task(self.step_task)
+            self.step_task = None
+        if self.all_task is not None:
+            self.progress.advance(self.all_task)
+        if result.status == "failed":
+            self.console.print(f"[red]failed[/] {result.planned.label()}: {result.message}")
+        elif result.status == "skipped":
+            self.console.print(f"[dim]skipped[/] {result.planned.label()}: {result.message} ({result.path})")
+        else:
+            self.console.print(_summary_line(result.planned, result.record))
+
+
+def _summary_line(planned, rec) -> str:
     test = rec["metrics"]["test"]
-    attr = job.attribute or "race"
-    a = test["attributes"][attr]
+    attr = planned.job.attribute or next(iter(test["attributes"]), None)
+    a = test["attributes"].get(attr, {}) if attr else {}
     fmt = lambda v: "nan" if v is None else f"{100 * v:.1f}"  # noqa: E731
     tag = " [yellow]SYNTHETIC[/]" if rec["dataset"]["synthetic"] else ""
     sel = rec["selection"]
-    return (f"[green]done[/] {job.label()}: AUC {fmt(test['auc'])}, {attr} ES-AUC {fmt(a['es_auc'])}, "
-            f"DPD {fmt(a['dpd'])}, EOD {fmt(a['eod'])} (epoch {sel['epoch']}, {sel['label']}; "
-            f"{rec['timings']['total_s']:.0f}s){tag}")
+    fair = f", {attr} ES-AUC {fmt(a.get('es_auc'))}, DPD {fmt(a.get('dpd'))}, EOD {fmt(a.get('eod'))}" if a else ""
+    return (f"[green]done[/] {planned.label()}: AUC {fmt(test['auc'])}{fair} (epoch {sel['epoch']}, "
+            f"{sel['label']}; {rec['timings']['total_s']:.0f}s){tag}")

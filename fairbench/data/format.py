@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fairbench.attributes import ATTRIBUTE_GROUPS, ATTRIBUTES, UNKNOWN  # noqa: F401 - re-exported
+from fairbench.datasets.base import DatasetError  # noqa: F401 - re-exported
 
 # Published split folder names; the test split appears as `Test/` or, in some releases, `Testing/`.
 SPLIT_DIRS: dict[str, tuple[str, ...]] = {
@@ -46,10 +47,6 @@ MAX_TEXT_CHARS = 180
 # Everything numpy/zipfile raise on a damaged npz: truncated zip, bad deflate stream, CRC mismatch,
 # bad npy header, object arrays under allow_pickle=False.
 READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
-
-
-class DatasetError(ValueError):
-    """The dataset on disk does not match the FairVLMed format; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)

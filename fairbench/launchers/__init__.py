@@ -1,0 +1,20 @@
+"""Launchers execute planned jobs; pick one by name (`fairbench run --launcher NAME`)."""
+
+from __future__ import annotations
+
+from fairbench.launchers.base import Launcher, Reporter
+from fairbench.launchers.local import SequentialLauncher
+
+LAUNCHERS: dict[str, type[Launcher]] = {SequentialLauncher.name: SequentialLauncher}
+
+
+def get_launcher(name: str, **options) -> Launcher:
+    """An instance of the launcher called `name`; a one-line error lists the valid names."""
+    try:
+        cls = LAUNCHERS[name]
+    except KeyError:
+        raise ValueError(f"unknown launcher {name!r}; use one of {', '.join(LAUNCHERS)}") from None
+    return cls(**options)
+
+
+__all__ = ["LAUNCHERS", "Launcher", "Reporter", "SequentialLauncher", "get_launcher"]
