@@ -3,7 +3,8 @@
 Kept import-light on purpose: `fairbench --help` must not pay for torch.
 """
 
-__version__ = "0.1.0"
+# The one place the version lives: setuptools reads it (pyproject `dynamic`), `fairbench --version` prints it.
+__version__ = "0.2.0.dev0"
 
 from fairbench.attributes import ATTRIBUTES  # noqa: E402,F401 - re-exported
 

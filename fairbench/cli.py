@@ -19,6 +19,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fairbench import __version__
+
+        typer.echo(f"fairbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the fairbench version and exit."),
+) -> None:
+    """Options of `fairbench` itself (the app's help text is the one given to typer.Typer)."""
+
+
 # (module, attribute, name, kind): kind "command" registers a function, "group" a Typer sub-app.
 _COMMANDS: list[tuple[str, str, str, str]] = [
     ("fairbench.commands.run", "run", "run", "command"),

@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "fairbench.methods"
 DATASET_ENTRY_POINT_GROUP = "fairbench.datasets"
 PLUGIN_ENV = "FAIRBENCH_PLUGINS"
-BUILTIN_PACKAGE = "methods"
+# The repository's `methods/` folder, installed under this unique name (pyproject's package-dir).
+BUILTIN_PACKAGE = "fairbench_methods"
 BUILTIN_DATASETS = "fairbench.datasets.builtin"
+_SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 T = TypeVar("T")
 M = TypeVar("M", bound="type[Method]")
@@ -113,8 +115,30 @@ def register_dataset(name: str, *, description: str = "", aliases: tuple[str, ..
 
 
 def load_builtin_methods() -> None:
-    """Import the built-in `methods` package; its modules register themselves."""
-    _import_once(f"module:{BUILTIN_PACKAGE}", lambda: importlib.import_module(BUILTIN_PACKAGE))
+    """Import the built-in methods package (`methods/` in the repository); its modules register themselves."""
+    _import_once(f"module:{BUILTIN_PACKAGE}", _import_builtin_package)
+
+
+def _import_builtin_package() -> None:
+    """Built-ins always come from the same tree as the core.
+
+    Installed, `methods/` is the package `fairbench_methods`. Run from a source checkout (PYTHONPATH, or an
+    install of another checkout), that name may be missing or point elsewhere, so the checkout's own
+    `methods/` is loaded under it.
+    """
+    init = _SOURCE_ROOT / "methods" / "__init__.py"
+    if BUILTIN_PACKAGE in sys.modules or not (init.is_file() and (_SOURCE_ROOT / "pyproject.toml").is_file()):
+        importlib.import_module(BUILTIN_PACKAGE)
+        return
+    spec = importlib.util.spec_from_file_location(BUILTIN_PACKAGE, init, submodule_search_locations=[str(init.parent)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[BUILTIN_PACKAGE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(BUILTIN_PACKAGE, None)
+        raise
 
 
 def load_builtin_datasets() -> None:

@@ -22,7 +22,8 @@ from fairbench.losses import clip_contrastive_loss
 from fairbench.method import Batch, Method, SettingsError, encode_batch
 from fairbench.models.moe import MoEConfig, build_fair_moe, record_routing, routing_stats
 from fairbench.registry import register_method
-from methods.fairclip import FairCLIPSettings, encode_groups, fairclip_distance
+
+from .fairclip import FairCLIPSettings, encode_groups, fairclip_distance
 
 
 @dataclass

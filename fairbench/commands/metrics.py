@@ -59,6 +59,16 @@ def metrics(
         _print_tables(file, suite, boot)
 
 
+def _read_parquet(path: Path) -> Any:
+    import pandas as pd
+
+    try:
+        import pyarrow  # noqa: F401 - pandas' Parquet engine, the optional `parquet` extra
+    except ImportError:
+        raise _BadFile(f"{path}: reading Parquet needs pyarrow; pip install 'fairbench[parquet]'") from None
+    return pd.read_parquet(path, engine="pyarrow")
+
+
 def _read(path: Path, label_col: str, score_col: str, attr_cols: list[str] | None) -> tuple[Any, Any, dict]:
     import numpy as np
     import pandas as pd
@@ -70,7 +80,7 @@ def _read(path: Path, label_col: str, score_col: str, attr_cols: list[str] | Non
         if suffix == ".csv":
             df = pd.read_csv(path)
         elif suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
+            df = _read_parquet(path)
         else:
             raise _BadFile(f"{path}: unknown file type {suffix!r}; use a .csv or .parquet file")
     except _BadFile:

@@ -1,15 +1,21 @@
 """The Fair-MoE paper's published numbers (Tables 1–6), for side-by-side comparison.
 
-The CSV ships in results/paper/ (see its README for the source and caveats). Values are × 100 as
-printed; `std` is NaN where the paper prints none (Tables 4–6).
+The CSV lives in the repository's results/paper/ (see its README for the source and caveats); the build
+copies that folder into the package as `fairbench/reference/`, so an installed fairbench finds it without
+the repository. Values are × 100 as printed; `std` is NaN where the paper prints none (Tables 4–6).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 PAPER_FILE = "fair-moe-tables.csv"
 PAPER_CITATION = "Wang, Tong, Liu, Liu (2025), Fair-MoE, Tables 1–6"
@@ -38,21 +44,25 @@ def normalise_arch(arch: str) -> str:
     return ARCH_ALIASES.get(key, ARCH_ALIASES.get(key.replace(" ", ""), key))
 
 
-def candidate_paths(out: Path | None = None) -> list[Path]:
-    """Where the CSV may be: <out>/paper/, then the repository's results/paper/, then the package."""
-    here = Path(__file__).resolve()
-    paths = [Path(out) / "paper" / PAPER_FILE] if out is not None else []
-    paths += [here.parents[2] / "results" / "paper" / PAPER_FILE, here.parents[1] / "reference" / PAPER_FILE]
+def packaged_csv() -> Traversable:
+    """The copy inside an installed package (absent in a source checkout, which has results/paper/)."""
+    return files("fairbench").joinpath("reference", PAPER_FILE)
+
+
+def candidate_paths(out: Path | None = None) -> list[Path | Traversable]:
+    """Where the CSV may be: <out>/paper/, then the installed package, then a source checkout's results/paper/."""
+    paths: list[Path | Traversable] = [Path(out) / "paper" / PAPER_FILE] if out is not None else []
+    paths += [packaged_csv(), Path(__file__).resolve().parents[2] / "results" / "paper" / PAPER_FILE]
     return paths
 
 
-def find_paper_csv(out: Path | None = None) -> Path:
+def find_paper_csv(out: Path | None = None) -> Path | Traversable:
     for path in candidate_paths(out):
         if path.is_file():
             return path
     tried = ", ".join(str(p) for p in candidate_paths(out))
     raise PaperTableError(f"published numbers {PAPER_FILE} not found (looked in {tried}); "
-                          "restore results/paper/ from the repository")
+                          "reinstall fairbench, or restore results/paper/ in a source checkout")
 
 
 class PaperTables:
@@ -76,7 +86,8 @@ class PaperTables:
     def load(cls, path: Path | None = None, out: Path | None = None) -> PaperTables:
         path = Path(path) if path is not None else find_paper_csv(out)
         try:
-            frame = pd.read_csv(path)
+            with path.open("rb") as fh:  # a Traversable need not be a filesystem path
+                frame = pd.read_csv(fh)
         except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise PaperTableError(f"{path}: not a readable CSV ({exc}); restore the shipped file") from None
         return cls(frame, str(path))

@@ -1,4 +1,4 @@
-"""Render built Tables as terminal text, markdown, LaTeX, wide CSV or HTML fragments.
+"""Render built Tables as terminal text (rich), markdown and LaTeX (tabulate), wide CSV or HTML fragments.
 
 Every renderer shows the title (dataset, SYNTHETIC warning, selection rule), the caption (std
 convention, arrows) and the notes (missing seeds, config variants, paper caveats).
@@ -104,21 +104,26 @@ def _rich_cell(text: str, color: bool, escape: Callable[[str], str]) -> str:
     return f"[bold green]{escape(text[1:])}*[/]" if color else escape(text[1:]) + "*"
 
 
-# -- markdown ---------------------------------------------------------------------------------------
+# -- markdown and LaTeX (tabulate draws the grid; title, caption and notes wrap it) ------------------
+
+def _aligns(head: list[str]) -> tuple[str, ...]:
+    return ("left", "left") + ("right",) * (len(head) - 2)
+
 
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
 def render_markdown(tables: list[Table]) -> str:
+    from tabulate import tabulate
+
     parts = []
     for table in tables:
         head = header(table)
-        lines = [f"### {_md_escape(table.title)}", "", f"_{table.caption}_", "",
-                 "| " + " | ".join(map(_md_escape, head)) + " |",
-                 "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
-        for line in _body(table, lambda t: f"**{t}**"):
-            lines.append("| " + " | ".join(map(_md_escape, line)) + " |")
+        grid = tabulate([[_md_escape(t) for t in line] for line in _body(table, lambda t: f"**{t}**")],
+                        headers=[_md_escape(h) for h in head], tablefmt="pipe", colalign=_aligns(head),
+                        disable_numparse=True)
+        lines = [f"### {_md_escape(table.title)}", "", f"_{table.caption}_", "", grid]
         if table.notes:
             lines.append("")
             lines += [f"- {_md_escape(n)}" for n in table.notes]
@@ -126,35 +131,36 @@ def render_markdown(tables: list[Table]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-# -- LaTeX ------------------------------------------------------------------------------------------
+# tabulate escapes LaTeX's special characters in cells; prose (caption, notes) gets the same rules here,
+# and both get the symbols below afterwards, once the text holds no unescaped `$` or `\` of its own.
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "^": r"\^{}", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "<": r"\ensuremath{<}",
+                  ">": r"\ensuremath{>}"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "⚠": "(!)", "−": "-",
+                  "–": "--", "—": "---", "·": r"$\cdot$", "×": r"$\times$", "≥": r"$\geq$"}
+_BOLD_OPEN, _BOLD_CLOSE = "\ue000", "\ue001"  # private-use placeholders for \textbf{...} around a best value
 
-_LATEX_SUBS = [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
-               ("{", r"\{"), ("}", r"\}"), ("$", r"\$"), ("±", r"$\pm$"), ("↑", r"$\uparrow$"),
-               ("↓", r"$\downarrow$"), ("Δ", r"$\Delta$"), ("⚠", r"(!)"), ("−", "-"), ("–", "--"),
-               ("—", "---"), ("·", r"$\cdot$"), ("×", r"$\times$"), ("≥", r"$\geq$")]
+
+def _latex_symbols(text: str) -> str:
+    text = text.replace(_BOLD_OPEN, r"\textbf{").replace(_BOLD_CLOSE, "}")
+    return "".join(_LATEX_SYMBOLS.get(ch, ch) for ch in text)
 
 
 def latex_escape(text: str) -> str:
-    # Backslashes go through a placeholder so the braces added by later substitutions survive.
-    text = text.replace("\\", "\x00")
-    for old, new in _LATEX_SUBS[1:]:
-        text = text.replace(old, new)
-    return text.replace("\x00", _LATEX_SUBS[0][1])
+    return _latex_symbols("".join(_LATEX_SPECIAL.get(ch, ch) for ch in text))
 
 
 def render_latex(tables: list[Table]) -> str:
     """booktabs tables; best values in \\textbf; notes follow each table as a small paragraph."""
+    from tabulate import tabulate
+
     parts = []
     for table in tables:
         head = header(table)
+        grid = tabulate(_body(table, lambda t: _BOLD_OPEN + t + _BOLD_CLOSE), headers=head,
+                        tablefmt="latex_booktabs", colalign=_aligns(head), disable_numparse=True)
         lines = [r"\begin{table}[t]", r"\centering", r"\small",
-                 rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.caption)}}}",
-                 r"\begin{tabular}{ll" + "r" * (len(head) - 2) + "}", r"\toprule",
-                 " & ".join(latex_escape(h) for h in head) + r" \\", r"\midrule"]
-        for line in _body(table, lambda t: _BEST + t):
-            cells = [r"\textbf{" + latex_escape(t[1:]) + "}" if t.startswith(_BEST) else latex_escape(t) for t in line]
-            lines.append(" & ".join(cells) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}"]
+                 rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.caption)}}}", _latex_symbols(grid)]
         if table.notes:
             lines.append(r"\par\footnotesize " + r" \\ ".join(latex_escape(n) for n in table.notes))
         lines.append(r"\end{table}")
