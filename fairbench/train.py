@@ -236,7 +236,7 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
 
 def _make_optimizer(parameters, s: TrainSettings) -> torch.optim.Optimizer:
     """Adam/AdamW over the method's trainable parameters, fused where this torch build supports it (≈ 11 % off a
-    tiny-model CPU step: most of tiny's parameters are the 6.3 M-entry token embedding, updated densely)."""
+    small CPU step: most of a small CLIP's parameters are the 6.3 M-entry token embedding, updated densely)."""
     params = [p for p in parameters if p.requires_grad]
     if not params:
         raise ValueError("the method's trainable_parameters() gave no parameter that requires a gradient")
