@@ -108,13 +108,13 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     method = planned.method_instance()
     settings = planned.train_settings()
     t_start = time.perf_counter()
-    path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path / CONFIG_FILE, {**config, "seed": job.seed, "config_hash": planned.config_hash,
-                                           "dataset": _dataset_info(planned, data)})
     device = pick_device()
     seed_everything(job.seed)  # the random init of `tiny` (and any new layers) depends on the seed
     backbone = create_backbone(job.arch, pretrained=config["pretrained"], device="cpu")
     model = method.build(backbone.model)
+    path.mkdir(parents=True, exist_ok=True)  # only once the model exists: a failed build leaves no run folder
+    write_json_atomic(path / CONFIG_FILE, {**config, "seed": job.seed, "config_hash": planned.config_hash,
+                                           "dataset": _dataset_info(planned, data)})
     mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
     normalize = lambda x: normalize_images(x, mean, std)  # noqa: E731

@@ -61,6 +61,7 @@ class PlannedJob:
     data_tag: str
     data_fingerprint: str
     synthetic: bool
+    n_train: int
     cache_dir: Path | None
     method_overrides: dict[str, str]
     train_overrides: dict[str, str]
@@ -185,7 +186,7 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
             job=job, config=config, config_hash=h, out=Path(options.out),
             run_dir=run_dir(options.out, identity.tag, job.method, job.arch, job.attribute, h, job.seed),
             dataset=spec.name, data_root=root, data_tag=identity.tag, data_fingerprint=identity.fingerprint,
-            synthetic=identity.synthetic, cache_dir=options.cache_dir,
+            synthetic=identity.synthetic, n_train=identity.n_train, cache_dir=options.cache_dir,
             method_overrides=method_overrides.get(job.method, {}), train_overrides=train_overrides,
             epochs=options.epochs, select=options.select, plugins=tuple(options.plugins)))
     return planned

@@ -37,13 +37,20 @@ def run(
                                  "(done / pending); train nothing."),
 ) -> None:
     """Train and evaluate methods; one result folder per (dataset, method, arch, attribute, config, seed)."""
+    import time
+
     from rich.console import Console
 
+    from fairbench.commands.run_display import console_logging
     from fairbench.datasets import DatasetError
     from fairbench.method import SettingsError
     from fairbench.registry import UnknownNameError, expand_methods, get_dataset
 
+    started = time.perf_counter()
     console = Console()
+    if not console.is_terminal:
+        console.soft_wrap = True  # a log file gets whole lines, never an 80-column wrap
+    console_logging(console)
     load_methods(plugin)
     try:
         methods = expand_methods(method)
@@ -83,7 +90,8 @@ def run(
     if dry_run:
         _print_plan(console, planned)
         return
-    _run_all(console, chosen, planned)
+    _check_weights(console, planned)
+    _run_all(console, chosen, planned, started)
 
 
 def _check_archs(archs: list[str]) -> None:
@@ -94,6 +102,27 @@ def _check_archs(archs: list[str]) -> None:
             input_spec(a)
         except ValueError as exc:
             fail(str(exc))
+
+
+def _check_weights(console, planned) -> None:
+    """Every pending job's weights must be at hand before any run folder is made; warn about slow CPU runs."""
+    from fairbench.models.backbones import WeightsUnavailableError, cpu_estimate, ensure_weights
+
+    pending = [p for p in planned if p.state() != "done"]
+    for arch, pretrained in dict.fromkeys((p.job.arch, p.config["pretrained"]) for p in pending):
+        try:
+            ensure_weights(arch, pretrained)
+        except WeightsUnavailableError as exc:
+            fail(str(exc))
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for arch in dict.fromkeys(p.job.arch for p in pending):
+        jobs = [p for p in pending if p.job.arch == arch]
+        estimate = cpu_estimate(arch, jobs)
+        if estimate:
+            console.print(f"[yellow]warning[/]: {estimate}")
 
 
 def _print_plan(console, planned) -> None:
@@ -111,8 +140,9 @@ def _print_plan(console, planned) -> None:
                       markup=False, highlight=False, soft_wrap=True)
 
 
-def _run_all(console, launcher, planned) -> None:
-    from fairbench.data import DatasetError
+def _run_all(console, launcher, planned, started: float) -> None:
+    from fairbench.commands.run_display import ConsoleReporter, elapsed
+    from fairbench.datasets import DatasetError
     from fairbench.models import WeightsUnavailableError
 
     out = planned[0].out if planned else None
@@ -124,72 +154,9 @@ def _run_all(console, launcher, planned) -> None:
             fail(f"{reporter.current or 'run'}: {exc}")
     if any(r.record and r.record["dataset"]["synthetic"] for r in results):
         console.print("[bold yellow]These results are on SYNTHETIC data, not the real dataset.[/]")
-    console.print(f"Results under {out}/ — show them with `fairbench table --out {out}`.")
-    if any(r.status == "failed" for r in results):
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    console.print(f"Finished in {elapsed(started)}: {counts['done']} trained, {counts['skipped']} skipped "
+                  f"(already done), {counts['failed']} failed. Results under {out}/ — show them with "
+                  f"`fairbench table --out {out}`.")
+    if counts["failed"]:
         raise typer.Exit(1)
-
-
-class ConsoleReporter:
-    """Rich progress bars in a terminal; plain lines otherwise. One line per finished, skipped or failed job."""
-
-    def __init__(self, console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = console
-        self.current: str | None = None
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, disable=not console.is_terminal,
-                                 transient=True)
-        self.all_task = None
-        self.step_task = None
-
-    def __enter__(self) -> ConsoleReporter:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.progress.stop()
-
-    def log(self, message: str) -> None:
-        self.console.print(message)
-
-    def job_started(self, planned, index: int, total: int) -> None:
-        self.current = planned.label()
-        if self.all_task is None:
-            self.all_task = self.progress.add_task("runs", total=total)
-        self.step_task = self.progress.add_task(f"  {planned.label()}", total=None)
-
-    def step(self, planned, done: int, total: int) -> None:
-        if self.step_task is not None:
-            self.progress.update(self.step_task, completed=done, total=total)
-
-    def epoch_finished(self, planned, record) -> None:
-        pass
-
-    def job_finished(self, result) -> None:
-        if self.step_task is not None:
-            self.progress.remove_task(self.step_task)
-            self.step_task = None
-        if self.all_task is not None:
-            self.progress.advance(self.all_task)
-        if result.status == "failed":
-            self.console.print(f"[red]failed[/] {result.planned.label()}: {result.message}")
-        elif result.status == "skipped":
-            self.console.print(f"[dim]skipped[/] {result.planned.label()}: {result.message} ({result.path})")
-        else:
-            self.console.print(_summary_line(result.planned, result.record))
-
-
-def _summary_line(planned, rec) -> str:
-    test = rec["metrics"]["test"]
-    attr = planned.job.attribute or next(iter(test["attributes"]), None)
-    a = test["attributes"].get(attr, {}) if attr else {}
-    fmt = lambda v: "nan" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    tag = " [yellow]SYNTHETIC[/]" if rec["dataset"]["synthetic"] else ""
-    sel = rec["selection"]
-    fair = f", {attr} ES-AUC {fmt(a.get('es_auc'))}, DPD {fmt(a.get('dpd'))}, EOD {fmt(a.get('eod'))}" if a else ""
-    return (f"[green]done[/] {planned.label()}: AUC {fmt(test['auc'])}{fair} (epoch {sel['epoch']}, "
-            f"{sel['label']}; {rec['timings']['total_s']:.0f}s){tag}")

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fairbench.data.format import DatasetError, Record, _short, read_image, read_split_records
+from fairbench.phases import phase
 from fairbench.results import atomic_path, write_json_atomic
 
 if TYPE_CHECKING:
@@ -176,7 +177,6 @@ class SplitCache:
         return np.load(path, mmap_mode="c", allow_pickle=False)
 
     def _build_images(self, path: Path, size: int, progress: bool) -> None:
-        log.info("building %d-px image cache for %s (%d files)", size, self.folder, len(self.files))
         advance, stop = _progress(len(self.files), f"caching {self.split} images", progress)
 
         def one(p: Path) -> np.ndarray:
@@ -185,7 +185,8 @@ class SplitCache:
             return out
 
         try:
-            with atomic_path(path) as tmp:
+            with phase(f"building the {size}-px image cache of {self.folder} ({len(self.files)} files, once)"), \
+                    atomic_path(path) as tmp:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                                 shape=(len(self.files), 1, size, size))
                 workers = max(1, min(8, os.cpu_count() or 1))

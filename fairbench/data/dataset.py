@@ -92,7 +92,7 @@ def load_fairvlmed(root: str | os.PathLike[str], *, image_size: int,
             log.info("%s: dropped %d of %d samples with an unknown attribute", s, out[s].n_dropped, len(files[s]))
         if len(out[s]) == 0:
             raise DatasetError(f"{folders[s]}: every sample has an unknown (−1) attribute; nothing to evaluate")
-    ident = _identity(root, [caches[s].fingerprint for s in SPLITS])
+    ident = _identity(root, [caches[s].fingerprint for s in SPLITS], len(files["train"]))
     return LoadedDataset(name="fairvlmed", root=root, synthetic=ident.synthetic, tag=ident.tag,
                          fingerprint=ident.fingerprint, text_source=text_source, **out)
 
@@ -100,15 +100,15 @@ def load_fairvlmed(root: str | os.PathLike[str], *, image_size: int,
 def identify_fairvlmed(root: str | os.PathLike[str]) -> DataIdentity:
     """Tag and fingerprint of a FairVLMed folder from file names, sizes and npz CRCs: no image is decoded."""
     root = Path(root).expanduser().resolve()
-    folders = {s: split_dir(root, s) for s in SPLITS}
-    return _identity(root, [files_fingerprint(list_split_files(folders[s])) for s in SPLITS])
+    files = {s: list_split_files(split_dir(root, s)) for s in SPLITS}
+    return _identity(root, [files_fingerprint(files[s]) for s in SPLITS], len(files["train"]))
 
 
-def _identity(root: Path, split_fingerprints: list[str]) -> DataIdentity:
+def _identity(root: Path, split_fingerprints: list[str], n_train: int) -> DataIdentity:
     parts = [*split_fingerprints, text_file_fingerprint(find_summary_csv(root))]
     synthetic = is_synthetic(root)
     return DataIdentity(root=root, synthetic=synthetic, tag="synthetic" if synthetic else "fairvlmed",
-                        fingerprint=hashlib.sha256("|".join(parts).encode()).hexdigest()[:16])
+                        fingerprint=hashlib.sha256("|".join(parts).encode()).hexdigest()[:16], n_train=n_train)
 
 
 def _split_tensors(split: str, images: np.ndarray, tokens: np.ndarray, records: list, files: list[Path],

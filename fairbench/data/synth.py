@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fairbench.data.format import DatasetError
+from fairbench.phases import phase
 
 GENERATOR_VERSION = 2
 MARKER = "fairbench_synthetic.json"
@@ -279,7 +280,9 @@ def default_synthetic_dataset(cache_dir: Path | None = None) -> Path:
         shutil.rmtree(path, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        make_synthetic(tmp, **DEFAULTS)
+        n = DEFAULTS["n_train"] + DEFAULTS["n_val"] + DEFAULTS["n_test"]
+        with phase(f"generating the default synthetic FairVLMed ({n} samples, once) into {path}"):
+            make_synthetic(tmp, **DEFAULTS)
         os.rename(tmp, path)
     except OSError:
         if not is_synthetic(path):  # not a lost race with another process

@@ -74,6 +74,7 @@ class DataIdentity:
     synthetic: bool
     tag: str
     fingerprint: str
+    n_train: int = 0  # training samples (files), for duration estimates
 
 
 class Dataset:

@@ -37,6 +37,9 @@ class ArchSpec:
     default_pretrained: str | None
     description: str
     train_defaults: dict[str, Any] = field(default_factory=lambda: dict(PROTOCOL_TRAIN_DEFAULTS))
+    # FLOPs of one CLIP train step (forward + backward) at batch 32, counted with torch.utils.flop_counter on
+    # v0.1; used only to warn how long a CPU run would take. None = small enough not to warn.
+    step_tflop_b32: float | None = None
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -47,8 +50,8 @@ ARCHS: dict[str, ArchSpec] = {
                      train_defaults={"epochs": 4, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
                                      "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.1, "warmup_steps": 30,
                                      "eval_batch_size": 512}),
-    "b16": ArchSpec("ViT-B-16-quickgelu", "openai", "OpenAI CLIP ViT-B/16 (QuickGELU)"),
-    "l14": ArchSpec("ViT-L-14-quickgelu", "openai", "OpenAI CLIP ViT-L/14 (QuickGELU)"),
+    "b16": ArchSpec("ViT-B-16-quickgelu", "openai", "OpenAI CLIP ViT-B/16 (QuickGELU)", step_tflop_b32=3.96),
+    "l14": ArchSpec("ViT-L-14-quickgelu", "openai", "OpenAI CLIP ViT-L/14 (QuickGELU)", step_tflop_b32=16.9),
 }
 
 
@@ -177,14 +180,82 @@ def _from_hub(model_name: str, tag: str) -> nn.Module:
     import open_clip
 
     try:
-        return open_clip.create_model(model_name, pretrained=tag, require_pretrained=True)
+        with _quiet_root_logger():  # open_clip logs its own ERROR line before raising; ours says it all
+            return open_clip.create_model(model_name, pretrained=tag, require_pretrained=True)
     except Exception as exc:  # network off, unknown tag, hub error: all need the same advice
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise WeightsUnavailableError(
-            f"cannot get {model_name} weights {tag!r} ({type(exc).__name__}: {str(exc)[:100]}"
-            f"{'; HF_HUB_OFFLINE=1 is set' if offline else ''}). Download them where the network allows, or pass "
-            "--pretrained /path/to/checkpoint (.pt/.pth/.bin/.safetensors); `--arch tiny` runs without weights."
-        ) from None
+        raise _hub_error(model_name, tag, exc) from None
+
+
+def _hub_error(model_name: str, tag: str, exc: BaseException) -> WeightsUnavailableError:
+    detail = (str(exc).strip().splitlines() or [""])[0]
+    offline = "; HF_HUB_OFFLINE=1 is set" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+    return WeightsUnavailableError(
+        f"cannot get {model_name} weights {tag!r} ({type(exc).__name__}: {detail}{offline}). Download them where "
+        "the network allows, or pass --pretrained /path/to/checkpoint (.pt/.pth/.bin/.safetensors); "
+        "`--arch tiny` runs without weights.")
+
+
+def cpu_estimate(arch: str, jobs: list[Any]) -> str | None:
+    """A warning with a lower bound on how long `jobs` (planned jobs of `arch`) take on this CPU, or None.
+
+    Bound = the arch's counted FLOPs per step × steps ÷ the FLOP rate this CPU reaches on a large matmul (no
+    train step runs faster than that); methods with group batches cost 2–3× a CLIP step on top.
+    """
+    import math
+    import time
+
+    spec = ARCHS.get(arch)
+    if spec is None or spec.step_tflop_b32 is None or not jobs:
+        return None
+    a = torch.randn(1024, 1024)
+    torch.mm(a, a)
+    start, reps = time.perf_counter(), 8
+    for _ in range(reps):
+        torch.mm(a, a)
+    tflops = 2 * 1024**3 * reps / (time.perf_counter() - start) / 1e12
+    steps = sum(job.config["train"]["epochs"] * math.ceil(job.n_train / job.config["train"]["batch_size"])
+                * job.config["train"]["batch_size"] / 32 for job in jobs)
+    hours = steps * spec.step_tflop_b32 / tflops / 3600
+    return (f"{len(jobs)} {arch} run(s) on a CPU: at least {hours:,.1f} h ({steps:,.0f} steps of "
+            f"{spec.step_tflop_b32} TFLOP at the {tflops * 1000:.0f} GFLOP/s this CPU reaches on a matmul; "
+            "group-batch methods take 2–3× more). Use a GPU, or --arch tiny for a CPU demo.")
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def ensure_weights(arch: str, pretrained: str | None = "default") -> str:
+    """Make sure `arch`'s weights can be had before any run folder exists: a local file must exist, a hub tag
+    must be known to open_clip and downloadable (or cached, offline). Returns a short description."""
+    import open_clip
+
+    model_name = input_spec(arch).model_name
+    spec = ARCHS.get(arch)
+    if pretrained == "default":
+        pretrained = spec.default_pretrained if spec else None
+    if not pretrained:
+        return "random init"
+    local = Path(str(pretrained)).expanduser()
+    if local.is_file():
+        return f"local checkpoint {local}"
+    if local.suffix in CHECKPOINT_SUFFIXES or os.sep in str(pretrained):
+        raise WeightsUnavailableError(f"checkpoint file {local} not found; pass an existing file to --pretrained")
+    if model_name == "fairbench-tiny":
+        raise WeightsUnavailableError(f"arch 'tiny' has no hub weights ({pretrained!r}); it trains from random init "
+                                      "(--pretrained none) or loads a local checkpoint file")
+    cfg = open_clip.pretrained.get_pretrained_cfg(model_name, pretrained)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+        raise WeightsUnavailableError(f"open_clip has no weights {pretrained!r} for {model_name} (known: {tags}); "
+                                      "pass one of those or --pretrained /path/to/checkpoint")
+    try:
+        with _quiet_root_logger():
+            path = open_clip.pretrained.download_pretrained(cfg)
+    except Exception as exc:
+        raise _hub_error(model_name, pretrained, exc) from None
+    if not path:
+        raise _hub_error(model_name, pretrained, RuntimeError("no download source"))
+    return f"open_clip weights {pretrained!r}"
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
