@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from fairbench.cli import app
-from fairbench.report.load import load_results
 from fairbench.report.compare_render import render_comparisons
+from fairbench.report.load import load_results
 from fairbench.report.significance import CompareError, MetricComparison, _verdict, compare_methods
 from tests.test_report_fixtures import write_run
 
