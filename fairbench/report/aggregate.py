@@ -141,11 +141,14 @@ def summarise(frame: pd.DataFrame, by: Iterable[str]) -> pd.DataFrame:
     grouped = frame.groupby(by, sort=False, dropna=False)
     out = grouped["value"].agg(mean="mean", std=lambda v: v.std(ddof=1), n="count")
     out["seeds"] = grouped["seed"].agg(lambda s: tuple(sorted(set(int(x) for x in s))))
+    def as_key(key: Any) -> tuple:
+        return key if isinstance(key, tuple) else (key,)
+
     known = frame[frame["value"].notna()]
-    pairs = known.groupby(by, sort=False, dropna=False).apply(
-        lambda g: tuple(sorted(zip(g["seed"].astype(int), g["value"].astype(float), strict=True))),
-        include_groups=False)
-    out["per_seed"] = [pairs.get(key, ()) for key in out.index]
+    pairs = {as_key(key): tuple(sorted(zip(g["seed"].astype(int).tolist(), g["value"].astype(float).tolist(),
+                                           strict=True)))
+             for key, g in known.groupby(by, sort=False, dropna=False)}
+    out["per_seed"] = [pairs.get(as_key(key), ()) for key in out.index]
     return out.reset_index()
 
 
