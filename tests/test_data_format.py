@@ -245,3 +245,36 @@ def test_note_source_needs_no_csv(tmp_path):
     root = build_dataset(tmp_path / "ds")
     _rm_csv(root)
     assert load(root, tmp_path, text_source="note").val.texts == ["note of data_00004.npz"]
+
+
+ALL_PIECES = ("Training/", "Validation/", "Test/ (or Testing/)", "gpt-4_summarized_notes.csv")
+
+
+def test_empty_data_folder_names_every_missing_piece_in_one_message(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError) as err:
+        load(empty, tmp_path)
+    msg = str(err.value)
+    assert all(piece in msg for piece in ALL_PIECES), msg
+    assert "\n" not in msg and "found: none" in msg
+    with pytest.raises(DatasetError) as err:  # text source 'note' needs no CSV, so it is not asked for
+        load(empty, tmp_path, text_source="note")
+    assert all(piece in str(err.value) for piece in ALL_PIECES[:3]) and "summary CSV" not in str(err.value)
+
+
+def test_run_and_data_check_list_every_missing_piece(tmp_path):
+    from typer.testing import CliRunner
+
+    from fairbench.cli import app
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = CliRunner().invoke(app, ["run", "--method", "clip", "--seeds", "1", "--data", str(empty),
+                                   "--out", str(tmp_path / "out")])
+    check = CliRunner().invoke(app, ["data", "check", str(empty)])
+    for result in (run, check):
+        text = " ".join(result.output.split())
+        assert result.exit_code != 0 and all(piece in text for piece in ALL_PIECES), text
+        assert "Traceback" not in result.output
+    assert " ".join(check.output.split()).count("missing") == 1  # one problem line, not one per piece

@@ -13,8 +13,9 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from fairbench.cli import app
+from fairbench.report.compare_render import render_comparisons
 from fairbench.report.load import load_results
-from fairbench.report.significance import CompareError, compare_methods
+from fairbench.report.significance import CompareError, MetricComparison, _verdict, compare_methods
 from tests.test_report_fixtures import write_run
 
 SEEDS = range(5)
@@ -78,14 +79,15 @@ def test_bootstrap_pairs_by_sample_column(root, records):
         assert diff == pytest.approx(100 * ref)
         assert low < diff < high
     assert auc.boot_low < auc.diff < auc.boot_high
-    assert auc.verdict.startswith("A better: distinguishable from noise")
+    assert auc.verdict.startswith("strong better: the difference exceeds both training-seed noise (t-test p")
+    assert "and test-set sampling noise (paired bootstrap p" in auc.verdict
 
 
 def test_identical_predictions_are_not_distinguishable(records):
     (comp,) = compare_methods(records, "twin", "twin2", "race", n_resamples=200)
     for m in comp.metrics:
         assert m.diff == 0 and m.wins == (0, 0, 5)
-        assert m.verdict == "not distinguishable from noise"
+        assert m.verdict.startswith("not distinguishable: the difference is within both training-seed noise")
         assert m.boot_low == 0 and m.boot_high == 0
 
 
@@ -125,7 +127,8 @@ def test_cli_json_and_errors(root):
     assert doc["method_a"] == "strong" and doc["seeds"] == list(SEEDS) and doc["scale"] == 100
     assert [m["metric"] for m in doc["metrics"]] == ["auc", "es_auc"]
     text = CliRunner().invoke(app, ["compare", "strong", "weak", "--out", str(root), "--resamples", "50"])
-    assert text.exit_code == 0 and "distinguishable" in text.stdout and "paired bootstrap per seed" in text.stdout
+    assert text.exit_code == 0 and "verdict AUC: strong better" in text.stdout
+    assert "paired bootstrap per seed" in text.stdout
     bad = CliRunner().invoke(app, ["compare", "strong", "nosuch", "--out", str(root)])
     assert bad.exit_code == 2 and "no finished runs of 'nosuch'" in bad.stderr and "Traceback" not in bad.output
 
@@ -135,3 +138,43 @@ def test_pooled_ci_when_every_seed_shares_the_test_set(records):
     (comp,) = compare_methods(records, "strong", "weak", "race", n_resamples=200)
     assert not any("different test samples" in note for note in comp.notes)
     assert np.isfinite(comp.metrics[0].boot_low) and comp.metrics[0].boot_low <= comp.metrics[0].boot_high
+
+
+def test_one_verdict_names_both_noise_sources_when_only_the_bootstrap_resolves(tmp_path):
+    """One seed far ahead, the others tied: a large test set resolves the mean gap, the seeds do not."""
+    for seed in range(3):
+        write_run(tmp_path, "lucky", "b16", None, seed, strength=2.6 if seed == 0 else 0.4, score_seed=50 + seed)
+        write_run(tmp_path, "plain", "b16", None, seed, strength=0.4, score_seed=90 + seed)
+    (comp,) = compare_methods(load_results(tmp_path).records, "lucky", "plain", "race", n_resamples=200)
+    auc = comp.metrics[0]
+    assert auc.boot_p < 0.05 < auc.t_p  # the situation the first-hour user met
+    assert auc.verdict == (f"not distinguishable: the difference is within training-seed noise (t-test p = "
+                           f"{auc.t_p:.3f} over 3 seeds), although the test set is large enough to resolve it "
+                           f"(paired bootstrap p = {auc.boot_p:.3f})")
+    text = " ".join(render_comparisons([comp]).split())
+    assert text.count("verdict AUC:") == 1 and text.count("verdict ES-AUC race:") == 1
+    assert "measure training randomness" in text and "measures test-set sampling" in text
+    assert "better on the test set, but" not in text  # the old pair of half-verdicts is gone
+
+
+def _mc(t_p: float, boot_p: float, diff: float = 1.0) -> MetricComparison:
+    return MetricComparison("auc", "AUC", [0, 1, 2], [diff, diff, diff], [0.0, 0.0, 0.0], t_p=t_p, boot_p=boot_p)
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("t_p, boot_p, start, names", [
+    (0.01, 0.01, "A better: the difference exceeds both", ("training-seed", "test-set sampling")),
+    (0.30, 0.002, "not distinguishable: the difference is within training-seed noise", ("test set is large",)),
+    (0.01, 0.40, "not distinguishable: the difference is within test-set sampling noise", ("across training seeds",)),
+    (0.30, 0.40, "not distinguishable: the difference is within both training-seed noise", ("test-set sampling",)),
+    (NAN, 0.002, "undetermined: one paired seed cannot measure training-seed noise", ("resolves it",)),
+    (0.01, NAN, "undetermined: test-set sampling noise was not measured", ("consistent across seeds",)),
+    (NAN, NAN, "not testable:", ("training-seed noise", "test-set sampling noise")),
+])
+def test_verdict_covers_every_outcome_with_one_reason(t_p, boot_p, start, names):
+    verdict = _verdict(_mc(t_p, boot_p), 0.05, ("A", "B"))
+    assert verdict.startswith(start), verdict
+    assert all(n in verdict for n in names)
+    assert _verdict(_mc(t_p, boot_p, diff=-1.0), 0.05, ("A", "B")).replace("B better", "A better") == verdict

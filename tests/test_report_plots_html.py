@@ -47,14 +47,14 @@ def test_plot_files_png_and_pdf(plots):
     names = {p.name for p in result.files}
     for kind in ("tradeoff", "group_auc", "roc"):
         for ext in ("png", "pdf"):
-            assert f"fairvlmed_val_race_{kind}.{ext}" in names
+            assert f"fairvlmed_test_race_{kind}.{ext}" in names
     assert all(p.stat().st_size > 1000 for p in result.files)
-    assert (out / "fairvlmed_val_race_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "fairvlmed_val_race_tradeoff.pdf").read_bytes()[:4] == b"%PDF"
+    assert (out / "fairvlmed_test_race_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "fairvlmed_test_race_tradeoff.pdf").read_bytes()[:4] == b"%PDF"
 
 
 def test_tradeoff_axes_legend_and_markers(root, plots):
-    fig = plots[1].figures["fairvlmed_val_race_tradeoff"]
+    fig = plots[1].figures["fairvlmed_test_race_tradeoff"]
     ax1, ax2 = fig.axes
     assert (ax1.get_xlabel(), ax1.get_ylabel()) == ("AUC (× 100) ↑", "ES-AUC race (× 100) ↑")
     assert (ax2.get_xlabel(), ax2.get_ylabel()) == ("AUC (× 100) ↑", "DPD race (× 100) ↓")
@@ -71,7 +71,7 @@ def test_tradeoff_axes_legend_and_markers(root, plots):
 
 
 def test_group_auc_bars(root, plots):
-    fig = plots[1].figures["fairvlmed_val_race_group_auc"]
+    fig = plots[1].figures["fairvlmed_test_race_group_auc"]
     (ax,) = fig.axes
     assert ax.get_ylabel() == "group AUC (× 100) ↑" and ax.get_xlabel() == "race group"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Asian", "Black", "White"]
@@ -87,7 +87,7 @@ def test_group_auc_bars(root, plots):
 
 def test_roc_panels_skip_missing_predictions_with_warning(plots):
     result = plots[1]
-    fig = result.figures["fairvlmed_val_race_roc"]
+    fig = result.figures["fairvlmed_test_race_roc"]
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["clip/b16 · seed 0", "fairclip/b16 [lambda=0.0001] · seed 0",
                       "fairclip/b16 [lambda=1e-05] · seed 0"]  # fairmoe's seed-0 predictions were deleted
@@ -102,11 +102,11 @@ def test_plot_cli_and_synthetic_title(root, tmp_path):
     result = CliRunner().invoke(app, ["plot", "--out", str(root), "--to", str(tmp_path), "--attr", "race",
                                       "--dataset", "synthetic", "--kind", "tradeoff"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic_val_race_tradeoff.pdf",
-                                                          "synthetic_val_race_tradeoff.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic_test_race_tradeoff.pdf",
+                                                          "synthetic_test_race_tradeoff.png"]
     loaded = load_results(root)
     figs = make_plots(loaded.records, loaded.frame, None, attrs=["race"], dataset="synthetic", kinds=("tradeoff",))
-    assert figs.figures["synthetic_val_race_tradeoff"]._suptitle.get_text().startswith("SYNTHETIC DATA")
+    assert figs.figures["synthetic_test_race_tradeoff"]._suptitle.get_text().startswith("SYNTHETIC DATA")
     bad = CliRunner().invoke(app, ["plot", "--out", str(root), "--kind", "pie"])
     assert bad.exit_code == 2 and "--kind pie" in bad.stderr
 
@@ -125,7 +125,9 @@ def test_report_is_self_contained_with_tables_plots_protocol(page):
     assert "SYNTHETIC DATA" in page and "best TEST AUC" in page and "best validation AUC" in page
     assert "fairclip [lambda=1e-05]" in page and "missing 1" in page
     assert "paper 62.67 ± 3.15" in page  # clip/b16 race ES-AUC, Table 1
-    assert "&quot;torch&quot;: &quot;2.x&quot;" in page  # versions from result.json
+    assert "<td>torch</td><td>2.x</td>" in page  # versions from result.json, as a small table
+    assert "<td>test</td><td>240</td><td>0</td>" in page  # split counts as a table, not raw JSON
+    assert "&quot;train&quot;" not in page and "&quot;torch&quot;" not in page
     assert "predictions_test.csv: missing" in page  # the warning is shown on the page too
 
 
@@ -162,3 +164,62 @@ def test_report_renders_in_headless_chromium(page, tmp_path):
     pixels = imread(png)
     assert pixels.shape[:2] == (2000, 1400)
     assert pixels[..., :3].std() > 0.05  # not a blank page
+
+
+def test_figures_are_named_by_the_split_they_show(root, tmp_path):
+    loaded = load_results(root)
+    result = make_plots(loaded.records, loaded.frame, tmp_path, attrs=["race"], dataset="fairvlmed")
+    names = sorted(result.figures)
+    assert "fairvlmed_test_race_roc" in names  # selected on validation, shows test predictions
+    assert "fairvlmed_test_race_roc_test-selected" in names  # the papers' rule, still the test split
+    assert not any("_val_" in n for n in names)
+    assert sorted(p.name for p in tmp_path.glob("*roc*.png")) == ["fairvlmed_test_race_roc.png",
+                                                                  "fairvlmed_test_race_roc_test-selected.png"]
+
+
+def _bar_limits(fig, coords: tuple[int, ...] = (0, 1)) -> list[float]:
+    """Every end of every error bar drawn on the figure (x and/or y coordinates)."""
+    from matplotlib.collections import LineCollection
+
+    ends = []
+    for ax in fig.axes:
+        for coll in ax.collections:
+            if isinstance(coll, LineCollection):
+                ends += [float(point[i]) for seg in coll.get_segments() for point in seg for i in coords]
+    return ends
+
+
+def test_error_bars_stay_within_the_metric_range(tmp_path):
+    """A seed that collapses next to two near-perfect ones: mean ± std would reach past 100."""
+    from tests.test_report_fixtures import write_run
+
+    for seed, strength in enumerate((6.0, 6.0, 0.0)):
+        write_run(tmp_path, "wobbly", "b16", None, seed, strength=strength)
+        write_run(tmp_path, "steady", "b16", None, seed, strength=1.0)
+    loaded = load_results(tmp_path)
+    aucs = [100 * r["metrics"]["test"]["auc"] for r in loaded.records if r["method"] == "wobbly"]
+    assert statistics.mean(aucs) + statistics.stdev(aucs) > 100  # the unclipped bar would leave the range
+    result = make_plots(loaded.records, loaded.frame, None, attrs=["race"], kinds=("tradeoff", "group_auc"))
+    for name, coords in (("fairvlmed_test_race_tradeoff", (0, 1)), ("fairvlmed_test_race_group_auc", (1,))):
+        ends = _bar_limits(result.figures[name], coords)  # group bars: x is the group position, y the AUC
+        assert ends and min(ends) >= 0 and max(ends) <= 100, name
+    tradeoff = result.figures["fairvlmed_test_race_tradeoff"]
+    assert max(_bar_limits(tradeoff)) == pytest.approx(100)  # clipped, not dropped
+
+
+def test_report_captions_describe_the_figure(page):
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == 9
+    assert not any(re.search(r"\w+_(test|val)_\w+_(tradeoff|group_auc|roc)", c) for c in captions)
+    assert any(c.startswith("ROC curve of each race group on the test set") for c in captions)
+    assert any(c.startswith("Test AUC of each race group") for c in captions)
+    assert any("SYNTHETIC data" in c for c in captions)
+
+
+def test_report_explains_a_single_seed_best(tmp_path):
+    from tests.test_report_fixtures import write_run
+
+    write_run(tmp_path, "solo", "b16", None, 0, strength=2.5)
+    write_run(tmp_path, "other", "b16", None, 0, strength=0.5)
+    html, _ = build_report(load_results(tmp_path), attrs=["race"], plots=False, source=str(tmp_path))
+    assert "<strong>" in html and "on a single seed" in html

@@ -215,3 +215,94 @@ def test_cli_empty_folder_says_so(tmp_path):
     result = CliRunner().invoke(app, ["table", "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert "no finished runs" in result.stderr and "Traceback" not in result.output
+
+
+# -- first-hour fixes: wide seed spread, absent methods, single-seed best ----------------------------
+
+@pytest.fixture(scope="module")
+def spread_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """'collapsed' loses its signal on seed 2 (AUC near chance); 'steady' does not."""
+    from tests.test_report_fixtures import write_run
+
+    root = tmp_path_factory.mktemp("spread")
+    for seed in range(3):
+        write_run(root, "steady", "b16", None, seed, strength=1.5)
+        write_run(root, "collapsed", "b16", None, seed, strength=0.0 if seed == 2 else 1.6)
+    return root
+
+
+def test_wide_seed_spread_is_flagged_naming_the_far_seed(spread_root):
+    race = _table(build_tables(load_results(spread_root).frame), "race")
+    auc = _row(race, "collapsed").cells["auc"]
+    values = dict(auc.per_seed)
+    assert auc.std > 0.10 * auc.mean  # the situation: one collapsed seed
+    assert auc.wide and _row(race, "collapsed").cells["es_auc"].wide
+    assert not _row(race, "steady").cells["auc"].wide
+    assert not any(_row(race, "collapsed").cells[k].wide for k in ("dpd", "eod"))  # ↓ gaps are never flagged
+    note = next(n for n in race.notes if n.startswith("⚠ collapsed/b16"))
+    assert f"AUC std {auc.std:.2f} is {auc.std / auc.mean:.0%} of its mean {auc.mean:.2f}" in note
+    assert f"seed 2 = {values[2]:.2f}" in note and "far off: seed 2)" in note
+    assert not any(n.startswith("⚠ steady") for n in race.notes)
+    md = render_markdown([race])
+    assert f"{auc.mean:.2f} ± {auc.std:.2f} ⚠" in md and "above 10% of its mean" in md
+    assert "| collapsed | b16 | 3 ⚠ |" in md
+
+
+def test_spread_flag_is_a_table_option(spread_root):
+    import inspect
+
+    from fairbench.commands.table import table as table_cmd
+    from fairbench.report.tables import DEFAULT_SPREAD
+
+    assert inspect.signature(table_cmd).parameters["spread_warn"].default.default == DEFAULT_SPREAD
+    off = CliRunner().invoke(app, ["table", "--out", str(spread_root), "--attr", "race", "--format", "markdown",
+                                   "--spread-warn", "0"])
+    assert off.exit_code == 0 and "⚠" not in off.stdout
+    loose = CliRunner().invoke(app, ["table", "--out", str(spread_root), "--attr", "race", "--format", "markdown",
+                                     "--spread-warn", "0.5"])
+    assert loose.exit_code == 0 and "⚠" not in loose.stdout
+    on = CliRunner().invoke(app, ["table", "--out", str(spread_root), "--attr", "race", "--format", "markdown"])
+    assert on.exit_code == 0 and "far off: seed 2" in on.stdout
+    bad = CliRunner().invoke(app, ["table", "--out", str(spread_root), "--spread-warn", "-1"])
+    assert bad.exit_code == 2 and "--spread-warn" in bad.stderr
+
+
+def test_absent_methods_are_explained(loaded):
+    tables = build_tables(loaded.frame)
+    gender = _table(tables, "gender")
+    assert {r.method for r in gender.rows} == {"clip", "fairclip"}
+    assert "fairmoe/b16: not trained on gender (trained on: race), so not in this table; add with " \
+           "`fairbench run --attr gender`." in gender.notes
+    ethnicity = _table(tables, "ethnicity")
+    assert [r.label for r in ethnicity.rows] == ["clip"]  # a lone row ...
+    notes = " ".join(ethnicity.notes)  # ... with the reason the others are absent
+    assert "fairclip/b16: not trained on ethnicity (trained on: gender, race)" in notes
+    assert "fairmoe/b16: not trained on ethnicity (trained on: race)" in notes
+    assert not any("clip/b16:" in n and "not trained" in n for n in _table(tables, "race").notes)
+    (ablation,) = [t for t in build_tables(loaded.frame, layout="ablation")
+                   if (t.dataset, t.selection) == ("fairvlmed", "val")]
+    assert "fairmoe/b16: – for gender, ethnicity, language: not trained on them (trained on: race)." \
+           in ablation.notes
+
+
+def test_single_seed_best_is_never_unexplained(tmp_path):
+    from tests.test_report_fixtures import write_run
+
+    write_run(tmp_path, "solo", "b16", None, 0, strength=2.5)
+    for seed in range(3):
+        write_run(tmp_path, "trio", "b16", None, seed, strength=0.5)
+    race = _table(build_tables(load_results(tmp_path).frame), "race")
+    solo = _row(race, "solo")
+    assert solo.cells["auc"].best and solo.cells["auc"].n == 1
+    best = [c.label for c in race.columns if solo.cells[c.key].best]
+    assert f"marked best for {', '.join(best)} on a single seed" in solo.flag
+    md = render_markdown([race])
+    assert "| solo | b16 | 1 ⚠ |" in md and "on a single seed" in md
+    # every row on one seed (a quick `--seeds 1` run): no "missing seeds" flag, but the best mark is still explained
+    only = tmp_path / "one"
+    for method, strength in (("x", 2.0), ("y", 0.5)):
+        write_run(only, method, "b16", None, 0, strength=strength)
+    race = _table(build_tables(load_results(only).frame), "race")
+    x = _row(race, "x")
+    assert x.cells["auc"].best and "missing" not in x.flag and "on a single seed" in x.flag
+    assert not _row(race, "y").flag

@@ -24,8 +24,12 @@ def table(
     compare: str = typer.Option(None, "--compare", help="'paper': show the Fair-MoE paper's numbers and Δ."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Only this dataset tag (e.g. fairvlmed, synthetic)."),
     select: str = typer.Option(None, "--select", help="Only runs selected by this rule: val | test."),
+    spread_warn: float = typer.Option(0.10, "--spread-warn", metavar="SHARE",
+                                      help="Flag (⚠) a ↑ value (AUC, ES-AUC) whose std over seeds exceeds this "
+                                           "share of its mean, naming each seed's value; 0 turns it off. "
+                                           "↓ gaps (DPD, EOD) sit near 0 and are never flagged."),
 ) -> None:
-    """Mean ± std over seeds per method/arch, best per column marked, missing seeds flagged."""
+    """Mean ± std over seeds per method/arch, best per column marked, missing seeds and wide spreads flagged."""
     from fairbench.report.paper import PaperTableError, PaperTables
     from fairbench.report.render import FORMATS, render_csv, render_latex, render_markdown, render_terminal
     from fairbench.report.tables import LAYOUTS, build_tables
@@ -37,6 +41,8 @@ def table(
     if compare not in (None, "paper"):
         fail(f"--compare {compare!r}: only 'paper' (the Fair-MoE paper's Tables 1–6) is available")
     check_select(select)
+    if not 0 <= spread_warn < 10:
+        fail(f"--spread-warn {spread_warn} must be a share of the mean ≥ 0, e.g. 0.1 (10 %) or 0 (off)")
     loaded = load_results_reporting(out)
     frame = loaded.frame
     if frame.empty:
@@ -57,7 +63,8 @@ def table(
         unknown = [a for a in attrs if a not in known]
         if unknown:
             fail(f"--attr {','.join(unknown)}: not in the results (available: {', '.join(known)})")
-    tables = build_tables(frame, layout=layout, attrs=attrs, dataset=dataset, select=select, paper=paper)
+    tables = build_tables(frame, layout=layout, attrs=attrs, dataset=dataset, select=select, paper=paper,
+                          spread=spread_warn)
     if not tables:
         fail(f"no runs match --dataset {dataset or '*'} --select {select or '*'} --attr {attr or '*'} in {out}", 1)
     if fmt == "terminal":

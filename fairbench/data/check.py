@@ -23,11 +23,12 @@ from fairbench.data.format import (
     DatasetError,
     Record,
     _short,
+    find_split_dir,
     find_summary_csv,
     image_problems,
+    layout_problem,
     read_record,
     read_summaries,
-    split_dir,
 )
 
 
@@ -77,20 +78,24 @@ def check_dataset(root: str | os.PathLike[str]) -> CheckReport:
         report.problems.append(f"{root}: dataset folder not found")
         return report
     summaries: dict[str, str] | None = None
-    if find_summary_csv(root) is None:
-        report.problems.append(f"{root}: missing GPT-4 summary CSV (gpt-4_summarized_notes.csv or "
-                               "gpt4_summarized_notes.csv); only text source 'note' will work")
-    else:
+    folders: dict[str, Path] = {}
+    for split in SPLITS:
+        try:
+            found = find_split_dir(root, split)
+        except DatasetError as exc:  # both Test/ and Testing/
+            report.problems.append(str(exc))
+            continue
+        if found is not None:
+            folders[split] = found
+    missing = layout_problem(root)  # every missing folder and the CSV, in one line
+    if missing:
+        report.problems.append(missing)
+    if find_summary_csv(root) is not None:
         try:
             summaries = read_summaries(root)
         except DatasetError as exc:
             report.problems.append(str(exc))
-    for split in SPLITS:
-        try:
-            folder = split_dir(root, split)
-        except DatasetError as exc:
-            report.problems.append(str(exc))
-            continue
+    for split, folder in folders.items():
         rep = report.splits[split] = SplitReport(folder=folder.name)
         files = sorted(p for p in folder.iterdir() if p.suffix == ".npz" and p.is_file())
         rep.n_files = len(files)

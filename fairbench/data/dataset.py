@@ -25,6 +25,7 @@ from fairbench.data.format import (
     find_summary_csv,
     keep_mask,
     list_split_files,
+    require_layout,
     split_dir,
     truncate_text,
 )
@@ -76,7 +77,8 @@ def load_fairvlmed(root: str | os.PathLike[str], *, image_size: int,
     if image_size < 1:
         raise DatasetError(f"image_size must be positive, got {image_size}")
     root = Path(root).expanduser().resolve()
-    folders = {s: split_dir(root, s) for s in SPLITS}  # all folder errors before any file is read
+    require_layout(root, need_summaries=text_source == "gpt4")  # every missing piece in one message
+    folders = {s: split_dir(root, s) for s in SPLITS}
     files = {s: list_split_files(folders[s]) for s in SPLITS}
     store = cache_root(cache_dir)
     caches = {s: SplitCache(store, folders[s], s, files[s]) for s in SPLITS}

@@ -84,12 +84,53 @@ def split_dir(root: Path, split: str) -> Path:
         raise DatasetError(f"{root}: dataset folder not found; pass the folder holding Training/ Validation/ Test/")
     found = find_split_dir(root, split)
     if found is None:
-        want = " or ".join(f"{n}/" for n in SPLIT_DIRS[split])
-        present = sorted(p.name + "/" for p in root.iterdir() if p.is_dir())
-        hint = next((f"; rename {p} to {_MISNAMED[p[:-1]]}/" for p in present
-                     if _MISNAMED.get(p[:-1]) in SPLIT_DIRS[split]), "")
-        raise DatasetError(f"{root}: missing split folder {want} (found: {', '.join(present) or 'none'}){hint}")
+        raise DatasetError(layout_problem(root, [split], need_summaries=False))
     return found
+
+
+def _split_names(split: str) -> str:
+    first, *others = SPLIT_DIRS[split]
+    return f"{first}/" + "".join(f" (or {o}/)" for o in others)
+
+
+def layout_problem(root: Path, splits: list[str] | None = None, need_summaries: bool = True) -> str:
+    """One line naming every missing split folder (and the summary CSV) under an existing root; "" if none.
+
+    A first-time user who points --data at an empty or wrong folder should learn everything the format
+    needs at once, not one folder per attempt.
+    """
+    root = Path(root)
+    missing = [s for s in (splits or list(SPLITS)) if not any((root / n).is_dir() for n in SPLIT_DIRS[s])]
+    no_csv = need_summaries and find_summary_csv(root) is None
+    if not missing and not no_csv:
+        return ""
+    parts = []
+    present = sorted(p.name + "/" for p in root.iterdir() if p.is_dir())
+    if missing:
+        noun = "split folder" if len(missing) == 1 else "split folders"
+        parts.append(f"{noun} {', '.join(_split_names(s) for s in missing)} (found: {', '.join(present) or 'none'})")
+    if no_csv:
+        parts.append(f"GPT-4 summary CSV ({' or '.join(SUMMARY_CSVS)})")
+    hints = [f"rename {p} to {_MISNAMED[p[:-1]]}/" for p in present
+             if _MISNAMED.get(p[:-1]) in {SPLIT_DIRS[s][0] for s in missing}]
+    if len(missing) == len(SPLITS) and not hints:
+        hints.append("pass the FairVLMed folder that holds Training/ Validation/ Test/"
+                     + (" and the summary CSV" if need_summaries else ""))
+    elif no_csv:
+        hints.append("add the CSV or use text source 'note'")
+    return f"{root}: missing " + " and ".join(parts) + "".join(f"; {h}" for h in hints)
+
+
+def require_layout(root: Path, need_summaries: bool = True) -> None:
+    """Raise one DatasetError naming every missing piece of the dataset folder, before any file is read."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found; pass the folder holding Training/ Validation/ Test/")
+    for split in SPLITS:
+        find_split_dir(root, split)  # two test folders is its own error
+    problem = layout_problem(root, need_summaries=need_summaries)
+    if problem:
+        raise DatasetError(problem)
 
 
 def list_split_files(folder: Path) -> list[Path]:

@@ -133,14 +133,32 @@ def for_attribute(frame: pd.DataFrame, attr: str) -> pd.DataFrame:
 
 
 def summarise(frame: pd.DataFrame, by: Iterable[str]) -> pd.DataFrame:
-    """Mean, sample std (ddof = 1), number of non-null values and the sorted seeds per group."""
+    """Mean, sample std (ddof = 1), number of non-null values, the sorted seeds and the non-null
+    (seed, value) pairs per group (the pairs let a table say which seed is far off)."""
     by = list(by)
     if frame.empty:
-        return pd.DataFrame(columns=by + ["mean", "std", "n", "seeds"])
+        return pd.DataFrame(columns=by + ["mean", "std", "n", "seeds", "per_seed"])
     grouped = frame.groupby(by, sort=False, dropna=False)
     out = grouped["value"].agg(mean="mean", std=lambda v: v.std(ddof=1), n="count")
     out["seeds"] = grouped["seed"].agg(lambda s: tuple(sorted(set(int(x) for x in s))))
+    def as_key(key: Any) -> tuple:
+        return key if isinstance(key, tuple) else (key,)
+
+    known = frame[frame["value"].notna()]
+    pairs = {as_key(key): tuple(sorted(zip(g["seed"].astype(int).tolist(), g["value"].astype(float).tolist(),
+                                           strict=True)))
+             for key, g in known.groupby(by, sort=False, dropna=False)}
+    out["per_seed"] = [pairs.get(as_key(key), ()) for key in out.index]
     return out.reset_index()
+
+
+def trained_on(frame: pd.DataFrame) -> dict[tuple[str, str], set[str]]:
+    """(method, arch) → the attributes its runs were trained on ("" for a run trained on none)."""
+    pairs = frame[["method", "arch", "train_attribute"]].drop_duplicates()
+    out: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for method, arch, attr in pairs.itertuples(index=False):
+        out[(method, arch)].add(attr)
+    return dict(out)
 
 
 def seed_problem(seeds: tuple[int, ...], expected: int) -> str:

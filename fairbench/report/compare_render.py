@@ -36,6 +36,14 @@ def title(c: Comparison) -> str:
             f"{c.dataset} · selection: {selection_label(c.selection)} · seeds {', '.join(map(str, c.seeds))}")
 
 
+def noise_sentence(c: Comparison) -> str:
+    """Which noise each test covers, in words (printed above the verdicts)."""
+    return ("The t-test and sign test pair the seeds: they measure training randomness (would other seeds "
+            "change the order?). The paired bootstrap resamples the test samples: it measures test-set sampling "
+            "(would another test set of this size change it?). A difference counts as real only when both give "
+            f"p < {c.alpha:g}; a small bootstrap p alone says the test set is large, not that seeds agree.")
+
+
 def render_comparisons(comparisons: list[Comparison], width: int = 220) -> str:
     from rich.console import Console
     from rich.markup import escape
@@ -49,17 +57,21 @@ def render_comparisons(comparisons: list[Comparison], width: int = 220) -> str:
             f"values × 100; A/B: mean ± std over seeds (ddof = 1); Δ = A − B per seed; t-test: paired over seeds; "
             f"sign test: A wins/B wins; bootstrap: {c.n_resamples} paired resamples of the test samples per seed, "
             f"CI of the seed-averaged Δ ({ci}); α = {c.alpha}"), caption_justify="left")
-        for name in ("metric", "A", "B", "Δ mean", "Δ per seed", "t-test p", "sign test", f"bootstrap {ci} CI",
-                     "bootstrap p", "verdict"):
+        for name in ("metric", "A", "B", "Δ mean", "Δ per seed", "t-test p (seeds)", "sign test (seeds)",
+                     f"bootstrap {ci} CI (test set)", "bootstrap p (test set)"):
             table.add_column(name, overflow="fold")
         for m in c.metrics:
             per_seed = " ".join(_f(a - b, "+.2f") for a, b in zip(m.a, m.b, strict=True))
             sign = f"{m.wins[0]}/{m.wins[1]} p={_p(m.sign_p)}"
             boot = DASH if math.isnan(m.boot_low) else f"[{m.boot_low:+.2f}, {m.boot_high:+.2f}]"
             table.add_row(*(escape(x) for x in (m.label, _mean_sd(m.a), _mean_sd(m.b), _f(m.diff, "+.2f"),
-                                                per_seed, _p(m.t_p), sign, boot, _p(m.boot_p), m.verdict)))
+                                                per_seed, _p(m.t_p), sign, boot, _p(m.boot_p))))
         console.print(table)
-        seeds = Table(title="paired bootstrap per seed", title_justify="left")
+        console.print(noise_sentence(c), markup=False)
+        for m in c.metrics:
+            console.print(f"verdict {m.label}: {m.verdict}", markup=False)
+        console.print()
+        seeds = Table(title="paired bootstrap per seed (test-set sampling noise of each seed)", title_justify="left")
         for name in ("seed", "metric", "Δ", f"{ci} CI", "p"):
             seeds.add_column(name)
         for m in c.metrics:

@@ -10,7 +10,6 @@ import base64
 import datetime as dt
 import html
 import io
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ td strong { color: #1a7f37; }
 ul.notes { font-size: 0.82rem; color: #444; margin-top: 0.2rem; }
 figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85rem; color: #555; }
+table.small { font-size: 0.8rem; margin: 0.2rem 0 0.4rem; }
 .paper { color: #777; font-size: 0.75rem; }
 code { background: #f4f6f8; padding: 0 0.2rem; border-radius: 3px; }
 """
@@ -49,6 +49,50 @@ def _png_data_uri(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _small_table(head: list[str], rows: list[list[str]]) -> str:
+    """A plain <table> of already-escaped cells."""
+    esc_head = "".join(f"<th>{h}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="small"><thead><tr>{esc_head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _count(value: Any) -> str:
+    return "–" if value is None else html.escape(str(value))
+
+
+def _splits_table(recs: list[dict[str, Any]]) -> str:
+    """Samples per split and how many evaluation dropped for an unknown attribute (training keeps them all);
+    one block of rows per data version when the runs' fingerprints differ."""
+    versions: dict[str, dict[str, Any]] = {}
+    for r in recs:
+        versions.setdefault(str(r["dataset"].get("fingerprint")), r["dataset"])
+    several = len(versions) > 1
+    rows = []
+    for fingerprint, ds in versions.items():
+        counts, dropped = ds.get("n") or {}, ds.get("n_dropped") or {}
+        for split in counts:
+            kept = "all kept (training)" if split not in dropped else _count(dropped[split])
+            rows.append(([html.escape(fingerprint)] if several else []) + [html.escape(split), _count(counts[split]),
+                                                                           kept])
+    head = (["data version"] if several else []) + ["split", "samples", "dropped: unknown attribute"]
+    return _small_table(head, rows)
+
+
+def _versions_table(recs: list[dict[str, Any]]) -> str:
+    """Software → version(s) over the runs (several versions listed when runs differ), then the devices."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for r in recs:
+        for name, version in (r.get("versions") or {}).items():
+            if str(version) not in found[name]:
+                found[name].append(str(version))
+    for r in recs:
+        device = str(r.get("device", "?"))
+        if device not in found["device"]:
+            found["device"].append(device)
+    rows = [[html.escape(name), html.escape(", ".join(vs))] for name, vs in found.items()]
+    return _small_table(["software", "version"], rows)
 
 
 def _protocol(records: list[dict[str, Any]]) -> list[str]:
@@ -70,10 +114,8 @@ def _protocol(records: list[dict[str, Any]]) -> list[str]:
             out.append('<div class="banner optimistic">Epochs chosen by best TEST AUC (the papers\' rule): '
                        "optimistic, because the test set picked the model.</div>")
         fingerprints = sorted({str(r["dataset"].get("fingerprint")) for r in recs})
-        items = [f"splits n = {esc(json.dumps(ds.get('n', {})))}; dropped (unknown attribute) = "
-                 f"{esc(json.dumps(ds.get('n_dropped', {})))}",
-                 f"data path: <code>{esc(str(ds.get('path', '?')))}</code>; fingerprint(s): "
-                 f"{esc(', '.join(fingerprints))}"]
+        items = [f"data path: <code>{esc(str(ds.get('path', '?')))}</code>; fingerprint(s): "
+                 f"{esc(', '.join(fingerprints))}", "samples per split:" + _splits_table(recs)]
         if len(fingerprints) > 1:
             items.append("<strong>runs were made on different data versions (fingerprints differ)</strong>")
         rows = defaultdict(list)
@@ -92,10 +134,7 @@ def _protocol(records: list[dict[str, Any]]) -> list[str]:
         warned = [f"{r.get('run_id') or r['_dir']}: {w}" for r in recs for w in (r.get("warnings") or [])]
         if warned:
             items.append("run warnings: <ul>" + "".join(f"<li>{esc(str(w))}</li>" for w in warned) + "</ul>")
-        versions = sorted({json.dumps(r.get("versions") or {}, sort_keys=True) for r in recs})
-        devices = sorted({str(r.get("device", "?")) for r in recs})
-        items.append("versions: " + "; ".join(f"<code>{esc(v)}</code>" for v in versions)
-                     + f"; devices: {esc(', '.join(devices))}")
+        items.append("software versions and devices:" + _versions_table(recs))
         out.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
     return out
 
@@ -134,8 +173,9 @@ def build_report(loaded: Loaded, paper: PaperTables | None = None, attrs: list[s
             problems += figs.problems
             body.append("<h2>Figures</h2>")
             for name, fig in figs.figures.items():
-                body.append(f'<figure><img alt="{esc(name)}" src="{_png_data_uri(fig)}">'
-                            f"<figcaption>{esc(name)}</figcaption></figure>")
+                caption = figs.captions.get(name, name)
+                body.append(f'<figure><img alt="{esc(caption)}" src="{_png_data_uri(fig)}">'
+                            f"<figcaption>{esc(caption)}</figcaption></figure>")
     if problems:
         parts.append('<h2>Warnings</h2><div class="warnings"><ul>'
                      + "".join(f"<li>{esc(p)}</li>" for p in problems) + "</ul></div>")

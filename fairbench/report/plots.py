@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 SCALE = 100.0
+RANGE = (0.0, SCALE)  # every plotted metric (AUC, ES-AUC, DPD, group AUC) is a rate × 100
+SPLIT = "test"  # every figure shows test-split metrics or predictions
 ROW = ["method", "arch", "variant"]
 
 
@@ -29,6 +31,28 @@ class PlotSet:
     figures: dict[str, Figure] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    captions: dict[str, str] = field(default_factory=dict)  # figure name → what the figure shows, in words
+
+
+def figure_name(tag: str, rule: str, attr: str, kind: str) -> str:
+    """File stem named by the split shown; a non-default selection rule is added as `_<rule>-selected`.
+
+    The selection rule used to sit where a split name is expected (`..._val_race_roc` plotted test
+    predictions), which read as if the figure showed validation data.
+    """
+    return f"{tag}_{SPLIT}_{attr}_{kind}" + ("" if rule == "val" else f"_{rule}-selected")
+
+
+def clipped_error(mean: Any, std: Any, lo: float = RANGE[0], hi: float = RANGE[1]) -> np.ndarray:
+    """Error bar lengths (2, n) below/above each mean so that mean ± std never leaves [lo, hi].
+
+    A wide spread near AUC 100 would otherwise draw a bar to 110, a value no metric can take.
+    """
+    mean = np.atleast_1d(np.asarray(mean, dtype=float))
+    std = np.nan_to_num(np.atleast_1d(np.asarray(std, dtype=float)))
+    below = np.clip(np.minimum(std, mean - lo), 0, None)
+    above = np.clip(np.minimum(std, hi - mean), 0, None)
+    return np.nan_to_num(np.vstack([below, above]))
 
 
 def row_label(method: str, arch: str, variant: str) -> str:
@@ -84,16 +108,16 @@ def tradeoff_figure(frame: pd.DataFrame, attr: str, title: str) -> Figure | None
                 continue
             x, y = part["auc"], part[ycol]
             ax.scatter(x, y, color=color, alpha=0.3, s=18, linewidths=0)
-            xerr, yerr = x.std(ddof=1), y.std(ddof=1)
-            ax.errorbar([x.mean()], [y.mean()], xerr=[0 if math.isnan(xerr) else xerr],
-                        yerr=[0 if math.isnan(yerr) else yerr], fmt="o", color=color, capsize=3, ms=7,
+            ax.errorbar([x.mean()], [y.mean()], xerr=clipped_error(x.mean(), x.std(ddof=1)),
+                        yerr=clipped_error(y.mean(), y.std(ddof=1)), fmt="o", color=color, capsize=3, ms=7,
                         label=f"{label} (n={len(part)})")
     ax1.set(xlabel="AUC (× 100) ↑", ylabel=f"ES-AUC {attr} (× 100) ↑", title="performance vs equity-scaled AUC")
     ax2.set(xlabel="AUC (× 100) ↑", ylabel=f"DPD {attr} (× 100) ↓", title="performance vs demographic parity gap")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=8, loc="best")
-    _suptitle(fig, f"{title}\nattribute: {attr}; markers: mean ± std (ddof = 1) over seeds; faint: single seeds")
+    _suptitle(fig, f"{title}\nattribute: {attr}; markers: mean ± std (ddof = 1) over seeds, bars cut at 0 and 100; "
+                   "faint: single seeds")
     return fig
 
 
@@ -113,8 +137,8 @@ def group_auc_figure(frame: pd.DataFrame, attr: str, title: str) -> Figure | Non
     xs = np.arange(len(groups))
     for i, (color, key) in enumerate(zip(_colors(len(keys)), keys, strict=True)):
         part = stats[(stats[ROW] == pd.Series(key, index=ROW)).all(axis=1)].set_index("group").reindex(groups)
-        ax.bar(xs + (i - (len(keys) - 1) / 2) * width, part["mean"], width, yerr=part["std"].fillna(0),
-               color=color, capsize=2, label=row_label(*key))
+        ax.bar(xs + (i - (len(keys) - 1) / 2) * width, part["mean"], width,
+               yerr=clipped_error(part["mean"], part["std"]), color=color, capsize=2, label=row_label(*key))
     ax.set_xticks(xs, groups)
     ax.set(xlabel=f"{attr} group", ylabel="group AUC (× 100) ↑", title=f"per-group AUC · {attr}")
     lo = np.nanmin(stats["mean"] - stats["std"].fillna(0)) if len(stats) else 0
@@ -122,7 +146,7 @@ def group_auc_figure(frame: pd.DataFrame, attr: str, title: str) -> Figure | Non
     ax.axhline(50, color="grey", lw=0.8, ls=":")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(4, len(keys)))
-    _suptitle(fig, f"{title}\nbars: mean ± std (ddof = 1) over seeds")
+    _suptitle(fig, f"{title}\nbars: mean ± std (ddof = 1) over seeds, error bars cut at 100")
     return fig
 
 
@@ -139,11 +163,11 @@ def roc_figure(records: list[dict[str, Any]], labels: dict[str, str], attr: str,
     panels = []
     for key in sorted(chosen):
         rec = chosen[key]
-        preds, problem = load_predictions(rec)
+        preds, problem = load_predictions(rec, SPLIT)
         if preds is None:
             problems.append(f"{problem} (its ROC panel is not drawn)")
         elif attr not in preds.columns:
-            problems.append(f"{rec['_dir']}/predictions_test.csv: no column {attr!r}; ROC curves not drawn")
+            problems.append(f"{rec['_dir']}/predictions_{SPLIT}.csv: no column {attr!r}; ROC curves not drawn")
         else:
             panels.append((key, rec, preds))
     if not panels:
@@ -170,6 +194,20 @@ def roc_figure(records: list[dict[str, Any]], labels: dict[str, str], attr: str,
         ax.legend(fontsize=7, loc="lower right")
     _suptitle(fig, f"{title}\nper-group ROC · {attr} (test predictions of each method's lowest seed)")
     return fig
+
+
+def figure_caption(kind: str, attr: str, tag: str, synthetic: bool, rule: str) -> str:
+    """What a figure shows, in a sentence (the report's caption)."""
+    what = {
+        "tradeoff": f"Accuracy against fairness on {attr}: test AUC against ES-AUC and against DPD, one marker "
+                    "per method (mean ± std over seeds; faint dots are single seeds)",
+        "group_auc": f"Test AUC of each {attr} group, one bar per method (mean ± std over seeds; dotted line: "
+                     "chance, AUC 50)",
+        "roc": f"ROC curve of each {attr} group on the test set, one panel per method (its lowest seed's "
+               "predictions; dashed: all patients)",
+    }[kind]
+    data = "SYNTHETIC data" if synthetic else f"Dataset {tag}"
+    return f"{what}. {data}; models selected by {selection_label(rule)}."
 
 
 def _suptitle(fig: Figure, text: str) -> None:
@@ -213,8 +251,9 @@ def make_plots(records: list[dict[str, Any]], frame: pd.DataFrame, outdir: Path 
                 fig = builders[kind]()
                 if fig is None:
                     continue
-                name = f"{tag}_{rule}_{attr}_{kind}"
+                name = figure_name(tag, rule, attr, kind)
                 out.figures[name] = fig
+                out.captions[name] = figure_caption(kind, attr, tag, bool(synthetic), rule)
                 if outdir is not None:
                     out.files += save_figure(fig, Path(outdir) / name)
     return out

@@ -26,12 +26,12 @@ def fmt(value: float, signed: bool = False) -> str:
 
 
 def cell_text(cell: Cell | None) -> str:
-    """"67.70 ± 3.13" (std "–" with one seed)."""
+    """"67.70 ± 3.13" (std "–" with one seed); " ⚠" follows a std too large for its mean."""
     if cell is None:
         return DASH
     if math.isnan(cell.mean):
         return DASH
-    return f"{fmt(cell.mean)} ± {fmt(cell.std)}"
+    return f"{fmt(cell.mean)} ± {fmt(cell.std)}" + (" ⚠" if cell.wide else "")
 
 
 def paper_text(cell: Cell | None, default_table: int | None) -> str:

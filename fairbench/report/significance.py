@@ -1,12 +1,14 @@
 """Is method A really better than method B? Paired tests on the same seeds and the same test set.
 
 Two noise sources, tested separately and reported side by side:
-- training noise (seeds): a paired t-test and a sign test over the per-seed differences;
+- training randomness (seeds): a paired t-test and a sign test over the per-seed differences;
 - test-set sampling noise: fairbench.metrics.paired_bootstrap per seed (both methods scored on the
   same resampled rows, matched by the predictions' `sample` column). With one bootstrap seed, row i
   of every seed's test set is drawn identically, so averaging replicates over seeds gives a CI for
   the seed-averaged difference.
-A difference is called distinguishable from noise only when it survives both.
+A difference is called distinguishable from noise only when it survives both; the one verdict per
+metric names the test that holds it back, so a tiny bootstrap p next to "not distinguishable" reads
+as what it is (a large test set, but seeds that disagree), not as a contradiction.
 """
 
 from __future__ import annotations
@@ -162,23 +164,51 @@ def _bootstrap(mc_by_key: dict[tuple[str, ...], MetricComparison], pairs: list[t
         mc.boot_p = min(1.0, 2.0 * (1.0 + tail) / (1.0 + mean.size))
 
 
-def _verdict(mc: MetricComparison, alpha: float, n_seeds: int) -> str:
-    better = "A" if mc.diff > 0 else "B"
+def _seed_words(mc: MetricComparison) -> str:
+    return f"t-test p {_p_text(mc.t_p)} over {len(mc.seeds)} seeds"
+
+
+def _boot_words(mc: MetricComparison) -> str:
+    return f"paired bootstrap p {_p_text(mc.boot_p)}"
+
+
+def _p_text(p: float) -> str:
+    return f"= {p:.3f}" if p >= 0.001 else "< 0.001"
+
+
+def _verdict(mc: MetricComparison, alpha: float, names: tuple[str, str]) -> str:
+    """One verdict with its reason, naming the noise each test covers.
+
+    The t-test over seeds measures training randomness (would another seed flip the order?); the paired
+    bootstrap over test samples measures test-set sampling (would another test set flip it?). A
+    difference counts only when it clears both, so the verdict names the test that holds it back.
+    """
+    better = names[0] if mc.diff > 0 else names[1]
     seeds_ok = not math.isnan(mc.t_p) and mc.t_p < alpha
     boot_ok = not math.isnan(mc.boot_p) and mc.boot_p < alpha
-    if math.isnan(mc.boot_p) and math.isnan(mc.t_p):
-        return "not testable (need ≥ 2 seeds or saved predictions)"
+    no_seeds, no_boot = math.isnan(mc.t_p), math.isnan(mc.boot_p)
+    training = f"training-seed noise ({_seed_words(mc)})"
+    sampling = f"test-set sampling noise ({_boot_words(mc)})"
+    if no_seeds and no_boot:
+        return ("not testable: training-seed noise needs ≥ 2 paired seeds and test-set sampling noise needs "
+                "saved predictions")
     if seeds_ok and boot_ok:
-        return f"{better} better: distinguishable from noise (seeds and test sampling)"
-    if math.isnan(mc.t_p) and boot_ok:
-        return f"{better} better on the test set, but one seed cannot rule out training noise"
-    if seeds_ok:
-        return f"{better} better across seeds, but within test-set sampling noise"
+        return f"{better} better: the difference exceeds both {training} and {sampling}"
+    if no_seeds:
+        clause = (f"the test set alone resolves it ({_boot_words(mc)}, {better} better)" if boot_ok
+                  else f"it is also within {sampling}")
+        return f"undetermined: one paired seed cannot measure training-seed noise; {clause}"
+    if no_boot:
+        clause = (f"consistent across seeds ({_seed_words(mc)}, {better} better)" if seeds_ok
+                  else f"within {training}")
+        return f"undetermined: test-set sampling noise was not measured (no paired predictions); {clause}"
     if boot_ok:
-        return f"{better} better on the test set, but within seed-to-seed noise"
-    if math.isnan(mc.boot_p):
-        return "not distinguishable from seed-to-seed noise (no bootstrap)"
-    return "not distinguishable from noise"
+        return (f"not distinguishable: the difference is within {training}, although the test set is large "
+                f"enough to resolve it ({_boot_words(mc)})")
+    if seeds_ok:
+        return (f"not distinguishable: the difference is within {sampling}, although it is consistent across "
+                f"training seeds ({_seed_words(mc)})")
+    return f"not distinguishable: the difference is within both {training} and {sampling}"
 
 
 def compare_methods(records: list[dict[str, Any]], method_a: str, method_b: str, attr: str,
@@ -230,7 +260,7 @@ def compare_methods(records: list[dict[str, Any]], method_a: str, method_b: str,
             if len(pairs) < len(seeds):
                 comp.notes.append("the pooled bootstrap CI needs predictions for every paired seed")
         for mc in comp.metrics:
-            mc.verdict = _verdict(mc, alpha, len(seeds))
+            mc.verdict = _verdict(mc, alpha, (method_a, method_b))
         if 0 < len(seeds) < 6:
             comp.notes.append(f"with {len(seeds)} seeds a two-sided sign test cannot reach p < 0.05 "
                               f"(smallest possible p = {2 * 0.5 ** len(seeds):.3g}); it is shown for reference")

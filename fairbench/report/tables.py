@@ -12,13 +12,25 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from fairbench.metrics.info import METRICS
-from fairbench.report.aggregate import eval_attributes, for_attribute, seed_problem, selection_label, summarise
+from fairbench.report.aggregate import (
+    eval_attributes,
+    for_attribute,
+    seed_problem,
+    selection_label,
+    summarise,
+    trained_on,
+)
 from fairbench.report.paper import PAPER_CITATION, PAPER_DATASET, PAPER_SELECTION, PaperTables, PaperValue
 
 LAYOUTS = ("table1", "ablation")
 SCALE = 100.0  # the papers print these metrics × 100
 TABLE1_METRICS: tuple[str, ...] = ("es_auc", "auc", "dpd", "eod")
 STD_NOTE = "mean ± std over seeds (sample std, ddof = 1), × 100"
+# A cell of a ↑ metric (AUC, ES-AUC, accuracy) is flagged when its std over seeds exceeds this share of its
+# mean: seed-to-seed spread of a few points is normal there, a spread of ~20 % of the mean means one seed
+# collapsed. ↓ metrics (DPD, EOD, AUC gaps) are gaps near zero, where any spread is a large share of the
+# mean, so they are never flagged by this rule.
+DEFAULT_SPREAD = 0.10
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,8 @@ class Cell:
     seeds: tuple[int, ...]
     best: bool = False
     paper: PaperValue | None = None
+    per_seed: tuple[tuple[int, float], ...] = ()  # (seed, value × 100) for the non-null values
+    wide: bool = False  # std over seeds above the table's spread share of the mean (see DEFAULT_SPREAD)
 
     @property
     def diff(self) -> float:
@@ -85,6 +99,7 @@ class Table:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
     compare: bool = False
+    spread: float = DEFAULT_SPREAD
 
 
 def _title(layout: str, attribute: str | None, dataset: str, synthetic: bool, selection: str) -> str:
@@ -93,9 +108,12 @@ def _title(layout: str, attribute: str | None, dataset: str, synthetic: bool, se
     return f"{warn}{what} · dataset: {dataset} · selection: {selection_label(selection)}"
 
 
-def _caption(layout: str, n_max: int, compare: bool) -> str:
+def _caption(layout: str, n_max: int, compare: bool, spread: float | None) -> str:
+    """`spread`: the share behind a ⚠ on a value, when any value carries one."""
     parts = [f"{STD_NOTE}; n = seeds per row (up to {n_max})", "↑ higher is better, ↓ lower is better",
              "best per column marked"]
+    if spread is not None:
+        parts.append(f"⚠ on a value: its std over seeds is above {spread:.0%} of its mean (see the note)")
     if layout == "ablation":
         parts.insert(0, "ES-AUC per evaluation attribute")
     if compare:
@@ -114,7 +132,27 @@ def _mark_best(columns: list[Column], rows: list[Row]) -> None:
             cell.best = value == target
 
 
-def _flag_rows(rows: list[Row]) -> None:
+def _far_off(cell: Cell, spread: float) -> list[int]:
+    """Seeds whose value lies more than `spread` × |median| from the median of the cell's seeds."""
+    values = sorted(v for _, v in cell.per_seed)
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    far = [s for s, v in cell.per_seed if abs(v - median) > spread * abs(median)]
+    return far if len(far) < len(cell.per_seed) else []
+
+
+def _spread_reason(col: Column, cell: Cell, spread: float) -> str:
+    """Why a ↑ cell's spread is suspicious, naming each seed's value and the seeds far off ("" if fine)."""
+    if spread <= 0 or not col.higher_is_better or cell.n < 2 or not cell.mean > 0 or not cell.std > spread * cell.mean:
+        return ""
+    cell.wide = True
+    values = ", ".join(f"seed {s} = {v:.2f}" for s, v in cell.per_seed)
+    far = _far_off(cell, spread)
+    tail = f"; far off: seed {', '.join(map(str, far))}" if far else ""
+    return f"{col.label} std {cell.std:.2f} is {cell.std / cell.mean:.0%} of its mean {cell.mean:.2f} ({values}{tail})"
+
+
+def _flag_rows(columns: list[Column], rows: list[Row], spread: float) -> None:
     expected = max((len(r.seeds) for r in rows), default=0)
     for row in rows:
         reasons = []
@@ -127,6 +165,15 @@ def _flag_rows(rows: list[Row]) -> None:
         undefined = [k for k, c in row.cells.items() if c.n < len(c.seeds)]
         if undefined:
             reasons.append(f"undefined values (e.g. a group without both classes) for {', '.join(undefined)}")
+        present = [(col, row.cells[col.key]) for col in columns if col.key in row.cells]
+        lone_best = [col.label for col, cell in present if cell.best and cell.n < 2]
+        if lone_best:
+            reasons.append(f"marked best for {', '.join(lone_best)} on a single seed: no spread over seeds "
+                           "to tell it from noise")
+        wide = [r for r in (_spread_reason(col, cell, spread) for col, cell in present) if r]
+        if wide:
+            reasons.append(f"spread over seeds above {spread:.0%} of the mean, a seed may have collapsed: "
+                           + "; ".join(wide))
         row.flag = "; ".join(reasons)
 
 
@@ -136,7 +183,9 @@ def _rows(summary: pd.DataFrame, column_of: str) -> list[Row]:
     for rec in summary.itertuples(index=False):
         key = (rec.method, rec.arch, rec.variant)
         row = rows.setdefault(key, Row(rec.method, rec.arch, rec.variant, {}))
-        row.cells[getattr(rec, column_of)] = Cell(SCALE * rec.mean, SCALE * rec.std, int(rec.n), rec.seeds)
+        per_seed = tuple((int(s), SCALE * v) for s, v in rec.per_seed)
+        row.cells[getattr(rec, column_of)] = Cell(SCALE * rec.mean, SCALE * rec.std, int(rec.n), rec.seeds,
+                                                  per_seed=per_seed)
     for row in rows.values():
         row.seeds = tuple(sorted(set().union(*(c.seeds for c in row.cells.values()))))
     return [rows[k] for k in sorted(rows)]
@@ -179,23 +228,53 @@ def _attach_paper(table: Table, paper: PaperTables) -> None:
                            f"{selection_label(table.selection)}, so expect lower numbers than published.")
 
 
-def _finish(table: Table, paper: PaperTables | None) -> Table:
+def _absent_notes(table: Table, part: pd.DataFrame) -> list[str]:
+    """Why methods that ran on this dataset have no row (table1) or no cell (ablation) here.
+
+    A method that trains on an attribute is evaluated only on that attribute, so after a race-only run
+    the gender table would otherwise show `clip` alone without saying where the others went.
+    """
+    trained = trained_on(part)
+    wanted = [table.attribute] if table.layout == "table1" else [c.key for c in table.columns]
+    missing: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
+    for (method, arch), attrs in sorted(trained.items()):
+        if "" in attrs:
+            continue  # trained on no attribute: evaluated on every one, never absent for this reason
+        gaps = tuple(a for a in wanted if a not in attrs)
+        if table.layout == "ablation" and not any(r.method == method and r.arch == arch for r in table.rows):
+            continue
+        if gaps:
+            missing.setdefault((gaps, tuple(sorted(attrs))), []).append(f"{method}/{arch}")
+    notes = []
+    for (gaps, attrs), names in missing.items():
+        if table.layout == "table1":
+            notes.append(f"{', '.join(names)}: not trained on {gaps[0]} (trained on: {', '.join(attrs)}), so not "
+                         f"in this table; add with `fairbench run --attr {gaps[0]}`.")
+        else:
+            notes.append(f"{', '.join(names)}: – for {', '.join(gaps)}: not trained on "
+                         f"{'it' if len(gaps) == 1 else 'them'} (trained on: {', '.join(attrs)}).")
+    return notes
+
+
+def _finish(table: Table, paper: PaperTables | None, part: pd.DataFrame) -> Table:
     _mark_best(table.columns, table.rows)
-    _flag_rows(table.rows)
+    _flag_rows(table.columns, table.rows, table.spread)
     n_max = max((len(r.seeds) for r in table.rows), default=0)
     for row in table.rows:
         if row.flag:
             table.notes.append(f"⚠ {row.name}: {row.flag}.")
     table.notes.extend(_variant_notes(table.rows))
+    table.notes.extend(_absent_notes(table, part))
     if table.selection == "test":
         table.notes.append("selection by best TEST AUC is the papers' optimistic rule (test data chose the epoch).")
     if paper is not None:
         _attach_paper(table, paper)
-    table.caption = _caption(table.layout, n_max, paper is not None)
+    wide = any(c.wide for r in table.rows for c in r.cells.values())
+    table.caption = _caption(table.layout, n_max, paper is not None, table.spread if wide else None)
     return table
 
 
-def _table1(frame: pd.DataFrame, key: tuple, attr: str, paper: PaperTables | None) -> Table | None:
+def _table1(frame: pd.DataFrame, key: tuple, attr: str, paper: PaperTables | None, spread: float) -> Table | None:
     sub = for_attribute(frame, attr)
     sub = sub[(sub["group"] == "") & sub["metric"].isin(TABLE1_METRICS)]
     if sub.empty:
@@ -204,11 +283,12 @@ def _table1(frame: pd.DataFrame, key: tuple, attr: str, paper: PaperTables | Non
     columns = [Column(m, METRICS[m].label, m) for m in TABLE1_METRICS]
     dataset, synthetic, selection = key
     table = Table(_title("table1", attr, dataset, synthetic, selection), "", "table1", dataset, synthetic,
-                  selection, attr, columns, _rows(summary, "metric"))
-    return _finish(table, paper)
+                  selection, attr, columns, _rows(summary, "metric"), spread=spread)
+    return _finish(table, paper, frame)
 
 
-def _ablation(frame: pd.DataFrame, key: tuple, attrs: list[str], paper: PaperTables | None) -> Table | None:
+def _ablation(frame: pd.DataFrame, key: tuple, attrs: list[str], paper: PaperTables | None,
+              spread: float) -> Table | None:
     parts = []
     for attr in attrs:
         sub = for_attribute(frame, attr)
@@ -221,16 +301,21 @@ def _ablation(frame: pd.DataFrame, key: tuple, attrs: list[str], paper: PaperTab
     columns = [Column(a, f"ES-AUC {a}", "es_auc") for a in present]
     dataset, synthetic, selection = key
     table = Table(_title("ablation", None, dataset, synthetic, selection), "", "ablation", dataset, synthetic,
-                  selection, None, columns, _rows(summary, "eval_attribute"))
-    return _finish(table, paper)
+                  selection, None, columns, _rows(summary, "eval_attribute"), spread=spread)
+    return _finish(table, paper, frame)
 
 
 def build_tables(frame: pd.DataFrame, layout: str = "table1", attrs: list[str] | None = None,
                  dataset: str | None = None, select: str | None = None,
-                 paper: PaperTables | None = None) -> list[Table]:
-    """Tables for a tidy frame: one set per (dataset, synthetic, selection rule), never mixed."""
+                 paper: PaperTables | None = None, spread: float = DEFAULT_SPREAD) -> list[Table]:
+    """Tables for a tidy frame: one set per (dataset, synthetic, selection rule), never mixed.
+
+    `spread`: flag ↑-metric cells whose std over seeds exceeds this share of their mean (0 = never).
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if not spread >= 0:
+        raise ValueError(f"spread share must be ≥ 0 (e.g. {DEFAULT_SPREAD}), got {spread}")
     if dataset is not None:
         frame = frame[frame["dataset"] == dataset]
     if select is not None:
@@ -240,11 +325,11 @@ def build_tables(frame: pd.DataFrame, layout: str = "table1", attrs: list[str] |
     for key, part in sorted(frame.groupby(keys, sort=False), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2] != "val")):
         wanted = [a for a in eval_attributes(part) if attrs is None or a in attrs]
         if layout == "table1":
-            built = [_table1(part, key, a, paper) for a in wanted]
+            built = [_table1(part, key, a, paper, spread) for a in wanted]
         else:
-            built = [_ablation(part, key, wanted, paper)]
+            built = [_ablation(part, key, wanted, paper, spread)]
         tables.extend(t for t in built if t is not None)
     return tables
 
 
-__all__ = ["LAYOUTS", "Cell", "Column", "Row", "Table", "build_tables"]
+__all__ = ["DEFAULT_SPREAD", "LAYOUTS", "Cell", "Column", "Row", "Table", "build_tables"]
