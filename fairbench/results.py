@@ -122,6 +122,7 @@ class ResultSet:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    unfinished: list[Path] = field(default_factory=list)  # run folders with a config but no result yet
 
 
 def iter_result_files(root: Path) -> Iterator[Path]:
@@ -140,4 +141,5 @@ def collect_results(root: Path) -> ResultSet:
             out.records.append(load_result(path))
         except CorruptResultError as exc:
             out.problems.append(f"skipped {exc}")
+    out.unfinished = sorted(p.parent for p in root.rglob(CONFIG_FILE) if not (p.parent / RESULT_FILE).exists())
     return out

@@ -110,8 +110,7 @@ def _short_flags(command, path: str, seen: dict[str, set[tuple[str, str]]]) -> N
                 seen.setdefault(opt, set()).add((longs[0] if longs else opt, path))
 
 
-# `run -a` is --arch while the reporting commands use -a for --attr; kept until `run` changes (another task).
-KNOWN_CLASHES = {"-a"}
+KNOWN_CLASHES: set[str] = set()
 
 
 def test_each_short_flag_means_one_option_across_commands():
@@ -121,3 +120,4 @@ def test_each_short_flag_means_one_option_across_commands():
                if opt not in KNOWN_CLASHES and len({long for long, _ in uses}) > 1}
     assert not clashes
     assert {long for long, _ in seen["-s"]} == {"--seeds"}
+    assert {long for long, _ in seen["-a"]} == {"--attr"}

@@ -45,4 +45,6 @@ def load_results_reporting(out):
         typer.echo(f"warning: {problem}", err=True)
     for note in loaded.run_warnings:
         typer.echo(f"run warning: {note}", err=True)
+    if loaded.unfinished_note:
+        typer.echo(f"note: {loaded.unfinished_note}", err=True)
     return loaded

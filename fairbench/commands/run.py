@@ -12,9 +12,9 @@ from fairbench.commands.common import PLUGIN_HELP, fail, load_methods, split_lis
 def run(
     method: str = typer.Option(..., "--method", "-m", help="Method name(s): comma list and wildcards, e.g. "
                                "'clip,fairclip' or 'fairmoe*'. See `fairbench methods`."),
-    arch: str = typer.Option("tiny", "--arch", "-a", help="tiny (CPU demo, random init), b16, l14, or an open_clip "
+    arch: str = typer.Option("tiny", "--arch", help="tiny (CPU demo, random init), b16, l14, or an open_clip "
                              "model name; comma list allowed."),
-    attr: str = typer.Option(None, "--attr", help="Training attribute(s) for methods that use one, comma list "
+    attr: str = typer.Option(None, "--attr", "-a", help="Training attribute(s) for methods that use one, comma list "
                              "(`fairbench data list` shows each dataset's). Default: all of the dataset's."),
     seeds: int = typer.Option(3, "--seeds", "-s", min=1, help="Run seeds 0..S-1."),
     data: str = typer.Option(None, "--data", help="Dataset folder. Default: the dataset's environment variable "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,16 @@ class Loaded:
     records: list[dict[str, Any]]
     frame: pd.DataFrame
     problems: list[str]
+    unfinished: list[Path] = field(default_factory=list)
+
+    @property
+    def unfinished_note(self) -> str:
+        """One line naming run folders that were started but have no result (killed, failed or running)."""
+        if not self.unfinished:
+            return ""
+        shown = ", ".join(str(p) for p in self.unfinished[:3]) + (" …" if len(self.unfinished) > 3 else "")
+        return (f"{len(self.unfinished)} unfinished run folder(s) without result.json, not in any table: {shown}; "
+                "rerun the same `fairbench run` command to finish them (or delete them)")
 
     @property
     def run_warnings(self) -> list[str]:
@@ -52,7 +62,7 @@ def load_results(out: Path) -> Loaded:
             records.append(rec)
     if not records and not problems:
         problems.append(f"no finished runs (result.json) under {out}; run `fairbench run` first or pass --out")
-    return Loaded(records, long_frame(records), problems)
+    return Loaded(records, long_frame(records), problems, found.unfinished)
 
 
 def load_predictions(record: dict[str, Any], split: str = "test") -> tuple[pd.DataFrame | None, str]:
