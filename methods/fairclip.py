@@ -21,6 +21,7 @@ from torch import nn
 
 from fairbench.losses import clip_contrastive_loss, sinkhorn_distance
 from fairbench.method import Batch, Method, encode_batch
+from fairbench.precision import fp32_island
 from fairbench.registry import register_method
 
 FORMS = ("published", "aligned")
@@ -53,9 +54,11 @@ class FairCLIPSettings:
             raise SettingsError(f"fairclip setting 'form' must be one of {', '.join(FORMS)}, got {self.form!r}")
 
 
+@fp32_island
 def pair_similarities(model: nn.Module, image: torch.Tensor, text: torch.Tensor, form: str,
                       group_side: bool) -> torch.Tensor:
-    """The per-sample similarity distribution FairCLIP compares (see the module docstring for the forms)."""
+    """The per-sample similarity distribution FairCLIP compares (see the module docstring for the forms), in fp32
+    outside autocast: it feeds the fairness loss."""
     if form == "aligned":
         return (image * text).sum(-1)
     logits = model.logit_scale.exp() * image @ text.t()
@@ -79,10 +82,10 @@ def fairclip_distance(model: nn.Module, batch: Batch, group_batches: dict[int, B
     image, text = features if features is not None else encode_batch(model, batch)
     if group_features is None:
         group_features = encode_groups(model, group_batches, form)
-    batch_sims = pair_similarities(model, image, text, form, group_side=False).float()
+    batch_sims = pair_similarities(model, image, text, form, group_side=False)
     total = batch_sims.new_zeros(())
     for g_image, g_text in group_features.values():  # one extra batch per group (≤ 3)
-        group_sims = pair_similarities(model, g_image, g_text, form, group_side=True).float()
+        group_sims = pair_similarities(model, g_image, g_text, form, group_side=True)
         total = total + sinkhorn_distance(batch_sims[:, None], group_sims[:, None], blur=blur)
     return total
 
