@@ -18,7 +18,7 @@ def clip_contrastive_loss(image_features: torch.Tensor, text_features: torch.Ten
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-@fp32_island
+@fp32_island(always=True)
 def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, blur: float = 1e-4, p: int = 2,
                       scaling: float = 0.5, debias: bool = True, max_iter: int = 200) -> torch.Tensor:
     """Entropic OT between uniform point clouds x (N, D) and y (M, D), as geomloss's

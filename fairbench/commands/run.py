@@ -23,6 +23,9 @@ def run(
     epochs: int = typer.Option(None, "--epochs", min=1, help="Override the arch's default epoch count."),
     set_: list[str] = typer.Option(None, "--set", help="Method or trainer setting, key=value (repeatable); "
                                    "prefix 'method.' or 'train.' to disambiguate."),
+    protocol: str = typer.Option("fairbench", "--protocol", help="Training protocol: 'fairbench' (default: "
+                                 "FairCLIP's fine-tuning with validation selection and fp32 numerics) or 'fairclip' "
+                                 "(the released FairCLIP/Fair-MoE recipe exactly); see the README's protocol table."),
     select: str = typer.Option(None, "--select", help="Model selection: 'val' (default, best validation AUC) or "
                                "'test' (the papers' best-test-epoch rule; optimistic, labelled in every output)."),
     pretrained: str = typer.Option("default", "--pretrained", help="'default' (the arch's usual weights: openai "
@@ -82,7 +85,7 @@ def run(
     options = RunOptions(out=out, dataset=spec.name, data=data,
                          pretrained=None if pretrained.lower() == "none" else pretrained,
                          text_source=text_source, epochs=epochs, select=select, overrides=overrides,
-                         plugins=tuple(plugin or ()))
+                         plugins=tuple(plugin or ()), protocol=protocol)
     try:  # validates every --set and the data before any training starts
         planned = plan(options, expand_jobs(methods, archs, attrs, list(range(seeds)), dataset=spec.name))
     except (SettingsError, DatasetError) as exc:
