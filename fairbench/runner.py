@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fairbench import __version__
-from fairbench.attributes import ATTRIBUTE_GROUPS, ATTRIBUTES
 from fairbench.method import Method, SettingsError, convert_value, parse_settings, settings_dict
-from fairbench.registry import get_method
+from fairbench.registry import get_dataset, get_method
 from fairbench.results import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -47,12 +46,14 @@ class Job:
         return f"{self.method} {self.arch} {self.attribute or '-'} seed{self.seed}"
 
 
-def expand_jobs(methods: list[str], archs: list[str], attributes: list[str] | None, seeds: list[int]) -> list[Job]:
-    """A method that trains on an attribute runs once per attribute; one that uses none runs once per seed."""
+def expand_jobs(methods: list[str], archs: list[str], attributes: list[str] | None, seeds: list[int],
+                dataset: str | None = None) -> list[Job]:
+    """A method that trains on an attribute runs once per attribute (default: all of the dataset's); one that
+    uses none runs once per seed."""
     jobs = []
     for name in methods:
         cls = get_method(name)
-        attrs: list[str | None] = list(attributes or ATTRIBUTES) if cls.uses_attribute else [None]
+        attrs: list[str | None] = list(attributes or get_dataset(dataset).attributes) if cls.uses_attribute else [None]
         for arch in archs:
             for attr in attrs:
                 jobs.extend(Job(cls.name, arch, attr, seed) for seed in seeds)
@@ -108,7 +109,8 @@ class RunOptions:
     out: Path
     data: str | None = None
     pretrained: str | None = "default"
-    text_source: str = "gpt4"
+    text_source: str | None = None  # None: the dataset's first text source
+    dataset: str | None = None  # registry name; None: the default dataset
     epochs: int | None = None
     select: str | None = None
     overrides: dict[str, str] = field(default_factory=dict)
@@ -132,6 +134,8 @@ class Runner:
         self.options = options
         self.method_overrides, self.train_overrides = split_overrides(methods, options.overrides)
         self.log = log
+        self.dataset = get_dataset(options.dataset)()
+        self.text_source = self.dataset.check_text_source(options.text_source)
         self._data_cache: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------------ planning
@@ -140,7 +144,7 @@ class Runner:
         cls = get_method(job.method)
         method_settings = parse_settings(cls.Settings, self.method_overrides.get(job.method, {}),
                                          owner=f"method {job.method!r}")
-        n_groups = len(ATTRIBUTE_GROUPS[job.attribute]) if job.attribute else 0
+        n_groups = len(self.dataset.attributes[job.attribute]) if job.attribute else 0
         method = cls(method_settings, job.attribute, n_groups)
         settings = train_settings_for(job.arch, self.train_overrides, self.options.epochs, self.options.select)
         config = {
@@ -148,7 +152,7 @@ class Runner:
             "arch": job.arch,
             "pretrained": self.options.pretrained,
             "attribute": job.attribute,
-            "text_source": self.options.text_source,
+            "text_source": self.text_source,
             "method_settings": settings_dict(method_settings),
             "train": settings_dict(settings),
         }
@@ -156,17 +160,16 @@ class Runner:
 
     def dataset_for(self, arch: str):
         """Load (or reuse) the dataset tensors for this arch's image size and tokenizer."""
-        from fairbench.data import load_fairvlmed, resolve_dataset_path
         from fairbench.models.backbones import input_spec
 
         inputs = input_spec(arch)
         image_size, tokenize, tokenizer_key = inputs.image_size, inputs.tokenize, inputs.tokenizer_key
-        root = resolve_dataset_path(self.options.data)
-        key = (str(root), image_size, tokenizer_key, self.options.text_source)
+        root = self.dataset.resolve(self.options.data, self.options.cache_dir)
+        key = (str(root), image_size, tokenizer_key, self.text_source)
         if key not in self._data_cache:
-            self._data_cache[key] = load_fairvlmed(root, image_size=image_size, tokenize=tokenize,
-                                                   tokenizer_key=tokenizer_key, text_source=self.options.text_source,
-                                                   cache_dir=self.options.cache_dir)
+            self._data_cache[key] = self.dataset.load(root, image_size=image_size, tokenize=tokenize,
+                                                      tokenizer_key=tokenizer_key, text_source=self.text_source,
+                                                      cache_dir=self.options.cache_dir)
         return self._data_cache[key]
 
     def job_dir(self, job: Job, config: dict[str, Any], data) -> tuple[Path, str]:
@@ -192,7 +195,7 @@ class Runner:
     def _train_and_write(self, job, config, h, method, settings, data, path: Path, progress) -> dict[str, Any]:
         import torch
 
-        from fairbench.data import normalize_images
+        from fairbench.datasets import normalize_images
         from fairbench.metrics import evaluate
         from fairbench.models import create_backbone
         from fairbench.train import SplitData, pick_device, seed_everything, train
@@ -221,15 +224,16 @@ class Runner:
 
         outcome = train(method, model, settings, train_data=split(data.train), val_data=split(data.val),
                         test_data=split(data.test), normalize=normalize, tokenize=backbone.tokenize,
-                        seed=job.seed, device=device, auc=_auc, on_epoch=on_epoch, progress=progress)
+                        seed=job.seed, device=device, auc=_auc, prompts=self.dataset.prompts, label=self.dataset.label,
+                        on_epoch=on_epoch, progress=progress)
         for w in outcome.warnings:
             self.log(f"[yellow]warning[/]: {job.label()}: {w}")
         suites = {}
         for name, s, scores in (("val", data.val, outcome.val_scores), ("test", data.test, outcome.test_scores)):
-            attrs = {a: s.attributes[a].numpy() for a in ATTRIBUTES}
-            _write_predictions(path / PREDICTIONS_FILE.format(split=name), s.filenames, s.labels.numpy(), scores,
+            attrs = {a: s.attributes[a].numpy() for a in self.dataset.attributes}
+            _write_predictions(path / PREDICTIONS_FILE.format(split=name), s.sample_ids, s.labels.numpy(), scores,
                                attrs)
-            suites[name] = evaluate(s.labels.numpy(), scores, attrs).to_dict()
+            suites[name] = evaluate(s.labels.numpy(), scores, attrs, group_names=self.dataset.attributes).to_dict()
         files = {"config": CONFIG_FILE, "history": HISTORY_FILE,
                  "predictions_val": PREDICTIONS_FILE.format(split="val"),
                  "predictions_test": PREDICTIONS_FILE.format(split="test")}
@@ -280,6 +284,7 @@ def _write_predictions(path: Path, samples: list[str], labels, scores, attribute
 
 def _dataset_info(data) -> dict[str, Any]:
     return {
+        "name": data.name,
         "tag": data.tag,
         "synthetic": bool(data.synthetic),
         "path": str(data.root),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,10 +131,12 @@ class GroupSampler:
 def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_data: SplitData, val_data: SplitData,
           test_data: SplitData, normalize: Callable[[torch.Tensor], torch.Tensor],
           tokenize: Callable[[list[str]], torch.Tensor], seed: int, device: torch.device,
-          auc: Callable[[np.ndarray, np.ndarray], float],
+          auc: Callable[[np.ndarray, np.ndarray], float], prompts: Sequence[str], label: str = "label",
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           progress: Callable[[int, int], None] | None = None) -> TrainOutcome:
-    """Train `model` with `method`'s loss terms and return the selected epoch's val/test scores."""
+    """Train `model` with `method`'s loss terms and return the selected epoch's val/test scores.
+
+    `prompts` (class 0, class 1) and `label` (what label 1 means) are the dataset's, for scoring and warnings."""
     seed_everything(seed)
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -165,7 +167,7 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
     best_key = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     score = lambda data: zero_shot_scores(  # noqa: E731 - a local shorthand
-        model, data.images, tokenize, normalize, device, settings.eval_batch_size, autocast=use_bf16)
+        model, data.images, tokenize, normalize, device, settings.eval_batch_size, autocast=use_bf16, prompts=prompts)
     for epoch in range(settings.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(n_train, generator=generator)
@@ -228,8 +230,9 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
     best_val = outcome.history[outcome.best_epoch]["val_auc"]
     if best_val is not None and not math.isnan(best_val) and best_val < 0.5:
         outcome.warnings.append(
-            f"validation AUC {best_val:.3f} is below 0.5: the model ranks glaucoma backwards (the two prompts may "
-            "be inverted for this text source; check the notes mention 'glaucoma'/'non-glaucoma')")
+            f"validation AUC {best_val:.3f} is below 0.5: the model ranks {label} backwards (the two zero-shot prompts "
+            f"may be inverted for this text source; check the training texts use the words of {prompts[0]!r} / "
+            f"{prompts[1]!r})")
     return outcome
 
 

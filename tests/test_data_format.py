@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from fairbench.data import ATTRIBUTE_GROUPS, DatasetError, load_fairvlmed
-from fairbench.data.format import truncate_text
+from fairbench.datasets import DatasetError
+from fairbench.datasets.fairvlmed.format import ATTRIBUTE_GROUPS, truncate_text
+from fairbench.datasets.fairvlmed.load import load_fairvlmed
 
 LONG = ("The 71 y/o female patient has primary open angle glaucoma in both eyes with elevated pressure, "
         "thinning of the nerve fiber layer, visual field loss and a history of cataract surgery in the left eye.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import PLUGIN_HELP, fail, load_methods, split_list
+from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, fail, load_dataset, split_list
 
 
 def run(
@@ -14,11 +14,12 @@ def run(
                                "'clip,fairclip' or 'fairmoe*'. See `fairbench methods`."),
     arch: str = typer.Option("tiny", "--arch", "-a", help="tiny (CPU demo, random init), b16, l14, or an open_clip "
                              "model name; comma list allowed."),
-    attr: str = typer.Option(None, "--attr", help="Training attribute(s) for methods that use one: race, gender, "
-                             "ethnicity, language (comma list). Default: all four."),
+    attr: str = typer.Option(None, "--attr", help="Training attribute(s) for methods that use one (comma list; "
+                             "`fairbench data list` shows each dataset's). Default: all of the dataset's."),
     seeds: int = typer.Option(3, "--seeds", "-s", min=1, help="Run seeds 0..S-1."),
-    data: str = typer.Option(None, "--data", help="FairVLMed folder. Default: $FAIRBENCH_DATA, else the built-in "
-                             "SYNTHETIC FairVLMed (generated once and cached)."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
+    data: str = typer.Option(None, "--data", help="The dataset's folder. Default: its environment variable, else "
+                             "its built-in SYNTHETIC stand-in (generated once and cached)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results root."),
     epochs: int = typer.Option(None, "--epochs", min=1, help="Override the arch's default epoch count."),
     set_: list[str] = typer.Option(None, "--set", help="Method or trainer setting, key=value (repeatable); "
@@ -27,28 +28,29 @@ def run(
                                "'test' (the papers' best-test-epoch rule; optimistic, labelled in every output)."),
     pretrained: str = typer.Option("default", "--pretrained", help="'default' (the arch's usual weights: openai "
                                    "for b16/l14, none for tiny), an open_clip tag, a local checkpoint, or 'none'."),
-    text_source: str = typer.Option("gpt4", "--text-source", help="Training text: gpt4 (GPT-4 summary), note, "
-                                    "note+demographics."),
+    text_source: str = typer.Option(None, "--text-source", help="Training text, one of the dataset's text sources "
+                                    "(`fairbench data list`). Default: its first."),
     plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and their settings; train nothing."),
 ) -> None:
     """Train and evaluate methods; one result folder per (dataset, method, arch, attribute, config, seed)."""
     from rich.console import Console
 
-    from fairbench import ATTRIBUTES
+    from fairbench.datasets import DatasetError
     from fairbench.method import SettingsError
     from fairbench.registry import UnknownMethodError, expand_methods
 
     console = Console()
-    load_methods(plugin)
+    ds = load_dataset(dataset, plugin, methods=True)
     try:
         methods = expand_methods(method)
     except UnknownMethodError as exc:
         fail(str(exc))
     attrs = split_list(attr)
-    for a in attrs or []:
-        if a not in ATTRIBUTES:
-            fail(f"unknown attribute {a!r} in --attr; use one or more of {', '.join(ATTRIBUTES)}")
+    try:
+        ds.check_attributes(attrs)
+    except DatasetError as exc:
+        fail(f"--attr: {exc}")
     if select not in (None, "val", "test"):
         fail(f"--select must be 'val' or 'test', got {select!r}")
     overrides = {}
@@ -63,12 +65,13 @@ def run(
     from fairbench.runner import Runner, RunOptions, expand_jobs
 
     options = RunOptions(out=out, data=data, pretrained=None if pretrained.lower() == "none" else pretrained,
-                         text_source=text_source, epochs=epochs, select=select, overrides=overrides)
-    jobs = expand_jobs(methods, archs, attrs, list(range(seeds)))
+                         text_source=text_source, epochs=epochs, select=select, overrides=overrides,
+                         dataset=ds.name)
+    jobs = expand_jobs(methods, archs, attrs, list(range(seeds)), dataset=ds.name)
     try:
         runner = Runner(options, methods, log=console.print)
         plans = [runner.plan(job) for job in jobs]  # validates every --set before any training starts
-    except SettingsError as exc:
+    except (SettingsError, DatasetError) as exc:
         fail(str(exc))
     if dry_run:
         _print_plan(console, jobs, plans)
@@ -103,7 +106,7 @@ def _print_plan(console, jobs, plans) -> None:
 def _run_all(console, runner, jobs) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fairbench.data import DatasetError
+    from fairbench.datasets import DatasetError
     from fairbench.models import WeightsUnavailableError
 
     failed = 0
@@ -134,7 +137,8 @@ def _run_all(console, runner, jobs) -> None:
                 synthetic = rec["dataset"]["synthetic"]
                 console.print(_summary_line(job, rec))
     if synthetic:
-        console.print("[bold yellow]These results are on SYNTHETIC FairVLMed-shaped data, not the real dataset.[/]")
+        console.print(f"[bold yellow]These results are on SYNTHETIC {runner.dataset.name}-shaped data, not the real "
+                      "dataset.[/]")
     console.print(f"Results under {runner.options.out}/ — show them with `fairbench table --out {runner.options.out}`.")
     if failed:
         raise typer.Exit(1)
@@ -142,11 +146,13 @@ def _run_all(console, runner, jobs) -> None:
 
 def _summary_line(job, rec) -> str:
     test = rec["metrics"]["test"]
-    attr = job.attribute or "race"
-    a = test["attributes"][attr]
+    attr = job.attribute or next(iter(test["attributes"]), None)  # else the dataset's first attribute
     fmt = lambda v: "nan" if v is None else f"{100 * v:.1f}"  # noqa: E731
     tag = " [yellow]SYNTHETIC[/]" if rec["dataset"]["synthetic"] else ""
     sel = rec["selection"]
-    return (f"[green]done[/] {job.label()}: AUC {fmt(test['auc'])}, {attr} ES-AUC {fmt(a['es_auc'])}, "
-            f"DPD {fmt(a['dpd'])}, EOD {fmt(a['eod'])} (epoch {sel['epoch']}, {sel['label']}; "
+    fair = ""
+    if attr is not None:
+        a = test["attributes"][attr]
+        fair = f", {attr} ES-AUC {fmt(a['es_auc'])}, DPD {fmt(a['dpd'])}, EOD {fmt(a['eod'])}"
+    return (f"[green]done[/] {job.label()}: AUC {fmt(test['auc'])}{fair} (epoch {sel['epoch']}, {sel['label']}; "
             f"{rec['timings']['total_s']:.0f}s){tag}")
