@@ -15,6 +15,8 @@ app = typer.Typer(name="data", help="List datasets, create synthetic stand-ins a
 @app.command("list")
 def list_(plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP)) -> None:
     """Registered datasets (built-in and plugins): label, protected attributes with their groups, prompts."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
@@ -33,7 +35,7 @@ def list_(plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_H
         table.add_row(name + (" (default)" if name == default else ""), tags,
                       f"{cls.label}: {cls.classes[0]} / {cls.classes[1]}", attrs,
                       "\n".join(cls.prompts), ", ".join(cls.text_sources), cls.description)
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # a pipe gets a wide layout, not 80 columns
 
 
 @app.command("synth")
