@@ -36,7 +36,7 @@ class RunOptions:
     """Everything a `fairbench run` invocation fixes for all its jobs."""
 
     out: Path
-    dataset: str = "fairvlmed"
+    dataset: str | None = None  # None = the registry's default dataset
     data: str | None = None
     pretrained: str | None = "default"
     text_source: str | None = None  # None = the dataset's first text source
@@ -100,7 +100,7 @@ class PlannedJob:
 
 
 def expand_jobs(methods: list[str], archs: list[str], attributes: list[str] | None, seeds: list[int],
-                dataset: str = "fairvlmed") -> list[Job]:
+                dataset: str | None = None) -> list[Job]:
     """A method that trains on an attribute runs once per attribute (default: all of the dataset's); one that
     uses none runs once per seed."""
     all_attributes = list(get_dataset(dataset).attributes)

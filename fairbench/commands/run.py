@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import PLUGIN_HELP, fail, load_methods, split_list
+from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, fail, load_dataset, split_list
 
 
 def run(
@@ -33,7 +33,7 @@ def run(
     text_source: str = typer.Option(None, "--text-source", help="Training text, one of the dataset's text sources "
                                     "(default: its first; `fairbench data list` shows them)."),
     plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
-    dataset: str = typer.Option("fairvlmed", "--dataset", help="Registered dataset (see `fairbench data list`)."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
     launcher: str = typer.Option("local", "--launcher", help="Where jobs run: local (this process, one after "
                                  "another)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List each job with its run folder and state "
@@ -47,23 +47,23 @@ def run(
     from fairbench.commands.run_display import console_logging
     from fairbench.datasets import DatasetError
     from fairbench.method import SettingsError
-    from fairbench.registry import UnknownNameError, expand_methods, get_dataset
+    from fairbench.registry import UnknownNameError, expand_methods
 
     started = time.perf_counter()
     console = Console()
     if not console.is_terminal:
         console.soft_wrap = True  # a log file gets whole lines, never an 80-column wrap
     console_logging(console)
-    load_methods(plugin)
+    spec = load_dataset(dataset, plugin, methods=True)
     try:
         methods = expand_methods(method)
-        spec = get_dataset(dataset)
     except UnknownNameError as exc:
         fail(str(exc))
     attrs = split_list(attr)
-    for a in attrs or []:
-        if a not in spec.attributes:
-            fail(f"unknown attribute {a!r} in --attr; dataset {spec.name!r} has {', '.join(spec.attributes)}")
+    try:
+        spec.check_attributes(attrs)
+    except DatasetError as exc:
+        fail(f"--attr: {exc}")
     if select not in (None, "val", "test"):
         fail(f"--select must be 'val' or 'test', got {select!r}")
     overrides = {}

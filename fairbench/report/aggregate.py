@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 
-from fairbench.attributes import ATTRIBUTES
 from fairbench.protocols import protocol_of
 from fairbench.results import SELECTION_LABELS
 
@@ -121,10 +120,8 @@ def long_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def eval_attributes(frame: pd.DataFrame) -> list[str]:
-    """Evaluation attributes present, in the papers' order first."""
-    order = list(ATTRIBUTES)
-    present = [a for a in frame["eval_attribute"].unique() if a != OVERALL]
-    return sorted(present, key=lambda a: (order.index(a) if a in order else len(order), a))
+    """Evaluation attributes present, in the order the result files list them (their dataset's order)."""
+    return [a for a in dict.fromkeys(frame["eval_attribute"]) if a != OVERALL]
 
 
 def for_attribute(frame: pd.DataFrame, attr: str) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from fairbench.report.aggregate import (
     summarise,
     trained_on,
 )
-from fairbench.report.paper import PAPER_CITATION, PAPER_DATASET, PAPER_SELECTION, PaperTables, PaperValue
+from fairbench.report.paper import PAPER_CITATION, PAPER_SELECTION, PaperTables, PaperValue
 
 LAYOUTS = ("table1", "ablation")
 SCALE = 100.0  # the papers print these metrics × 100
@@ -105,7 +105,7 @@ class Table:
 
 def _title(layout: str, attribute: str | None, dataset: str, synthetic: bool, selection: str, protocol: str) -> str:
     what = f"Table 1 layout · attribute: {attribute}" if layout == "table1" else "Ablation layout · ES-AUC"
-    warn = "SYNTHETIC DATA (not FairVLMed) — " if synthetic else ""
+    warn = "SYNTHETIC DATA (not the real dataset) — " if synthetic else ""
     return f"{warn}{what} · dataset: {dataset} · protocol: {protocol} · selection: {selection_label(selection)}"
 
 
@@ -220,8 +220,8 @@ def _attach_paper(table: Table, paper: PaperTables) -> None:
         table.notes.append(f"paper: {PAPER_CITATION}; values from Table(s) {', '.join(map(str, sorted(used)))} "
                            "(Table 1 preferred where a number appears in several; the paper's Fair-MoE ES-AUC "
                            "differs between Table 1 and Tables 4–6).")
-    if table.synthetic or table.dataset != PAPER_DATASET:
-        table.notes.append("paper numbers are real Harvard-FairVLMed; these runs are "
+    if table.synthetic or table.dataset != paper.dataset:
+        table.notes.append(f"paper numbers are on real {paper.dataset or 'other'} data; these runs are "
                            f"{'SYNTHETIC' if table.synthetic else table.dataset!r} data, so Δ is not a "
                            "reproduction check.")
     if table.selection != PAPER_SELECTION:
