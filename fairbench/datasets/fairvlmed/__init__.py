@@ -46,7 +46,7 @@ class FairVLMed(Dataset):
     def identify(self, root: Path, text_source: str) -> DataIdentity:
         from fairbench.datasets.fairvlmed.load import identify_fairvlmed
 
-        return identify_fairvlmed(root)
+        return identify_fairvlmed(root, text_source)
 
     def load(self, root: Path, *, image_size: int, tokenize: Any, tokenizer_key: str, text_source: str,
              cache_dir: Path | None = None) -> LoadedDataset:

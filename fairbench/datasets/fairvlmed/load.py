@@ -77,9 +77,10 @@ def _records(cache: SplitCache) -> list[Record]:
     return [Record.from_row(r) for r in rows]
 
 
-def identify_fairvlmed(root: str | os.PathLike[str]) -> DataIdentity:
+def identify_fairvlmed(root: str | os.PathLike[str], text_source: str = "gpt4") -> DataIdentity:
     """Tag and fingerprint of a FairVLMed folder from file names, sizes and npz CRCs: no image is decoded."""
     root = Path(root).expanduser().resolve()
+    require_layout(root, need_summaries=text_source == "gpt4")  # every missing piece in one message
     files = {s: list_split_files(split_dir(root, s)) for s in SPLITS}
     return _identity(root, [files_fingerprint(files[s]) for s in SPLITS], len(files["train"]))
 
