@@ -28,7 +28,7 @@ weighted sum of experts. Experts are residual MLPs x + T σ(W x + b) + c with T,
 equals the backbone (with renormalised weights). `feature_experts = 0` gives the released code's form: one
 expert per group of the training attribute; `feature_top_k = 0` a dense softmax.
 
-Gate weights are what FOL (fairbench.fol) regularises; `record_routing(model)` collects them per forward.
+Gate weights are what FOL (`loss.py` beside this module) regularises; `record_routing(model)` collects them per forward.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from fairbench.models.moe import (
+from methods.fairmoe.layers import (
     EmbeddingMoE,
     FeatureMoE,
     MoEConfig,

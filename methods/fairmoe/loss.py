@@ -10,18 +10,18 @@ group with a single draw is defined; a group with none adds nothing; unknown gro
 * "released": F = Σ_p (mean_j Var_all[j] − mean_j Var_p[j])² − λ · mean_j Var_all[j]  (the released code's form:
   variances averaged over experts before squaring, minus λ times the batch's variance)
 
-L_distance is FairCLIP's Sinkhorn term (methods.fairclip.fairclip_distance); it is added by the method.
+L_distance is FairCLIP's Sinkhorn term (`fairclip_distance` of the fairclip method module); it is added by the method.
 """
 
 from __future__ import annotations
 
 import torch
 
-from fairbench.models.moe import GateRecord
+from .layers import GateRecord
 
 FORMS = ("paper", "released")
 
-# Which FOL term regularises which MoE layer (layer names from fairbench.models.moe.MoECLIP.moe_layers).
+# Which FOL term regularises which MoE layer (layer names from `layers.MoECLIP.moe_layers`).
 LAYER_TERMS = {"image_embedding": "fol_ei", "text_embedding": "fol_et",
                "image_feature": "fol_fi", "text_feature": "fol_ft"}
 

@@ -1,8 +1,8 @@
 """Fair-MoE (Wang et al.): FairCLIP's loss on a CLIP with FO-MoE layers, plus the Fairness-Oriented Loss (FOL).
 
 Loss = CLIP contrastive + λ · L_distance (FairCLIP's Sinkhorn term, same λ/form/blur settings as `fairclip`)
-+ fol_ei·F_EI + fol_et·F_ET + fol_fi·F_FI + fol_ft·F_FT (fairbench.fol). The model is built by
-fairbench.models.moe.build_fair_moe. Every ablation of the paper is its own registered name whose only
++ fol_ei·F_EI + fol_et·F_ET + fol_fi·F_FI + fol_ft·F_FT (`loss.py`). The model is built by
+`layers.build_fair_moe`. Every ablation of the paper is its own registered name whose only
 difference is its Settings defaults, so `--method 'fairmoe*'` runs the study (and `fairclip-fom` is Table 2's
 "FairCLIP w. FOM", the same model as `fairmoe-no-fol`).
 """
@@ -16,13 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from fairbench.fol import FORMS as FOL_FORMS
-from fairbench.fol import LAYER_TERMS, fol_terms
 from fairbench.losses import clip_contrastive_loss
 from fairbench.method import Batch, Method, SettingsError, encode_batch
-from fairbench.models.moe import MoEConfig, build_fair_moe, record_routing, routing_stats
 from fairbench.registry import register_method
-from methods.fairclip import FairCLIPSettings, encode_groups, fairclip_distance
+
+from ..fairclip import FairCLIPSettings, encode_groups, fairclip_distance
+from .layers import MoEConfig, build_fair_moe, record_routing, routing_stats
+from .loss import FORMS as FOL_FORMS
+from .loss import LAYER_TERMS, fol_terms
 
 
 @dataclass
