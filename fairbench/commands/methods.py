@@ -13,12 +13,10 @@ def methods(
     settings: bool = typer.Option(False, "--settings", "-s", help="Also list each method's settable values."),
 ) -> None:
     """List registered methods (built-in and plugins) with a one-line description."""
-    import dataclasses
-
     from rich.console import Console
     from rich.table import Table
 
-    from fairbench.method import field_default
+    from fairbench.method import flat_settings
     from fairbench.registry import get_method, list_methods
 
     load_methods(plugin)
@@ -34,6 +32,6 @@ def methods(
         row = [name + (f" (alias {', '.join(cls.aliases)})" if cls.aliases else ""),
                "yes" if cls.uses_attribute else "no", cls.description]
         if settings:
-            row.append(", ".join(f"{f.name}={field_default(f)!r}" for f in dataclasses.fields(cls.Settings)) or "-")
+            row.append(", ".join(f"{k}={v!r}" for k, v in flat_settings(cls.Settings).items()) or "-")
         table.add_row(*row)
     Console().print(table)

@@ -89,11 +89,13 @@ def _check_archs(archs: list[str]) -> None:
 def _print_plan(console, jobs, plans) -> None:
     from rich.table import Table
 
+    from fairbench.method import flat_settings
+
     table = Table(title=f"{len(jobs)} job(s) (dry run)")
     for col in ("method", "arch", "attribute", "seed", "method settings", "trainer"):
         table.add_column(col)
-    for job, (config, _, settings) in zip(jobs, plans, strict=True):
-        ms = ", ".join(f"{k}={v}" for k, v in config["method_settings"].items()) or "-"
+    for job, (_, method, settings) in zip(jobs, plans, strict=True):
+        ms = ", ".join(f"{k}={v}" for k, v in flat_settings(method.settings).items()) or "-"
         tr = f"epochs={settings.epochs} batch={settings.batch_size} {settings.optimizer} lr={settings.lr:g} " \
              f"select={settings.select}"
         table.add_row(job.method, job.arch, job.attribute or "-", str(job.seed), ms, tr)
