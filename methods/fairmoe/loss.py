@@ -15,6 +15,8 @@ L_distance is FairCLIP's Sinkhorn term (`fairclip_distance` of the fairclip meth
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .layers import GateRecord
@@ -24,6 +26,22 @@ FORMS = ("paper", "released")
 # Which FOL term regularises which MoE layer (layer names from `layers.MoECLIP.moe_layers`).
 LAYER_TERMS = {"image_embedding": "fol_ei", "text_embedding": "fol_et",
                "image_feature": "fol_fi", "text_feature": "fol_ft"}
+
+
+@dataclass
+class FOLConfig:
+    """FOL's weight per term (0 leaves the term out) and its form (see the module docstring)."""
+
+    ei: float = 1.0  # F_EI, image embedding MoE
+    et: float = 1.0  # F_ET, text embedding MoE
+    fi: float = 1.0  # F_FI, image feature MoE
+    ft: float = 1.0  # F_FT, text feature MoE
+    form: str = "paper"  # or "released"
+    released_lambda: float = 1.0  # λ of the released form's "− λ·Var(batch)"; its released value is unknown
+
+    def weights(self) -> dict[str, float]:
+        """The weights keyed by loss-term name, as `fol_terms` takes them."""
+        return {term: float(getattr(self, term.removeprefix("fol_"))) for term in LAYER_TERMS.values()}
 
 
 def group_variances(weights: torch.Tensor, groups: torch.Tensor, n_groups: int, *, valid: torch.Tensor | None = None,
