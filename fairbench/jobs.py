@@ -8,7 +8,6 @@ runs one.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,27 +116,28 @@ def expand_jobs(methods: list[str], archs: list[str], attributes: list[str] | No
 def split_overrides(methods: list[str], overrides: dict[str, str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     """Route each `--set key=value` to the methods that have `key`, else to the trainer; unknown keys fail.
 
-    `method.key` / `train.key` force the destination when a name exists in both.
+    `method.key` / `train.key` force the destination when a name exists in both. Keys of nested settings
+    groups are dotted (`group.field`) and routed whole.
     """
+    from fairbench.method import did_you_mean, flat_settings
     from fairbench.train import TrainSettings
 
-    train_fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    train_fields = set(flat_settings(TrainSettings))
+    method_fields = {m: set(flat_settings(get_method(m).Settings)) for m in methods}
     per_method: dict[str, dict[str, str]] = {m: {} for m in methods}
     train: dict[str, str] = {}
     for raw_key, value in overrides.items():
-        scope, _, key = raw_key.rpartition(".")
-        owners = [m for m in methods if key in {f.name for f in dataclasses.fields(get_method(m).Settings)}]
-        if scope not in ("", "method", "train"):
-            raise SettingsError(f"--set {raw_key}: prefix must be 'method.' or 'train.'")
+        scope, _, key = raw_key.partition(".") if raw_key.startswith(("method.", "train.")) else ("", "", raw_key)
+        owners = [m for m in methods if key in method_fields[m]]
         if scope != "train" and owners:
             for m in owners:
                 per_method[m][key] = value
         elif scope != "method" and key in train_fields:
             train[key] = value
         else:
-            known = sorted(train_fields | {f.name for m in methods for f in dataclasses.fields(get_method(m).Settings)})
-            raise SettingsError(f"--set {raw_key}: no method in this run nor the trainer has that setting; "
-                                f"settable: {', '.join(known)}")
+            known = sorted(train_fields.union(*method_fields.values()))
+            raise SettingsError(f"--set {raw_key}: no method in this run nor the trainer has that setting"
+                                f"{did_you_mean(key, known)}; settable: {', '.join(known)}")
     return per_method, train
 
 

@@ -131,12 +131,14 @@ def _check_weights(console, planned) -> None:
 def _print_plan(console, planned) -> None:
     from collections import Counter
 
+    from fairbench.method import flat_settings
+
     states = [p.state() for p in planned]
     counts = Counter(states)
     console.print(f"{len(planned)} job(s) (dry run): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for p, state in zip(planned, states, strict=True):
         settings = p.train_settings()
-        ms = ", ".join(f"{k}={v}" for k, v in p.config["method_settings"].items()) or "-"
+        ms = ", ".join(f"{k}={v}" for k, v in flat_settings(p.method_instance().settings).items()) or "-"
         console.print(f"{state:8} {p.label()}  {p.run_dir}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"         method: {ms}; trainer: epochs={settings.epochs} batch={settings.batch_size} "
                       f"{settings.optimizer} lr={settings.lr:g} select={settings.select}",
