@@ -8,8 +8,8 @@ import os
 
 import pytest
 import torch
-from fairbench.runner import split_overrides
 
+from fairbench.jobs import split_overrides
 from fairbench.method import SettingsError, flat_settings, settings_dict
 from fairbench.registry import get_method, list_methods, load_builtin_methods
 

@@ -18,7 +18,7 @@ def run(
                              "(`fairbench data list` shows each dataset's). Default: all of the dataset's."),
     seeds: int = typer.Option(3, "--seeds", "-s", min=1, help="Run seeds 0..S-1."),
     data: str = typer.Option(None, "--data", help="Dataset folder. Default: the dataset's environment variable "
-                             "(FAIRBENCH_DATA for fairvlmed), else its built-in SYNTHETIC stand-in (generated once)."),
+                             "(see `fairbench data list`), else its built-in SYNTHETIC stand-in (generated once)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results root."),
     epochs: int = typer.Option(None, "--epochs", min=1, help="Override the arch's default epoch count."),
     set_: list[str] = typer.Option(None, "--set", help="Method or trainer setting, key=value (repeatable); "

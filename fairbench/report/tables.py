@@ -232,8 +232,8 @@ def _attach_paper(table: Table, paper: PaperTables) -> None:
 def _absent_notes(table: Table, part: pd.DataFrame) -> list[str]:
     """Why methods that ran on this dataset have no row (table1) or no cell (ablation) here.
 
-    A method that trains on an attribute is evaluated only on that attribute, so after a race-only run
-    the gender table would otherwise show `clip` alone without saying where the others went.
+    A method that trains on an attribute is evaluated only on that attribute, so after a run on one attribute
+    another attribute's table would otherwise show an attribute-free method alone, without saying why.
     """
     trained = trained_on(part)
     wanted = [table.attribute] if table.layout == "table1" else [c.key for c in table.columns]
