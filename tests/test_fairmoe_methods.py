@@ -36,9 +36,12 @@ STUDY = sorted(n for n in EXPECTED_RUN if n.startswith("fairmoe"))
 # fairmoe's resolved settings, leaf by leaf: FairCLIP's released λ/blur/group batch, the released code's M, k, C.
 FAIRMOE_SETTINGS = {
     "fair_lambda": 1e-6, "blur": 1e-4, "group_batch_size": 32, "form": "published",
-    "moe.experts": 10, "moe.top_k": 3, "moe.capacity": 0.8, "moe.renormalize": True, "moe.keep_pooled": True,
-    "moe.gate_hidden_ratio": 0.25, "moe.feature_experts": 10, "moe.feature_top_k": 3,
-    "moe.feature_hidden_ratio": 1.0, "moe.embedding_moe": True, "moe.feature_moe": True,
+    "moe.form": "paper", "moe.experts": 10, "moe.top_k": 3, "moe.capacity": 0.8,
+    # None: the form's value (tests/test_fairmoe_forms.py checks what each form sets).
+    "moe.renormalize": None, "moe.keep_pooled": None, "moe.relu_experts": None, "moe.release_routing": None,
+    "moe.gate_hidden_ratio": 0.25, "moe.feature_input": None, "moe.feature_residual": None,
+    "moe.feature_experts": None, "moe.feature_top_k": None, "moe.feature_hidden_ratio": None,
+    "moe.embedding_moe": True, "moe.feature_moe": True,
     "moe.towers": ("image", "text"),
     "fol.ei": 1.0, "fol.et": 1.0, "fol.fi": 1.0, "fol.ft": 1.0, "fol.form": "paper", "fol.released_lambda": 1.0,
 }
