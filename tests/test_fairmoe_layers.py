@@ -185,8 +185,9 @@ def test_experts_start_as_the_pretrained_mlp():
 def test_untrained_fair_moe_reproduces_the_backbone_when_nothing_is_dropped():
     bb = tiny_backbone()
     original = copy.deepcopy(bb.model).eval()
-    # C = M/k makes α = n (nothing dropped); renormalised weights + identity-initialised feature experts.
-    model = build_fair_moe(bb.model, MoEConfig(experts=5, top_k=2, capacity=2.5)).eval()
+    # Form v0.1's property: C = M/k makes α = n (nothing dropped); renormalised weights + identity-initialised
+    # feature experts after the projection.
+    model = build_fair_moe(bb.model, MoEConfig(form="v0.1", experts=5, top_k=2, capacity=2.5)).eval()
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(8))
     tokens = bb.tokenize(["glaucoma", "a much longer clinical note about the optic nerve cup", "non-glaucoma"])
     with torch.no_grad():
@@ -213,7 +214,7 @@ def test_feature_moe_starts_as_identity_and_keeps_top_k():
 
 def test_build_places_layers_and_text_padding_is_masked():
     bb = tiny_backbone()
-    model = build_fair_moe(bb.model, MoEConfig())
+    model = build_fair_moe(bb.model, MoEConfig(form="v0.1"))
     assert set(model.moe_layers()) == {"image_embedding", "text_embedding", "image_feature", "text_feature"}
     tokens = bb.tokenize(["short note", "a somewhat longer note with more words in it"])
     eot = tokens.argmax(-1)
@@ -223,7 +224,7 @@ def test_build_places_layers_and_text_padding_is_masked():
     (text_rec,) = records["text_embedding"]
     assert torch.equal(text_rec.valid, torch.arange(tokens.shape[1])[None] <= eot[:, None])
     assert text_rec.weights[~text_rec.valid].abs().sum() == 0
-    # The pooled tokens (EOT, CLS) are never dropped.
+    # Form v0.1: the pooled tokens (EOT, CLS) are never dropped.
     assert (text_rec.weights[torch.arange(2), eot].sum(-1) > 0.99).all()
     (image_rec,) = records["image_embedding"]
     assert image_rec.weights.shape == (2, 65, 10) and (image_rec.weights[:, 0].sum(-1) > 0.99).all()

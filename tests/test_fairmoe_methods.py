@@ -36,9 +36,12 @@ STUDY = sorted(n for n in EXPECTED_RUN if n.startswith("fairmoe"))
 # fairmoe's resolved settings, leaf by leaf: FairCLIP's released λ/blur/group batch, the released code's M, k, C.
 FAIRMOE_SETTINGS = {
     "fair_lambda": 1e-6, "blur": 1e-6, "group_batch_size": 32, "form": "published",
-    "moe.experts": 10, "moe.top_k": 3, "moe.capacity": 0.8, "moe.renormalize": True, "moe.keep_pooled": True,
-    "moe.gate_hidden_ratio": 0.25, "moe.feature_experts": 10, "moe.feature_top_k": 3,
-    "moe.feature_hidden_ratio": 1.0, "moe.embedding_moe": True, "moe.feature_moe": True,
+    "moe.form": "paper", "moe.experts": 10, "moe.top_k": 3, "moe.capacity": 0.8,
+    # None: the form's value (tests/test_fairmoe_forms.py checks what each form sets).
+    "moe.renormalize": None, "moe.keep_pooled": None, "moe.relu_experts": None, "moe.release_routing": None,
+    "moe.gate_hidden_ratio": 0.25, "moe.feature_input": None, "moe.feature_residual": None,
+    "moe.feature_experts": None, "moe.feature_top_k": None, "moe.feature_hidden_ratio": None,
+    "moe.embedding_moe": True, "moe.feature_moe": True,
     "moe.towers": ("image", "text"),
     "fol.ei": 1.0, "fol.et": 1.0, "fol.fi": 1.0, "fol.ft": 1.0, "fol.form": "paper", "fol.released_lambda": 1.0,
 }
@@ -88,7 +91,7 @@ def test_nested_settings_from_set():
     ({"moe.expert": "3"}, r"no setting 'moe\.expert'; settable: moe\.capacity"),
     ({"capacity": "0.5"}, r"no setting 'capacity' \(did you mean 'moe\.capacity'\?\)"),
     ({"fol_ei": "0"}, r"no setting 'fol_ei' \(did you mean 'fol\.ei'\?\)"),
-    ({"moe": "3"}, r"setting 'moe' is a group; set its fields one by one, e.g\. moe\.experts="),
+    ({"moe": "3"}, r"setting 'moe' is a group; set its fields one by one, e.g\. moe\.form="),
     ({"moe.capacity": "lots"}, r"setting 'moe\.capacity' expects a float, got 'lots'"),
 ])
 def test_bad_nested_settings_fail_with_one_line(overrides, message):
@@ -140,7 +143,7 @@ def test_methods_command_lists_nested_settings_by_their_set_keys():
 
     from fairbench.cli import app
 
-    r = CliRunner().invoke(app, ["methods", "fairmoe-no-text-moe"], env={"COLUMNS": "1000"})
+    r = CliRunner().invoke(app, ["methods", "fairmoe-no-text-moe", "--settings"], env={"COLUMNS": "1000"})
     assert r.exit_code == 0, r.output
-    lines = [line.strip() for line in r.output.splitlines()]
-    assert "moe.capacity = 0.8" in lines and "moe.towers = image" in lines and "fol.ei = 1.0" in lines
+    assert "moe.capacity = 0.8" in r.output and "moe.towers = image\n" in r.output and "fol.ei = 1.0" in r.output
+    assert "moe.form = paper" in r.output

@@ -3,30 +3,40 @@
 Embedding-based MoE: replaces the MLP of the last transformer block of an encoder. Per token, a gate MLP gives
 softmax weights over M experts; Top_r keeps the k largest per token; Top_c keeps, per expert, the α largest
 of those among the tokens of ONE sample (ranked by the softmax weights, the paper's Top_r(W) entries).
-Choices the paper leaves open, made here:
+Feature-based MoE: on each encoder's pooled feature; gate + softmax + Top_r (k₂ of M₂), weighted sum of experts.
 
-* α = ceil(C · n · k / M), clipped to [1, n], with n the sample's real token count: N + 1 patches + CLS for
-  the image tower; for text, the tokens up to and including EOT (padding after EOT neither competes in Top_c
-  nor counts in n, and gets MoE output 0 — it never reaches the pooled feature through the causal mask).
-* `keep_pooled` (default on): the pooled token (CLS, or the EOT token of text) bypasses Top_c and always goes
-  to its Top_r experts, so the one token the feature is read from is never dropped; the others compete for α
-  slots. Off = the paper's literal Top_c over all tokens.
-* `renormalize` (default on): the Top_r weights of a token are divided by their sum (Switch/Mixtral style)
-  before Top_c masks them, so an untrained MoE whose experts equal the pretrained MLP reproduces the block
-  exactly for every token all its Top_r experts keep. Off = the paper's Ŵ = Top_c(Top_r(softmax)).
-* A token no expert keeps gets MoE output 0: the block adds only its residual (attention output), i.e. the
-  token is "filtered out" as the paper intends. The dropped fraction and each expert's load are logged.
-* Experts are 2-layer MLPs with the backbone's activation, all initialised to the pretrained block's MLP.
+`MoEConfig.form` picks one coherent set of the switches below (`FORMS`); each switch left unset (None) takes
+its form's value, and a switch set explicitly (`--set moe.renormalize=true`) overrides it for an ablation.
+
+* `paper` (default): §3.1 literally. Ŵ = Top_c(Top_r(softmax)) with no renormalisation; every token, the
+  pooled CLS/EOT one included, competes in Top_c; the feature MoE reads I₀² — the pooled token after the
+  tower's final LayerNorm, before its projection — and outputs Σ_b Ŵ_b² E_b²(I₀²) with no residual, which the
+  projection then maps to the embedding. Feature experts start at random (the paper does not say otherwise).
+* `release`: the released code's behaviour where it is defined: experts and token gate use ReLU (the experts
+  still load the pretrained MLP weights); α = floor(C·197·k/M) for every tower and arch (197 is ViT-B/16's
+  image token count, hard-coded there), over all token positions, text padding included (it competes in
+  Top_c and counts as FOL draws); the token MoE returns its output minus its input (the release's "No
+  Residual" line: with the block's `x + mlp(ln_2(x))` that subtracts the LayerNormed input, not the residual
+  stream); the feature MoE sits after the projection, is dense (softmax over all experts), one expert per
+  group of the training attribute, with random-init, non-residual ReLU experts 4× wide and a QuickGELU gate.
+* `v0.1`: fairbench v0.1's default, kept for comparison with runs made under it: Top_r weights renormalised
+  (Switch/Mixtral style), the pooled token bypasses Top_c, residual identity-initialised feature experts after
+  the projection — so an untrained model equals the backbone exactly. Its cost: with the MoE in the last
+  block only the pooled token's output reaches the feature, and it is never dropped, so the capacity C has
+  no effect on predictions. Not the paper's method, hence not the default.
+
+Choices the paper leaves open, made here: α = ceil(C · n · k / M) clipped to [1, n], with n the sample's real
+token count (N + 1 for the image tower; for text, the tokens up to and including EOT — padding after EOT
+neither competes nor counts, and gets MoE output 0; it never reaches the pooled feature through the causal
+mask). A token no expert keeps gets MoE output 0: the block adds only its residual (attention output), i.e.
+the token is "filtered out" as the paper intends. Embedding experts are 2-layer MLPs initialised to the
+pretrained block's MLP. The dropped fraction and each expert's load are logged.
 
 Dispatch is sparse: each expert computes only its capacity slots, gathered into one (M, B·S, D) tensor and run
 through stacked expert weights with batched matmuls, then scatter-added back — no Python loop over tokens or
 experts. `EmbeddingMoE.forward_dense` computes every expert on every token with the same routing (the test
-reference and the benchmark's baseline).
-
-Feature-based MoE: after each encoder's projected pooled feature; gate + softmax + Top_r (k₂ of M₂), output the
-weighted sum of experts. Experts are residual MLPs x + T σ(W x + b) + c with T, c = 0, so an untrained model
-equals the backbone (with renormalised weights). `feature_experts = 0` gives the released code's form: one
-expert per group of the training attribute; `feature_top_k = 0` a dense softmax.
+reference and the benchmark's baseline). The pre-projection feature MoE runs the tower with its projection
+detached for the call and applies it after the MoE, so parameter names and the projection itself are unchanged.
 
 Gate weights are what FOL (`loss.py` beside this module) regularises; `record_routing(model)` collects them per forward.
 """
@@ -34,15 +44,34 @@ Gate weights are what FOL (`loss.py` beside this module) regularises; `record_ro
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fairbench.method import SettingsError, convert_value
+
 TOWERS = ("image", "text")
+RELEASE_TOKENS = 197  # the released code's α uses ViT-B/16's image token count for every tower and arch
+FEATURE_INPUTS = ("pooled", "projected")  # feature MoE before (I₀²) or after the tower's projection
+
+# Each form's value of every switch a MoEConfig leaves unset (None); see the module docstring.
+FORMS: dict[str, dict[str, Any]] = {
+    "paper": {"renormalize": False, "keep_pooled": False, "relu_experts": False, "release_routing": False,
+              "feature_input": "pooled", "feature_residual": False, "feature_experts": 10, "feature_top_k": 3,
+              "feature_hidden_ratio": 4.0},
+    "release": {"renormalize": False, "keep_pooled": False, "relu_experts": True, "release_routing": True,
+                "feature_input": "projected", "feature_residual": False, "feature_experts": 0, "feature_top_k": 0,
+                "feature_hidden_ratio": 4.0},
+    "v0.1": {"renormalize": True, "keep_pooled": True, "relu_experts": False, "release_routing": False,
+             "feature_input": "projected", "feature_residual": True, "feature_experts": 10, "feature_top_k": 3,
+             "feature_hidden_ratio": 1.0},
+}
 
 
 @dataclass
@@ -77,11 +106,17 @@ def top_r_mask(probs: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, idx, True)
 
 
+def release_slots(capacity: float, top_k: int, n_experts: int, n_tokens: int) -> int:
+    """The released code's α: floor(C·197·k/M) whatever the tower, at most the sequence length."""
+    return max(min(int(RELEASE_TOKENS * capacity * top_k / n_experts), n_tokens), 0)
+
+
 def route_tokens(probs: torch.Tensor, top_k: int, capacity: float, valid: torch.Tensor | None = None,
-                 pooled: torch.Tensor | None = None, renormalize: bool = True) -> Routing:
+                 pooled: torch.Tensor | None = None, renormalize: bool = True, release_alpha: bool = False) -> Routing:
     """Top_r then per-sample Top_c over gate probabilities `probs` (B, T, M); see the module docstring.
 
-    `valid` (B, T) masks padding; `pooled` (B,) is the index of the token that bypasses Top_c (None: no bypass).
+    `valid` (B, T) masks padding; `pooled` (B,) is the index of the token that bypasses Top_c (None: no bypass);
+    `release_alpha` uses the released code's α (`release_slots`) instead of ceil(C·n·k/M).
     """
     B, T, M = probs.shape
     if valid is None:
@@ -92,9 +127,13 @@ def route_tokens(probs: torch.Tensor, top_k: int, capacity: float, valid: torch.
         is_pooled = torch.zeros(B, T, dtype=torch.bool, device=probs.device)
         is_pooled[torch.arange(B, device=probs.device), pooled] = True
         candidates = keep_r & ~is_pooled[..., None]
-    alpha = capacity_slots(valid.sum(1), capacity, top_k, M).to(probs.device)  # (B,)
-    # A static slot count (α of a full-length sample) avoids a device sync; short texts leave slots unused.
-    n_slots = int(capacity_slots(T, capacity, top_k, M))
+    if release_alpha:
+        n_slots = release_slots(capacity, top_k, M, T)
+        alpha = torch.full((B,), n_slots, dtype=torch.long, device=probs.device)
+    else:
+        alpha = capacity_slots(valid.sum(1), capacity, top_k, M).to(probs.device)  # (B,)
+        # A static slot count (α of a full-length sample) avoids a device sync; short texts leave slots unused.
+        n_slots = int(capacity_slots(T, capacity, top_k, M))
     scores = torch.where(candidates, probs.detach(), torch.full_like(probs, -1.0))
     top = scores.topk(n_slots, dim=1)  # per sample and expert, over its tokens
     rank = torch.arange(n_slots, device=probs.device)[None, :, None]
@@ -113,10 +152,17 @@ def route_tokens(probs: torch.Tensor, top_k: int, capacity: float, valid: torch.
     return Routing(weights=base * kept, kept=kept, slots=slots, slot_ok=slot_ok, valid=valid)
 
 
-def make_gate(dim: int, n_experts: int, hidden_ratio: float) -> nn.Module:
+class QuickGELU(nn.Module):
+    """x·σ(1.702·x), the activation of OpenAI's CLIP and of the released code's feature-MoE gate."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_gate(dim: int, n_experts: int, hidden_ratio: float, act: nn.Module | None = None) -> nn.Module:
     """The gating MLP (dim → hidden → M); default init gives small, varied logits, so routing differs per token."""
     hidden = max(int(dim * hidden_ratio), n_experts)
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, n_experts))
+    return nn.Sequential(nn.Linear(dim, hidden), act if act is not None else nn.GELU(), nn.Linear(hidden, n_experts))
 
 
 class StackedExperts(nn.Module):
@@ -133,10 +179,11 @@ class StackedExperts(nn.Module):
         nn.init.normal_(self.w2, std=hidden**-0.5)
 
     @classmethod
-    def from_mlp(cls, mlp: nn.Module, n_experts: int) -> StackedExperts:
-        """M copies of an open_clip block MLP (c_fc, activation, c_proj), keeping its activation."""
+    def from_mlp(cls, mlp: nn.Module, n_experts: int, act: nn.Module | None = None) -> StackedExperts:
+        """M copies of an open_clip block MLP (c_fc, activation, c_proj), with its activation unless `act` is given."""
         c_fc, c_proj = mlp.c_fc, mlp.c_proj
-        experts = cls(n_experts, c_fc.in_features, c_fc.out_features, copy.deepcopy(mlp.gelu))
+        act = act if act is not None else copy.deepcopy(mlp.gelu)
+        experts = cls(n_experts, c_fc.in_features, c_fc.out_features, act)
         with torch.no_grad():
             experts.w1.copy_(c_fc.weight.t().expand_as(experts.w1))
             experts.b1.copy_(c_fc.bias.expand_as(experts.b1))
@@ -154,7 +201,8 @@ class EmbeddingMoE(nn.Module):
     """Drop-in replacement for a transformer block's MLP: (B, T, D) → (B, T, D), sparsely dispatched."""
 
     def __init__(self, experts: StackedExperts, gate: nn.Module, top_k: int, capacity: float, *,
-                 renormalize: bool = True, keep_pooled: bool = True, pooled_first: bool = False) -> None:
+                 renormalize: bool = True, keep_pooled: bool = True, pooled_first: bool = False,
+                 release_routing: bool = False) -> None:
         super().__init__()
         self.experts = experts
         self.gate = gate
@@ -166,6 +214,8 @@ class EmbeddingMoE(nn.Module):
         self.top_k, self.capacity = top_k, capacity
         self.renormalize, self.keep_pooled = renormalize, keep_pooled
         self.pooled_first = pooled_first  # image tower: the CLS token (index 0) is the pooled token
+        # The released code's token MoE: its α, every position competes, output minus input (module docstring).
+        self.release_routing = release_routing
         # Per-call token layout, set by MoECLIP.encode_text for the text tower (padding, EOT index).
         self.token_valid: torch.Tensor | None = None
         self.pooled_index: torch.Tensor | None = None
@@ -174,10 +224,11 @@ class EmbeddingMoE(nn.Module):
 
     @classmethod
     def from_mlp(cls, mlp: nn.Module, n_experts: int, top_k: int, capacity: float, *, gate_hidden_ratio: float = 0.25,
-                 **kwargs) -> EmbeddingMoE:
-        """An MoE whose experts all start as `mlp` (an open_clip block MLP)."""
-        experts = StackedExperts.from_mlp(mlp, n_experts)
-        gate = make_gate(mlp.c_fc.in_features, n_experts, gate_hidden_ratio).to(mlp.c_fc.weight.device)
+                 relu: bool = False, **kwargs) -> EmbeddingMoE:
+        """An MoE whose experts all start as `mlp` (an open_clip block MLP); `relu`: ReLU experts and gate."""
+        experts = StackedExperts.from_mlp(mlp, n_experts, nn.ReLU() if relu else None)
+        gate_act = nn.ReLU() if relu else None
+        gate = make_gate(mlp.c_fc.in_features, n_experts, gate_hidden_ratio, gate_act).to(mlp.c_fc.weight.device)
         return cls(experts, gate, top_k, capacity, **kwargs)
 
     def route(self, x: torch.Tensor) -> Routing:
@@ -190,7 +241,7 @@ class EmbeddingMoE(nn.Module):
             pooled = torch.zeros(B, dtype=torch.long, device=x.device)
         probs = self.gate(x).float().softmax(-1)
         return route_tokens(probs, self.top_k, self.capacity, valid, pooled if self.keep_pooled else None,
-                            self.renormalize)
+                            self.renormalize, release_alpha=self.release_routing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         routing = self.route(x)
@@ -204,15 +255,16 @@ class EmbeddingMoE(nn.Module):
         gathered = x.reshape(B * T, D).index_select(0, flat.reshape(-1)).reshape(M, B * S, D)
         y = self.experts(gathered)  # (M, B·S, D): each expert only on its slots
         contrib = (y * w.to(y.dtype)).reshape(M * B * S, D)
-        out = x.new_zeros(B * T, D).index_add_(0, flat.reshape(-1), contrib.to(x.dtype))
-        return out.reshape(B, T, D)
+        out = x.new_zeros(B * T, D).index_add_(0, flat.reshape(-1), contrib.to(x.dtype)).reshape(B, T, D)
+        return out - x if self.release_routing else out
 
     def forward_dense(self, x: torch.Tensor, routing: Routing | None = None) -> torch.Tensor:
         """Every expert on every token, masked by the same routing: the reference the sparse path must equal."""
         routing = routing if routing is not None else self.route(x)
         B, T, D = x.shape
         y = self.experts(x.reshape(1, B * T, D).expand(self.n_experts, B * T, D))  # (M, B·T, D)
-        return torch.einsum("mnd,nm->nd", y, routing.weights.reshape(B * T, -1).to(y.dtype)).reshape(B, T, D)
+        out = torch.einsum("mnd,nm->nd", y, routing.weights.reshape(B * T, -1).to(y.dtype)).reshape(B, T, D)
+        return out - x if self.release_routing else out
 
     def _observe(self, routing: Routing) -> None:
         if self.recording is not None:
@@ -241,19 +293,25 @@ def _load_shares(load: torch.Tensor) -> dict[str, float]:
 
 
 class FeatureMoE(nn.Module):
-    """Fair-MoE's feature-based MoE on a pooled feature (B, E): gate, softmax, Top_r (k₂), residual experts."""
+    """Fair-MoE's feature-based MoE on a pooled feature (B, E): gate, softmax, Top_r (k₂), weighted experts.
+
+    `residual`: experts are x + E(x) with E's output layer zeroed, so the layer starts as the identity (form
+    v0.1); otherwise plain randomly initialised MLPs, Σ_b Ŵ_b E_b(x) (the paper and the release).
+    """
 
     def __init__(self, dim: int, n_experts: int, top_k: int, act: nn.Module, *, hidden_ratio: float = 1.0,
-                 gate_hidden_ratio: float = 0.25, renormalize: bool = True) -> None:
+                 gate_hidden_ratio: float = 0.25, renormalize: bool = True, residual: bool = True,
+                 gate_act: nn.Module | None = None) -> None:
         super().__init__()
         if n_experts < 1 or not 0 <= top_k <= n_experts:
             raise ValueError(f"feature MoE needs ≥ 1 expert and 0 ≤ top_k ≤ experts, got {n_experts}, {top_k}")
         hidden = max(int(dim * hidden_ratio), 1)
-        self.n_experts, self.top_k, self.renormalize = n_experts, top_k, renormalize
-        self.gate = make_gate(dim, n_experts, gate_hidden_ratio)
+        self.n_experts, self.top_k, self.renormalize, self.residual = n_experts, top_k, renormalize, residual
+        self.gate = make_gate(dim, n_experts, gate_hidden_ratio, gate_act)
         self.experts = StackedExperts(n_experts, dim, hidden, act)
-        with torch.no_grad():  # residual form with a zero output layer: every expert starts as the identity
-            self.experts.w2.zero_()
+        if residual:
+            with torch.no_grad():  # a zero output layer: every residual expert starts as the identity
+                self.experts.w2.zero_()
         self.recording: list[GateRecord] | None = None
         self._stats: dict[str, torch.Tensor] = {}
 
@@ -272,7 +330,8 @@ class FeatureMoE(nn.Module):
             with torch.no_grad():
                 self._stats["load"] = self._stats.get("load", 0) + (w > 0).sum(0)
         # All M₂ experts on all B features: B vectors are cheaper to compute densely than to gather.
-        y = f[None] + self.experts(f[None].expand(self.n_experts, *f.shape))  # (M, B, E)
+        y = self.experts(f[None].expand(self.n_experts, *f.shape))  # (M, B, E)
+        y = f[None] + y if self.residual else y
         return torch.einsum("mbe,bm->be", y, w.to(y.dtype))
 
     def pop_stats(self) -> dict[str, float]:
@@ -284,20 +343,44 @@ class FeatureMoE(nn.Module):
 
 @dataclass
 class MoEConfig:
-    """Where and how Fair-MoE's layers go into a CLIP (defaults: the released code's M = 10, k = 3, C = 0.8)."""
+    """Where and how Fair-MoE's layers go into a CLIP (defaults: the released code's M = 10, k = 3, C = 0.8).
 
+    `form` sets every switch left at None (see `FORMS` and the module docstring); `resolved()` fills them in.
+    """
+
+    form: str = "paper"  # paper | release | v0.1
     experts: int = 10  # M, embedding-based MoE
     top_k: int = 3  # k, Top_r per token
     capacity: float = 0.8  # C, Top_c keeps α = ceil(C·(N+1)·k/M) tokens per expert and sample
-    renormalize: bool = True  # divide each token's Top_r weights by their sum
-    keep_pooled: bool = True  # the CLS/EOT token bypasses Top_c
+    renormalize: bool | None = None  # divide each token's Top_r weights by their sum
+    keep_pooled: bool | None = None  # the CLS/EOT token bypasses Top_c
+    relu_experts: bool | None = None  # ReLU in every expert and the token gate instead of the backbone's activation
+    release_routing: bool | None = None  # the released token MoE: α = floor(C·197·k/M), padding competes, out − in
     gate_hidden_ratio: float = 0.25  # gate MLP hidden width / input width
-    feature_experts: int = 10  # M₂, feature-based MoE; 0 = one per group of the training attribute (released code)
-    feature_top_k: int = 3  # k₂; 0 = dense softmax (released code)
-    feature_hidden_ratio: float = 1.0
+    feature_input: str | None = None  # pooled (I₀², before the projection) | projected (after it)
+    feature_residual: bool | None = None  # residual, identity-initialised feature experts
+    feature_experts: int | None = None  # M₂, feature-based MoE; 0 = one per group of the training attribute
+    feature_top_k: int | None = None  # k₂; 0 = dense softmax
+    feature_hidden_ratio: float | None = None  # feature expert hidden width / input width
     embedding_moe: bool = True
     feature_moe: bool = True
     towers: tuple[str, ...] = field(default=TOWERS)  # encoders that get FO-MoE (and so their FOL terms)
+
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise SettingsError(f"moe.form must be one of {', '.join(FORMS)} (got {self.form!r})")
+        for name, like in FORMS[self.form].items():  # `--set` strings for switches whose default is None
+            value = getattr(self, name)
+            if isinstance(value, str) and not isinstance(like, str):
+                setattr(self, name, convert_value(value, like, f"setting 'moe.{name}'"))
+        if self.feature_input is not None and self.feature_input not in FEATURE_INPUTS:
+            raise SettingsError(f"moe.feature_input must be one of {', '.join(FEATURE_INPUTS)} "
+                                f"(got {self.feature_input!r})")
+
+    def resolved(self) -> MoEConfig:
+        """This config with every unset switch replaced by its form's value."""
+        unset = {name: value for name, value in FORMS[self.form].items() if getattr(self, name) is None}
+        return dataclasses.replace(self, **unset)
 
 
 def text_layout(text: torch.Tensor, pool_type: str, eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,11 +406,13 @@ class MoECLIP(nn.Module):
     Other attributes fall through to the wrapped CLIP (`visual`, `transformer`, ...).
     """
 
-    def __init__(self, clip: nn.Module, image_head: FeatureMoE | None = None, text_head: FeatureMoE | None = None):
+    def __init__(self, clip: nn.Module, image_head: FeatureMoE | None = None, text_head: FeatureMoE | None = None,
+                 feature_input: str = "projected"):
         super().__init__()
         self.clip = clip
         self.image_head = image_head
         self.text_head = text_head
+        self.feature_input = feature_input  # "pooled": the heads read the feature before the projection
 
     def __getattr__(self, name: str):
         try:
@@ -344,23 +429,33 @@ class MoECLIP(nn.Module):
         return mlp if isinstance(mlp, EmbeddingMoE) else None
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        x = self.clip.encode_image(image)
-        x = self.image_head(x) if self.image_head is not None else x
+        x = self._with_head(self.image_head, self.clip.visual, "proj", lambda: self.clip.encode_image(image))
         return F.normalize(x, dim=-1) if normalize else x
 
+    def _with_head(self, head: FeatureMoE | None, owner: nn.Module, proj_name: str, encode) -> torch.Tensor:
+        """Run `encode` and the feature MoE: after the projection, or on the pooled token before it."""
+        if head is None:
+            return encode()
+        if self.feature_input == "projected":
+            return head(encode())
+        with detached(owner, proj_name) as proj:
+            pooled = encode()  # the tower's pooled token after its final LayerNorm: the paper's I₀²
+        return project(head(pooled), proj)
+
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        layer = self.text_moe()
-        if layer is None:
-            x = self.clip.encode_text(text)
-        else:
-            pool = getattr(self.clip, "text_pool_type", "argmax")
-            layer.token_valid, layer.pooled_index = text_layout(text, pool, getattr(self.clip, "text_eos_id", None))
-            try:
-                x = self.clip.encode_text(text)
-            finally:
-                layer.token_valid = layer.pooled_index = None
-        x = self.text_head(x) if self.text_head is not None else x
+        x = self._with_head(self.text_head, self.clip, "text_projection", lambda: self._encode_text_tokens(text))
         return F.normalize(x, dim=-1) if normalize else x
+
+    def _encode_text_tokens(self, text: torch.Tensor) -> torch.Tensor:
+        layer = self.text_moe()
+        if layer is None or layer.release_routing:  # the release routes every position, padding included
+            return self.clip.encode_text(text)
+        pool = getattr(self.clip, "text_pool_type", "argmax")
+        layer.token_valid, layer.pooled_index = text_layout(text, pool, getattr(self.clip, "text_eos_id", None))
+        try:
+            return self.clip.encode_text(text)
+        finally:
+            layer.token_valid = layer.pooled_index = None
 
     def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None):
         """As open_clip's CLIP.forward without output_dict: normalised features and exp(logit_scale)."""
@@ -381,8 +476,28 @@ class MoECLIP(nn.Module):
         return found
 
 
+@contextmanager
+def detached(owner: nn.Module, name: str) -> Iterator[nn.Module | torch.Tensor | None]:
+    """`owner.name` (a projection) set to None for the block, so open_clip's tower returns the unprojected feature;
+    yields the projection and puts it back (same object, same parameter name) afterwards."""
+    proj = getattr(owner, name)
+    setattr(owner, name, None)
+    try:
+        yield proj
+    finally:
+        setattr(owner, name, proj)
+
+
+def project(x: torch.Tensor, proj: nn.Module | torch.Tensor | None) -> torch.Tensor:
+    """Apply a CLIP projection as open_clip does: a Linear module, a matrix, or none."""
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, nn.Module) else x @ proj
+
+
 def build_fair_moe(clip: nn.Module, config: MoEConfig, n_groups: int = 0) -> MoECLIP:
     """Swap Fair-MoE's layers into an open_clip CLIP (in place) and wrap it; see the module docstring."""
+    config = config.resolved()
     towers = {"image": getattr(clip, "visual", None), "text": clip}
     for name in config.towers:
         if name not in towers:
@@ -402,24 +517,31 @@ def build_fair_moe(clip: nn.Module, config: MoEConfig, n_groups: int = 0) -> MoE
         tower = towers[name]
         mlp = tower.transformer.resblocks[-1].mlp
         act = copy.deepcopy(mlp.gelu if not isinstance(mlp, EmbeddingMoE) else mlp.experts.act)
+        act = nn.ReLU() if config.relu_experts else act
         if config.embedding_moe and not isinstance(mlp, EmbeddingMoE):
             pooled_first = name == "image" and getattr(tower, "pool_type", "tok") == "tok"
             tower.transformer.resblocks[-1].mlp = EmbeddingMoE.from_mlp(
                 mlp, config.experts, config.top_k, config.capacity, gate_hidden_ratio=config.gate_hidden_ratio,
-                renormalize=config.renormalize, keep_pooled=config.keep_pooled, pooled_first=pooled_first)
+                relu=config.relu_experts, renormalize=config.renormalize, keep_pooled=config.keep_pooled,
+                pooled_first=pooled_first, release_routing=config.release_routing)
         if config.feature_moe:
-            dim = _feature_dim(clip, name)
+            dim = _feature_dim(clip, name, config.feature_input)
             k2 = min(config.feature_top_k, m2)
             heads[name] = FeatureMoE(dim, m2, k2, act, hidden_ratio=config.feature_hidden_ratio,
-                                     gate_hidden_ratio=config.gate_hidden_ratio, renormalize=config.renormalize)
+                                     gate_hidden_ratio=config.gate_hidden_ratio, renormalize=config.renormalize,
+                                     residual=config.feature_residual,
+                                     gate_act=QuickGELU() if config.release_routing else None)
     device = next(clip.parameters()).device
-    return MoECLIP(clip, heads.get("image"), heads.get("text")).to(device)
+    return MoECLIP(clip, heads.get("image"), heads.get("text"), feature_input=config.feature_input).to(device)
 
 
-def _feature_dim(clip: nn.Module, tower: str) -> int:
+def _feature_dim(clip: nn.Module, tower: str, feature_input: str) -> int:
+    """Width of the feature the head reads: the pooled token's (before the projection) or the embedding's."""
     proj = clip.visual.proj if tower == "image" else clip.text_projection
     if proj is None:
         return clip.visual.transformer.width if tower == "image" else clip.transformer.width
+    if feature_input == "pooled":
+        return proj.in_features if isinstance(proj, nn.Linear) else proj.shape[0]
     return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
 
 
@@ -450,6 +572,6 @@ def routing_stats(model: nn.Module) -> dict[str, float]:
     return out
 
 
-__all__ = ["EmbeddingMoE", "FeatureMoE", "GateRecord", "MoECLIP", "MoEConfig", "Routing", "StackedExperts",
-           "build_fair_moe", "capacity_slots", "moe_layers", "record_routing", "route_tokens",
+__all__ = ["FORMS", "EmbeddingMoE", "FeatureMoE", "GateRecord", "MoECLIP", "MoEConfig", "Routing", "StackedExperts",
+           "build_fair_moe", "capacity_slots", "moe_layers", "record_routing", "release_slots", "route_tokens",
            "routing_stats", "text_layout", "top_r_mask"]

@@ -37,12 +37,14 @@ class FairMoESettings(FairCLIPSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        moe, problems = self.moe, []
+        moe, problems = self.moe.resolved(), []
         if moe.experts < 1 or not 1 <= moe.top_k <= moe.experts:
             problems.append(f"need moe.experts ≥ 1 and 1 ≤ moe.top_k ≤ moe.experts (got moe.experts={moe.experts}, "
                             f"moe.top_k={moe.top_k})")
         if moe.capacity <= 0:
             problems.append(f"moe.capacity must be > 0 (got {moe.capacity})")
+        if moe.feature_hidden_ratio <= 0:
+            problems.append(f"moe.feature_hidden_ratio must be > 0 (got {moe.feature_hidden_ratio})")
         if moe.feature_experts < 0 or moe.feature_top_k < 0 or (
                 moe.feature_experts and moe.feature_top_k > moe.feature_experts):
             problems.append(f"need 0 ≤ moe.feature_top_k ≤ moe.feature_experts (got {moe.feature_top_k}, "
