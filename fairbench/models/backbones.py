@@ -3,8 +3,8 @@
 `b16`/`l14` are the OpenAI ViT-B/16 and ViT-L/14 the papers fine-tune (QuickGELU, as OpenAI trained them);
 `tiny` is a small CLIP that trains on a CPU in seconds for demos and tests; it has no published weights, so
 its default start is a CLIP pretraining on the run's dataset's pretraining set, built once (fairbench.pretrain).
-Any other open_clip model name is accepted as is. Weights come from open_clip's hub tags (`openai`, ...) where the network allows,
-or from a local file: an open_clip/OpenAI state dict, OpenAI's TorchScript `.pt`, or a FairCLIP-style
+Any other open_clip model name is accepted as is. Weights come from open_clip's hub tags (`openai`, ...) where
+the network allows, or from a local file: an open_clip/OpenAI state dict, OpenAI's TorchScript `.pt`, or a FairCLIP-style
 checkpoint `{'model_state_dict': ...}`. Local pickles are read with `weights_only=True`.
 """
 
