@@ -4,8 +4,8 @@
 `tiny` is a small CLIP that trains on a CPU in seconds for demos and tests; it has no published weights, so
 its default start is a CLIP pretraining on the run's dataset's pretraining set, built once (fairbench.pretrain).
 Any other open_clip model name is accepted as is. Weights come from open_clip's hub tags (`openai`, ...) where
-the network allows, or from a local file: an open_clip/OpenAI state dict, OpenAI's TorchScript `.pt`, or a FairCLIP-style
-checkpoint `{'model_state_dict': ...}`. Local pickles are read with `weights_only=True`.
+the network allows, or from a local file: an open_clip/OpenAI state dict, OpenAI's TorchScript `.pt`, or a
+FairCLIP-style checkpoint `{'model_state_dict': ...}`. Local pickles are read with `weights_only=True`.
 """
 
 from __future__ import annotations
