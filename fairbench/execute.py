@@ -109,8 +109,15 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     settings = planned.train_settings()
     t_start = time.perf_counter()
     device = pick_device()
+    weights = config["pretrained"]
+    pretrained_info = None
+    if planned.pretraining is not None:
+        from fairbench.pretrain import ensure_pretrained
+
+        pretrained_info = ensure_pretrained(planned.pretraining, planned.cache_dir)
+        weights = pretrained_info["path"]
     seed_everything(job.seed)  # the random init of `tiny` (and any new layers) depends on the seed
-    backbone = create_backbone(job.arch, pretrained=config["pretrained"], device="cpu")
+    backbone = create_backbone(job.arch, pretrained=weights, device="cpu")
     model = method.build(backbone.model)
     path.mkdir(parents=True, exist_ok=True)  # only once the model exists: a failed build leaves no run folder
     write_json_atomic(path / CONFIG_FILE, {**config, "seed": job.seed, "config_hash": planned.config_hash,
@@ -159,6 +166,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
         "dataset": _dataset_info(planned, data),
         "config": config,
         "config_hash": planned.config_hash,
+        "pretrained": pretrained_info or {"weights": weights or "random init"},
         "selection": {"rule": settings.select, "metric": "auc", "epoch": outcome.best_epoch,
                       "label": SELECTION_LABELS[settings.select]},
         "metrics": suites,

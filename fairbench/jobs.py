@@ -69,6 +69,7 @@ class PlannedJob:
     select: str | None
     plugins: tuple[str, ...] = ()
     protocol: str = "fairbench"
+    pretraining: Any = None  # fairbench.pretrain.PretrainTarget when the arch starts from a checkpoint built here
 
     def label(self) -> str:
         return self.job.label()
@@ -174,6 +175,7 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
     text_source = spec.check_text_source(options.text_source)
     root = spec.resolve(options.data, options.cache_dir)
     identity = spec.identify(root, text_source)
+    targets = _pretraining_targets(options, jobs, spec.name)
     planned = []
     for job in jobs:
         cls = get_method(job.method)
@@ -193,6 +195,9 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
             "method_settings": settings_dict(method_settings),
             "train": settings_dict(settings),
         }
+        target = targets.get(job.arch)
+        if target is not None:  # the checkpoint's key (recipe, data, torch) makes a new pretraining a new run folder
+            config["pretraining"] = target.key
         h = config_hash({**config, "dataset": {"tag": identity.tag, "fingerprint": identity.fingerprint}})
         planned.append(PlannedJob(
             job=job, config=config, config_hash=h, out=Path(options.out),
@@ -201,5 +206,19 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
             synthetic=identity.synthetic, n_train=identity.n_train, cache_dir=options.cache_dir,
             method_overrides=method_overrides.get(job.method, {}), train_overrides=train_overrides,
             epochs=options.epochs, select=options.select, plugins=tuple(options.plugins),
-            protocol=options.protocol))
+            protocol=options.protocol, pretraining=target))
     return planned
+
+
+def _pretraining_targets(options: RunOptions, jobs: list[Job], dataset: str) -> dict[str, Any]:
+    """arch → the pretrained start fairbench.pretrain builds for it, for archs whose default weights it makes."""
+    if options.pretrained != "default":
+        return {}
+    from fairbench.pretrain import pretraining_target
+
+    targets = {}
+    for arch in dict.fromkeys(j.arch for j in jobs):
+        target = pretraining_target(arch, dataset, options.cache_dir)
+        if target is not None:
+            targets[arch] = target
+    return targets

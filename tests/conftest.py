@@ -36,6 +36,22 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
             os.environ[k] = v
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _short_pretraining():
+    """Runs of `tiny` start from a checkpoint pretrained once per cache; in tests that pretraining is a few steps
+    on a small pretraining set, so it costs seconds, not the demo's minute."""
+    from fairbench import pretrain
+    from fairbench.datasets.fairvlmed import synth
+
+    recipe, params = pretrain.RECIPE, dict(synth.PRETRAINING)
+    pretrain.RECIPE = pretrain.PretrainRecipe(epochs=1, batch_size=16, warmup_steps=0, max_steps_per_epoch=3)
+    synth.PRETRAINING.update(n_train=48, n_val=16, n_test=4, size=32)
+    yield
+    pretrain.RECIPE = recipe
+    synth.PRETRAINING.clear()
+    synth.PRETRAINING.update(params)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules of many small-tensor tests: one thread is fastest and immune to oversubscribed cores."""

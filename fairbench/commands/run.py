@@ -29,7 +29,8 @@ def run(
     select: str = typer.Option(None, "--select", help="Model selection: 'val' (default, best validation AUC) or "
                                "'test' (the papers' best-test-epoch rule; optimistic, labelled in every output)."),
     pretrained: str = typer.Option("default", "--pretrained", help="'default' (the arch's usual weights: openai "
-                                   "for b16/l14, none for tiny), an open_clip tag, a local checkpoint, or 'none'."),
+                                   "for b16/l14; for tiny a CLIP pretraining on the dataset's pretraining set, built "
+                                   "once), an open_clip tag, a local checkpoint, or 'none'."),
     text_source: str = typer.Option(None, "--text-source", help="Training text, one of the dataset's text sources "
                                     "(default: its first; `fairbench data list` shows them)."),
     plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
@@ -117,6 +118,10 @@ def _check_weights(console, planned) -> None:
             ensure_weights(arch, pretrained)
         except WeightsUnavailableError as exc:
             fail(str(exc))
+    from fairbench.pretrain import ensure_pretrained
+
+    for target in {p.pretraining.key: p.pretraining for p in pending if p.pretraining is not None}.values():
+        ensure_pretrained(target, pending[0].cache_dir)  # once, before any run folder; announced as a phase
     import torch
 
     if torch.cuda.is_available():

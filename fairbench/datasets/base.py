@@ -160,6 +160,12 @@ class Dataset:
         """Where the built-in synthetic stand-in lives (made on first use); None if the dataset has none."""
         return None
 
+    def pretraining_data(self, cache_dir: Path | None = None) -> Path | None:
+        """A folder in this dataset's format, disjoint from the data runs use, on which archs without published
+        weights (`tiny`) are CLIP-pretrained once before every method fine-tunes them (fairbench.pretrain), as
+        the real study fine-tunes OpenAI CLIP. None (the default): such archs start from random init."""
+        return None
+
     # ------------------------------------------------------------------ identity, tensors, checks
     def identify(self, root: Path, text_source: str) -> DataIdentity:
         """Tag and content fingerprint of the data at `root`, without loading a tensor.

@@ -43,6 +43,11 @@ class FairVLMed(Dataset):
 
         return default_synthetic_dataset(cache_dir)
 
+    def pretraining_data(self, cache_dir: Path | None = None) -> Path:
+        from fairbench.datasets.fairvlmed.synth import pretraining_synthetic_dataset
+
+        return pretraining_synthetic_dataset(cache_dir)
+
     def identify(self, root: Path, text_source: str) -> DataIdentity:
         from fairbench.datasets.fairvlmed.load import identify_fairvlmed
 

@@ -267,11 +267,27 @@ def _write_csvs(out: Path, names: list[str], pop: dict[str, np.ndarray], notes: 
 
 
 def default_synthetic_dataset(cache_dir: Path | None = None) -> Path:
-    """The default synthetic dataset, generated once under the cache root, keyed by generator
-    version and parameters; concurrent callers race safely (build in a temp folder, rename)."""
+    """The default synthetic dataset, generated once under the cache root (see `cached_synthetic`)."""
+    return cached_synthetic(DEFAULTS, cache_dir, "the default synthetic FairVLMed")
+
+
+# The pretraining set of `tiny` (Dataset.pretraining_data): another seed of the generator, so no image or note
+# repeats the default set's, standing in for the disjoint web data OpenAI CLIP was pretrained on. The test split
+# is only a token one: pretraining trains on Training and reports its zero-shot AUC on Validation.
+PRETRAINING: dict[str, int] = {"n_train": 1500, "n_val": 400, "n_test": 16, "size": 128, "seed": 1}
+
+
+def pretraining_synthetic_dataset(cache_dir: Path | None = None) -> Path:
+    """The synthetic pretraining set, generated once under the cache root next to the default set."""
+    return cached_synthetic(PRETRAINING, cache_dir, "the synthetic FairVLMed pretraining set")
+
+
+def cached_synthetic(params: dict[str, int], cache_dir: Path | None, what: str) -> Path:
+    """A synthetic dataset with `params`, generated once under the cache root, keyed by generator version and
+    parameters; concurrent callers race safely (build in a temp folder, rename)."""
     from fairbench.datasets.cache import cache_root
 
-    key = hashlib.sha256(json.dumps([GENERATOR_VERSION, DEFAULTS], sort_keys=True).encode()).hexdigest()[:10]
+    key = hashlib.sha256(json.dumps([GENERATOR_VERSION, params], sort_keys=True).encode()).hexdigest()[:10]
     path = cache_root(cache_dir) / "synthetic" / f"fairvlmed-synth-v{GENERATOR_VERSION}-{key}"
     if is_synthetic(path):
         return path
@@ -280,9 +296,9 @@ def default_synthetic_dataset(cache_dir: Path | None = None) -> Path:
         shutil.rmtree(path, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        n = DEFAULTS["n_train"] + DEFAULTS["n_val"] + DEFAULTS["n_test"]
-        with phase(f"generating the default synthetic FairVLMed ({n} samples, once) into {path}"):
-            make_synthetic(tmp, **DEFAULTS)
+        n = params["n_train"] + params["n_val"] + params["n_test"]
+        with phase(f"generating {what} ({n} samples, once) into {path}"):
+            make_synthetic(tmp, **params)
         os.rename(tmp, path)
     except OSError:
         if not is_synthetic(path):  # not a lost race with another process

@@ -1,0 +1,189 @@
+"""A pretrained start for archs without published weights (`tiny`), so every method fine-tunes from
+pretrained CLIP, as in the real study, even in the CPU demo.
+
+The run's dataset supplies a pretraining set (`Dataset.pretraining_data`, disjoint from the data runs use);
+this module CLIP-pretrains the arch on its training split with every parameter trainable and caches the
+weights once under the fairbench cache, keyed by everything that changes them (arch, recipe, pretraining data
+fingerprint, torch version). Same key → same bytes on the same machine: the init and the batch order are
+seeded. The key enters each run's config hash; the provenance (path, SHA-256, recipe, zero-shot validation
+AUC) goes into result.json. The build writes to a temporary folder and renames it, so concurrent callers are
+safe and a reader never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+PRETRAIN_VERSION = 1  # bump when the pretraining code changes what it produces
+WEIGHTS_FILE = "weights.safetensors"
+PROVENANCE_FILE = "provenance.json"
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """CLIP pretraining hyperparameters. AdamW 1e-3 at batch 64 with a short warm-up reached zero-shot AUC
+    0.84–0.91 in 4 epochs of 1,500 synthetic pairs in the feasibility study behind the synthetic dataset."""
+
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.1
+    warmup_steps: int = 30
+    seed: int = 0
+    max_steps_per_epoch: int = 0  # 0 = full epochs (tests shorten it)
+
+
+RECIPE = PretrainRecipe()  # the recipe every build uses; tests replace it with a shorter one
+
+
+@dataclass(frozen=True)
+class PretrainTarget:
+    """Which checkpoint a job starts from, known at planning time without training (plain data, pickles)."""
+
+    arch: str
+    dataset: str
+    data_root: Path
+    data_fingerprint: str
+    recipe: PretrainRecipe
+    key: str
+    path: Path  # the checkpoint's folder
+
+    @property
+    def weights(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+
+def pretraining_target(arch: str, dataset: str, cache_dir: Path | None = None) -> PretrainTarget | None:
+    """The pretrained start of `arch` for runs on `dataset`, or None when the arch has hub weights of its own or
+    the dataset provides no pretraining set (then the arch starts from random init)."""
+    import torch
+
+    from fairbench.datasets.cache import cache_root
+    from fairbench.models.backbones import ARCHS, PRETRAINED_HERE
+    from fairbench.registry import get_dataset
+
+    spec = ARCHS.get(arch)
+    if spec is None or spec.default_pretrained != PRETRAINED_HERE:
+        return None
+    ds = get_dataset(dataset)()
+    root = ds.pretraining_data(cache_dir)
+    if root is None:
+        return None
+    identity = ds.identify(Path(root), ds.check_text_source(None))
+    recipe = RECIPE
+    key_data = [PRETRAIN_VERSION, arch, spec.model_name, dataset, identity.fingerprint, asdict(recipe),
+                torch.__version__.split("+")[0]]
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_root(cache_dir) / "pretrained" / f"{arch}-{dataset}-{key}"
+    return PretrainTarget(arch=arch, dataset=dataset, data_root=Path(root), data_fingerprint=identity.fingerprint,
+                          recipe=recipe, key=key, path=path)
+
+
+def ensure_pretrained(target: PretrainTarget, cache_dir: Path | None = None) -> dict[str, Any]:
+    """The checkpoint's provenance, building it first if it is not cached yet."""
+    provenance = read_provenance(target)
+    if provenance is not None:
+        return provenance
+    target.path.parent.mkdir(parents=True, exist_ok=True)
+    if target.path.exists():  # an interrupted older attempt: no provenance, so incomplete
+        shutil.rmtree(target.path, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.path.name}.", dir=target.path.parent))
+    try:
+        _build(target, tmp, cache_dir)
+        os.rename(tmp, target.path)
+    except OSError:
+        if read_provenance(target) is None:  # not a lost race with another process
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    provenance = read_provenance(target)
+    if provenance is None:  # pragma: no cover - the rename just succeeded
+        raise RuntimeError(f"pretrained checkpoint {target.path} vanished after it was built")
+    return provenance
+
+
+def read_provenance(target: PretrainTarget) -> dict[str, Any] | None:
+    """The provenance of a finished build (with the checkpoint's path), or None if there is none."""
+    try:
+        provenance = json.loads((target.path / PROVENANCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (target.weights.is_file() and provenance.get("key") == target.key):
+        return None
+    return {**provenance, "path": str(target.weights)}
+
+
+def _build(target: PretrainTarget, out: Path, cache_dir: Path | None) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from fairbench.execute import _auc
+    from fairbench.losses import clip_contrastive_loss
+    from fairbench.method import Method, encode_batch
+    from fairbench.models import create_backbone
+    from fairbench.models.backbones import input_spec
+    from fairbench.phases import phase
+    from fairbench.registry import get_dataset
+    from fairbench.train import SplitData, TrainSettings, seed_everything, train
+
+    class _Contrastive(Method):  # the pretraining objective; not a benchmark method, so never registered
+        name = "pretraining"
+
+        def loss_terms(self, model, batch, group_batches):
+            image, text = encode_batch(model, batch)
+            return {"contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp())}
+
+    r = target.recipe
+    ds = get_dataset(target.dataset)()
+    inputs = input_spec(target.arch)
+    data = ds.load(target.data_root, image_size=inputs.image_size, tokenize=inputs.tokenize,
+                   tokenizer_key=inputs.tokenizer_key, text_source=ds.check_text_source(None), cache_dir=cache_dir)
+    n = len(data.train)
+    with phase(f"pretraining {target.arch} CLIP on the {target.dataset} pretraining set ({n} pairs, "
+               f"{r.epochs} epochs, once) into {target.path}"):
+        seed_everything(r.seed)
+        backbone = create_backbone(target.arch, pretrained=None)
+        mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
+        std = torch.tensor(backbone.std).view(1, 3, 1, 1)
+
+        def normalize(x: torch.Tensor) -> torch.Tensor:
+            from fairbench.datasets import normalize_images
+
+            return normalize_images(x, mean, std)
+
+        split = lambda s: SplitData(images=s.images, tokens=s.tokens, labels=s.labels)  # noqa: E731
+        settings = TrainSettings(epochs=r.epochs, batch_size=r.batch_size, optimizer="adamw", lr=r.lr,
+                                 betas=r.betas, eps=r.eps, weight_decay=r.weight_decay, warmup_steps=r.warmup_steps,
+                                 max_steps_per_epoch=r.max_steps_per_epoch, precision="fp32", select="val")
+        # The CPU keeps these bytes reproducible: a GPU's nondeterministic kernels would not.
+        outcome = train(_Contrastive(), backbone.model, settings, train_data=split(data.train),
+                        val_data=split(data.val), test_data=split(data.val), normalize=normalize,
+                        tokenize=backbone.tokenize, prompts=ds.prompts, label=ds.label, seed=r.seed,
+                        device=torch.device("cpu"), auc=_auc)
+    state = {k: v.detach().contiguous() for k, v in backbone.model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE))
+    digest = hashlib.sha256((out / WEIGHTS_FILE).read_bytes()).hexdigest()
+    provenance = {
+        "key": target.key,
+        "arch": target.arch,
+        "dataset": target.dataset,
+        "data": str(target.data_root),
+        "data_fingerprint": target.data_fingerprint,
+        "n_train": n,
+        "recipe": {**asdict(r), "betas": list(r.betas), "trainable": "all parameters", "objective": "CLIP "
+                   "contrastive (symmetric InfoNCE)", "selection": "best zero-shot validation AUC"},
+        "epoch": outcome.best_epoch,
+        "val_auc": outcome.history[outcome.best_epoch]["val_auc"],
+        "sha256": digest,
+        "torch": torch.__version__,
+    }
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
