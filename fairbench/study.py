@@ -5,13 +5,13 @@ A study file has these keys (all but `methods` optional):
 
     name        = "fair-moe-paper"        # default: the file name without .toml
     description = "one line"
-    dataset     = "fairvlmed"             # a registered dataset
-    protocol    = "fairbench"             # recorded; names the evaluation protocol the study is meant for
+    dataset     = "fairvlmed"             # a registered dataset; default: the registry's default dataset
+    protocol    = "fairbench"             # the training protocol, as `--protocol`
     methods     = ["clip", "fairmoe*"]    # names or wildcards, as `--method`
     archs       = ["b16", "l14"]          # default ["tiny"]
     attributes  = ["race", "gender"]      # training attributes; default: all of the dataset's
     seeds       = 3                       # 0..N-1, or an explicit list [0, 1, 2]
-    select      = "test"                  # val | test; default: the trainer's (val)
+    select      = "test"                  # val | test; default: the protocol's rule
     [set]                                 # settings, as `--set key=value`
     fair_lambda = 1e-5
 
@@ -27,13 +27,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from fairbench.protocols import DEFAULT_PROTOCOL, get_protocol, protocol_of
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
 STUDY_SUFFIX = ".toml"
-DEFAULT_PROTOCOL = "fairbench"
 DEFAULT_SELECT = "val"  # the trainer's default rule (TrainSettings.select); read without importing torch
 KEYS = ("name", "description", "dataset", "protocol", "methods", "archs", "attributes", "seeds", "select", "set")
 
@@ -50,15 +51,21 @@ class Study:
     archs: tuple[str, ...] = ("tiny",)
     attributes: tuple[str, ...] | None = None  # None: every attribute of the dataset
     seeds: tuple[int, ...] = (0, 1, 2)
-    select: str | None = None  # None: the trainer's default rule
-    dataset: str = "fairvlmed"
+    select: str | None = None  # None: the protocol's rule
+    dataset: str | None = None  # None: the registry's default dataset
     protocol: str = DEFAULT_PROTOCOL
     overrides: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
     @property
     def selection_rule(self) -> str:
-        return self.select or DEFAULT_SELECT
+        """`select`, else the protocol's rule (protocols registered by plugins need those loaded)."""
+        if self.select:
+            return self.select
+        try:
+            return get_protocol(self.protocol).train.get("select", DEFAULT_SELECT)
+        except ValueError:
+            return DEFAULT_SELECT
 
 
 # ------------------------------------------------------------------ finding and reading
@@ -144,16 +151,16 @@ def parse_study(text: str, source: str, default_name: str = "study") -> Study:
         attributes=None if attributes is None else tuple(_names(data, "attributes", where)),
         seeds=tuple(seeds),
         select=select,
-        dataset=_string(data, "dataset", where, "fairvlmed"),
+        dataset=_string(data, "dataset", where, None),
         protocol=_string(data, "protocol", where, DEFAULT_PROTOCOL),
         overrides={k: _setting(v) for k, v in overrides.items()},
         description=_string(data, "description", where, ""),
     )
 
 
-def _string(data: dict, key: str, where: str, default: str) -> str:
+def _string(data: dict, key: str, where: str, default: str | None) -> str | None:
     value = data.get(key, default)
-    if not isinstance(value, str):
+    if value is not None and not isinstance(value, str):
         raise StudyError(f"{where}: {key!r} must be a string, got {value!r}")
     return value
 
@@ -187,7 +194,8 @@ def study_jobs(study: Study) -> list:
 
     try:
         spec = get_dataset(study.dataset)
-    except UnknownNameError as exc:
+        get_protocol(study.protocol)
+    except (UnknownNameError, ValueError) as exc:
         raise StudyError(f"study {study.name} ({study.source}): {exc}") from None
     for attribute in study.attributes or ():
         if attribute not in spec.attributes:
@@ -203,17 +211,20 @@ def _key(method: str, arch: str, attribute: str | None, seed: int) -> tuple:
 
 
 def study_records(study: Study, records: list[dict[str, Any]], jobs: list | None = None) -> list[dict[str, Any]]:
-    """The records that are runs of the study: one of its jobs, its selection rule and its dataset."""
+    """The records that are runs of the study: one of its jobs, its protocol, selection rule and dataset."""
+    from fairbench.registry import get_dataset
+
     wanted = {_key(j.method, j.arch, j.attribute, j.seed) for j in (jobs if jobs is not None else study_jobs(study))}
     rule = study.selection_rule
+    dataset = get_dataset(study.dataset).name
 
     def belongs(rec: dict[str, Any]) -> bool:
         try:
             key = _key(rec["method"], rec["arch"], rec.get("attribute"), rec["seed"])
         except (KeyError, TypeError, ValueError):
             return False
-        return (key in wanted and rec["selection"].get("rule") == rule
-                and rec["dataset"].get("name", study.dataset) == study.dataset)
+        return (key in wanted and rec["selection"].get("rule") == rule and protocol_of(rec) == study.protocol
+                and rec["dataset"].get("name", dataset) == dataset)
 
     return [rec for rec in records if belongs(rec)]
 

@@ -16,7 +16,7 @@ ALL_METHODS = list_methods()
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from fairbench.data import load_fairvlmed
+    from fairbench.datasets.fairvlmed.load import load_fairvlmed
     from fairbench.models import create_backbone
 
     bb = create_backbone("tiny", pretrained=None)
@@ -26,13 +26,14 @@ def data(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_method_trains_two_steps_and_scores(name, data):
-    from fairbench.data import ATTRIBUTE_GROUPS, normalize_images
+    from fairbench.datasets import normalize_images
+    from fairbench.datasets.fairvlmed import FairVLMed
     from fairbench.execute import _auc
     from fairbench.models import create_backbone
 
     cls = get_method(name)
     attribute = "race" if cls.uses_attribute else None
-    method = cls(cls.Settings(), attribute, len(ATTRIBUTE_GROUPS["race"]) if attribute else 0)
+    method = cls(cls.Settings(), attribute, len(FairVLMed.attributes["race"]) if attribute else 0)
     torch.manual_seed(0)
     bb = create_backbone("tiny", pretrained=None)
     model = method.build(bb.model)
@@ -59,8 +60,7 @@ def test_method_trains_two_steps_and_scores(name, data):
                              max_steps_per_epoch=2, eval_batch_size=64)
     out = train(method, model, settings, train_data=split(data.train), val_data=split(data.val),
                 test_data=split(data.test), normalize=lambda x: normalize_images(x, mean, std),
-                tokenize=bb.tokenize, prompts=("A photo of non-glaucoma", "A photo of glaucoma"), seed=0,
-                device=torch.device("cpu"), auc=_auc)
+                tokenize=bb.tokenize, seed=0, device=torch.device("cpu"), auc=_auc, prompts=FairVLMed.prompts)
     assert len(seen_terms) == 2
     for terms in seen_terms:
         assert terms and all(isinstance(k, str) and k for k in terms)

@@ -87,7 +87,7 @@ def test_a_study_runs_then_table_shows_exactly_its_rows_and_flags_missing_seeds(
     table = invoke("table", "--study", study, "--out", out, "--format", "long-csv")
     assert table.exit_code == 0, table.output
     assert "clip tiny -: 1 of 2 seeds" in table.stderr and "fairclip tiny race: 1 of 2 seeds" in table.stderr
-    assert "study tiny-study: 2 of 4 runs finished (select test)" in table.stderr
+    assert "study tiny-study: 2 of 4 runs finished (protocol fairbench, select test)" in table.stderr
     frame = pd.read_csv(io.StringIO(table.stdout))
     assert set(frame["selection"]) == {"test"} and set(frame["method"]) == {"clip", "fairclip"}
     assert set(frame["seed"]) == {0} and set(frame["dataset"]) == {"synthetic"}
@@ -144,7 +144,8 @@ def test_malformed_study_files_are_one_line_errors(tmp_path, text, message):
 
 @pytest.mark.parametrize("args,message", [
     (["--study", "fair-moe-paper", "--method", "clip"], "--study fair-moe-paper fixes methods, archs, attributes, "
-                                                        "seeds, select and dataset; drop --method"),
+                                                        "seeds, protocol, select and dataset; drop --method"),
+    (["--study", "fair-moe-paper", "--protocol", "fairclip"], "drop --protocol"),
     (["--study", "fair-moe-paper", "--arch", "tiny", "--seeds", "1"], "drop --arch, --seeds"),
     (["--study", "nowhere/x.toml"], "study file nowhere/x.toml not found"),
     ([], "give --method (e.g. --method clip,fairclip) or --study (e.g. --study fair-moe-paper)"),
@@ -158,6 +159,7 @@ def test_study_keys_and_defaults():
     study = parse_study('methods = ["fairmoe*"]\nseeds = [4, 7]\n[set]\nfair_lambda = 1e-5\ncheckpoint = true\n',
                         source="x.toml", default_name="x")
     assert study.name == "x" and study.archs == ("tiny",) and study.attributes is None and study.seeds == (4, 7)
+    assert study.dataset is None  # the registry's default dataset
     assert study.protocol == "fairbench" and study.selection_rule == DEFAULT_SELECT
     assert study.overrides == {"fair_lambda": "1e-05", "checkpoint": "true"}
     from fairbench.train import TrainSettings
@@ -171,11 +173,13 @@ def test_missing_runs_count_only_the_studys_runs():
     load_plugins()
     study = parse_study('methods = ["fairclip"]\nattributes = ["race"]\nseeds = 3\nselect = "test"\n', source="s")
 
-    def rec(seed, rule="test", name="fairvlmed", attribute="race"):
+    def rec(seed, rule="test", name="fairvlmed", attribute="race", protocol="fairbench"):
         return {"method": "fairclip", "arch": "tiny", "attribute": attribute, "seed": seed,
-                "selection": {"rule": rule}, "dataset": {"name": name, "tag": "synthetic"}}
+                "selection": {"rule": rule}, "dataset": {"name": name, "tag": "synthetic"},
+                "config": {"protocol": protocol}}
 
-    records = [rec(0), rec(0), rec(1, rule="val"), rec(2, name="other"), rec(1, attribute="gender"), rec(9)]
+    records = [rec(0), rec(0), rec(1, rule="val"), rec(2, name="other"), rec(1, attribute="gender"), rec(9),
+               rec(2, protocol="fairclip")]
     assert missing_runs(study, records) == ["fairclip tiny race: 1 of 3 seeds"]
 
 
@@ -194,3 +198,15 @@ def test_estimate_uses_same_method_and_arch_and_says_gpu_hours():
     assert estimate_remaining([], records).lines(0) == ["nothing left to run"]
     short = estimate_remaining([job("clip", "b16")], [{**records[0], "timings": {"total_s": 90}, "device": "cpu"}])
     assert short.lines(1)[0].startswith("estimate: 1.5 minutes of CPU time for 1 of 1 pending job(s)")
+
+
+def test_a_studys_protocol_is_the_runs_protocol_and_sets_its_selection(dataset, tmp_path):
+    study = tmp_path / "released.toml"
+    study.write_text('methods = ["clip"]\nprotocol = "fairclip"\nseeds = 1\n')
+    dry = invoke("run", "--study", study, "--data", dataset, "--out", tmp_path / "out", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "protocol fairclip, select test" in dry.output  # the fairclip protocol selects by test AUC
+    assert "select=test" in dry.output  # and the planned job trains under it
+    study.write_text('methods = ["clip"]\nprotocol = "fairclp"\n')
+    bad = invoke("run", "--study", study, "--data", dataset, "--out", tmp_path / "out", "--dry-run")
+    assert bad.exit_code == 2 and "unknown protocol 'fairclp'" in bad.output and str(study) in bad.output

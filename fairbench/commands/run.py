@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import PLUGIN_HELP, fail, load_methods, split_list
+from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, fail, load_dataset, split_list
 
 
 def run(
@@ -23,6 +23,9 @@ def run(
     epochs: int = typer.Option(None, "--epochs", min=1, help="Override the arch's default epoch count."),
     set_: list[str] = typer.Option(None, "--set", help="Method or trainer setting, key=value (repeatable); "
                                    "prefix 'method.' or 'train.' to disambiguate."),
+    protocol: str = typer.Option(None, "--protocol", help="Training protocol: 'fairbench' (default: "
+                                 "FairCLIP's fine-tuning with validation selection and fp32 numerics) or 'fairclip' "
+                                 "(the released FairCLIP/Fair-MoE recipe exactly); see the README's protocol table."),
     select: str = typer.Option(None, "--select", help="Model selection: 'val' (default, best validation AUC) or "
                                "'test' (the papers' best-test-epoch rule; optimistic, labelled in every output)."),
     pretrained: str = typer.Option("default", "--pretrained", help="'default' (the arch's usual weights: openai "
@@ -30,11 +33,10 @@ def run(
     text_source: str = typer.Option(None, "--text-source", help="Training text, one of the dataset's text sources "
                                     "(default: its first; `fairbench data list` shows them)."),
     plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
-    dataset: str = typer.Option(None, "--dataset", help="Registered dataset (default fairvlmed; see `fairbench "
-                                "data list`)."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
     study: str = typer.Option(None, "--study", help="Run a whole study: a shipped name (e.g. fair-moe-paper) or a "
-                              ".toml file naming methods, archs, attributes, seeds, select, dataset and settings; "
-                              "replaces --method/--arch/--attr/--seeds/--select/--dataset."),
+                              ".toml file naming methods, archs, attributes, seeds, protocol, select, dataset and "
+                              "settings; replaces --method/--arch/--attr/--seeds/--protocol/--select/--dataset."),
     launcher: str = typer.Option("local", "--launcher", help="Where jobs run: local (this machine: in this process, "
                                  "or in worker processes with --workers/--gpus)."),
     workers: int = typer.Option(1, "--workers", "-w", help="Local launcher: run this many jobs at once, each in its "
@@ -54,37 +56,38 @@ def run(
     from fairbench.commands.run_display import console_logging
     from fairbench.datasets import DatasetError
     from fairbench.method import SettingsError
-    from fairbench.registry import UnknownNameError, expand_methods, get_dataset
+    from fairbench.protocols import DEFAULT_PROTOCOL
+    from fairbench.registry import UnknownNameError, expand_methods
 
     started = time.perf_counter()
     console = Console()
     if not console.is_terminal:
         console.soft_wrap = True  # a log file gets whole lines, never an 80-column wrap
     console_logging(console)
-    load_methods(plugin)
     chosen_study = None
     if study is not None:
-        chosen_study = _load_study(study, method=method, arch=arch, attr=attr, seeds=seeds, select=select,
-                                   dataset=dataset)
+        chosen_study = _load_study(study, method=method, arch=arch, attr=attr, seeds=seeds, protocol=protocol,
+                                   select=select, dataset=dataset)
         method, arch, attr = ",".join(chosen_study.methods), ",".join(chosen_study.archs), None
         if chosen_study.attributes:
             attr = ",".join(chosen_study.attributes)
-        select, dataset = chosen_study.select, chosen_study.dataset
+        protocol, select, dataset = chosen_study.protocol, chosen_study.select, chosen_study.dataset
         seed_list = list(chosen_study.seeds)
     elif method is None:
         fail("give --method (e.g. --method clip,fairclip) or --study (e.g. --study fair-moe-paper)")
     else:
         seed_list = list(range(3 if seeds is None else seeds))
+    where = f"study {chosen_study.name} ({chosen_study.source})" if chosen_study else ""
+    spec = load_dataset(dataset, plugin, methods=True)
     try:
         methods = expand_methods(method)
-        spec = get_dataset(dataset or "fairvlmed")
     except UnknownNameError as exc:
-        fail(f"study {chosen_study.name}: {exc}" if chosen_study else str(exc))
+        fail(f"{where}: {exc}" if where else str(exc))
     attrs = split_list(attr)
-    for a in attrs or []:
-        if a not in spec.attributes:
-            where = f"study {chosen_study.name}'s attributes" if chosen_study else "--attr"
-            fail(f"unknown attribute {a!r} in {where}; dataset {spec.name!r} has {', '.join(spec.attributes)}")
+    try:
+        spec.check_attributes(attrs)
+    except DatasetError as exc:
+        fail(f"{where}: attributes: {exc}" if where else f"--attr: {exc}")
     if select not in (None, "val", "test"):
         fail(f"--select must be 'val' or 'test', got {select!r}")
     overrides = dict(chosen_study.overrides) if chosen_study else {}
@@ -109,11 +112,11 @@ def run(
     options = RunOptions(out=out, dataset=spec.name, data=data,
                          pretrained=None if pretrained.lower() == "none" else pretrained,
                          text_source=text_source, epochs=epochs, select=select, overrides=overrides,
-                         plugins=tuple(plugin or ()))
+                         plugins=tuple(plugin or ()), protocol=protocol or DEFAULT_PROTOCOL)
     try:  # validates every --set and the data before any training starts
         planned = plan(options, expand_jobs(methods, archs, attrs, seed_list, dataset=spec.name))
     except (SettingsError, DatasetError) as exc:
-        fail(f"study {chosen_study.name}: {exc}" if chosen_study else str(exc))
+        fail(f"{where}: {exc}" if where else str(exc))
     if dry_run:
         if chosen_study:
             console.print(f"study {chosen_study.name} ({chosen_study.source}): protocol {chosen_study.protocol}, "
@@ -131,8 +134,8 @@ def _load_study(name: str, **fixed):
 
     given = [f"--{key}" for key, value in fixed.items() if value is not None]
     if given:
-        fail(f"--study {name} fixes methods, archs, attributes, seeds, select and dataset; drop {', '.join(given)} "
-             "(or copy the study file and edit it)")
+        fail(f"--study {name} fixes methods, archs, attributes, seeds, protocol, select and dataset; drop "
+             f"{', '.join(given)} (or copy the study file and edit it)")
     try:
         return load_study(name)
     except StudyError as exc:
