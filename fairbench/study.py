@@ -206,6 +206,16 @@ def study_jobs(study: Study) -> list:
                        list(study.seeds), dataset=spec.name)
 
 
+def study_options(study: Study, out: Path, **options: Any):
+    """The `RunOptions` that `fairbench run --study` plans the study with (protocol, selection, dataset, `set`);
+    `options` adds the rest (data=, epochs=, cache_dir=, ...). `plan(study_options(s, out), study_jobs(s))`
+    gives each job's run folder, as `run --study` (without extra --set) would."""
+    from fairbench.jobs import RunOptions
+
+    return RunOptions(out=Path(out), dataset=study.dataset, protocol=study.protocol, select=study.select,
+                      overrides=dict(study.overrides), **options)
+
+
 def _key(method: str, arch: str, attribute: str | None, seed: int) -> tuple:
     return (method, arch, attribute, int(seed))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +16,15 @@ from typer.testing import CliRunner
 
 from fairbench.cli import app
 from fairbench.estimate import estimate_remaining
-from fairbench.study import DEFAULT_SELECT, StudyError, load_study, missing_runs, parse_study, study_jobs
+from fairbench.study import (
+    DEFAULT_SELECT,
+    StudyError,
+    load_study,
+    missing_runs,
+    parse_study,
+    study_jobs,
+    study_options,
+)
 from tests.helpers import small_synthetic
 from tests.test_report_fixtures import write_run
 
@@ -207,6 +216,12 @@ def test_a_studys_protocol_is_the_runs_protocol_and_sets_its_selection(dataset, 
     assert dry.exit_code == 0, dry.output
     assert "protocol fairclip, select test" in dry.output  # the fairclip protocol selects by test AUC
     assert "select=test" in dry.output  # and the planned job trains under it
+    # What other commands (status) plan from the study names the same run folders as `run --study`.
+    from fairbench.jobs import plan
+
+    planned = plan(study_options(load_study(study), tmp_path / "out", data=str(dataset)), study_jobs(load_study(study)))
+    listed = re.findall(r"^pending\s+.*?  (\S+)$", dry.output, flags=re.M)
+    assert listed == [str(p.run_dir) for p in planned] and len(listed) == 1
     study.write_text('methods = ["clip"]\nprotocol = "fairclp"\n')
     bad = invoke("run", "--study", study, "--data", dataset, "--out", tmp_path / "out", "--dry-run")
     assert bad.exit_code == 2 and "unknown protocol 'fairclp'" in bad.output and str(study) in bad.output

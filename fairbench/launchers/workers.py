@@ -117,13 +117,15 @@ class _Pool:
         try:
             for slot in self.slots:
                 self._start(slot)
+            checked = time.monotonic()
             while len(self.retired) < len(self.procs):
                 try:
-                    event = self.events.get(timeout=POLL_S)
+                    self._handle(self.events.get(timeout=POLL_S))
                 except queue.Empty:
+                    pass
+                if time.monotonic() - checked >= POLL_S:  # also while busy workers keep the queue full
                     self._check_health()
-                    continue
-                self._handle(event)
+                    checked = time.monotonic()
         except BaseException:  # Ctrl-C, SIGTERM turned into an exception, a reporter error: stop workers now
             self._stop_all(wait_s=0)
             raise
@@ -170,8 +172,10 @@ class _Pool:
             else:
                 self.reporter.log(f"[red]error[/]: {why} before taking a job")
 
-    def _drain(self) -> None:
-        while True:
+    def _drain(self, limit_s: float = 1.0) -> None:
+        """Handle what is queued (up to `limit_s`: other busy workers may keep sending)."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
             try:
                 self._handle(self.events.get(timeout=0.05))
             except queue.Empty:
@@ -274,7 +278,10 @@ def worker_main(slot: WorkerSlot, threads: int, inbox, events) -> None:
         events.put(("ready", slot.index))
         task = _next_task(inbox, parent)
         if task is None:
-            events.put(("bye", slot.index))
+            if parent():
+                events.put(("bye", slot.index))
+            else:
+                events.cancel_join_thread()
             return
         index, planned = task
         status, message, record = _run_one(slot, index, planned, cache, events, parent, loaded)
@@ -294,6 +301,7 @@ def _run_one(slot: WorkerSlot, index: int, planned: PlannedJob, cache, events, p
         if done == total or now - last_step[0] >= STEP_EVENT_INTERVAL_S:
             last_step[0] = now
             if not parent():
+                events.cancel_join_thread()  # nobody reads the queue any more: exit without flushing it
                 raise SystemExit(f"{slot.label}: the launching process is gone; stopping")
             events.put(("step", slot.index, index, done, total))
 
