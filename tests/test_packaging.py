@@ -131,7 +131,8 @@ def test_package_list_names_every_source_package():
     """Packages are listed by hand (they are renamed on install); none may be left out of the wheel."""
     dirs = SETUPTOOLS["package-dir"]
     assert dirs[BUILTIN_PACKAGE] == "methods" and dirs["fairbench.reference"] == "results/paper"
-    expected = {"fairbench.reference"}  # data only: results/paper/ shipped inside the package
+    assert dirs["fairbench.studies"] == "studies"
+    expected = {"fairbench.reference", "fairbench.studies"}  # data only: results/paper/ and studies/, shipped inside
     for folder, installed in (("fairbench", "fairbench"), ("methods", BUILTIN_PACKAGE)):
         for init in (ROOT / folder).rglob("__init__.py"):
             expected.add(".".join((installed, *init.parent.relative_to(ROOT / folder).parts)))
@@ -139,6 +140,7 @@ def test_package_list_names_every_source_package():
     assert listed == expected, (f"add to [tool.setuptools] packages: {sorted(expected - listed)}; "
                                 f"remove: {sorted(listed - expected)}")
     assert SETUPTOOLS["package-data"]["fairbench.reference"] == ["*.csv", "*.md"]
+    assert SETUPTOOLS["package-data"]["fairbench.studies"] == ["*.toml"]
 
 
 def test_version_has_one_source():
@@ -153,11 +155,14 @@ import json
 from importlib.metadata import distribution
 from fairbench.registry import BUILTIN_PACKAGE, list_methods, load_builtin_methods, get_method
 from fairbench.report.paper import find_paper_csv
+from fairbench.study import load_study, shipped_studies
 import fairbench, importlib
 load_builtin_methods()
 dist = distribution("fairbench")
 builtins = [n for n in list_methods() if get_method(n).__module__.startswith(BUILTIN_PACKAGE)]
+study = load_study("fair-moe-paper")
 print(json.dumps({"csv": str(find_paper_csv()), "fairbench": fairbench.__file__, "version": dist.version,
+                  "study": study.source, "study_methods": len(study.methods), "studies": sorted(shipped_studies()),
                   "builtins": importlib.import_module(BUILTIN_PACKAGE).__file__, "methods": builtins,
                   "top_level": sorted({f.parts[0] for f in dist.files
                                        if f.parts[0] != ".." and not f.parts[0].endswith(".dist-info")})}))
@@ -169,7 +174,7 @@ def test_non_editable_install_compares_with_paper_outside_the_repo(tmp_path):
     """`pip install .` (no editable link) ships the paper's tables and the built-ins under unique names."""
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("fairbench", "methods", "results/paper"):
+    for name in ("fairbench", "methods", "results/paper", "studies"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
@@ -194,6 +199,9 @@ def test_non_editable_install_compares_with_paper_outside_the_repo(tmp_path):
     assert site.is_relative_to(env_dir)
     assert Path(info["csv"]) == site / "fairbench" / "reference" / "fair-moe-tables.csv"
     assert Path(info["builtins"]) == site / BUILTIN_PACKAGE / "__init__.py"
+    # `--study fair-moe-paper` works from the installed package: the study ships as package data.
+    assert Path(info["study"]) == site / "fairbench" / "studies" / "fair-moe-paper.toml"
+    assert info["studies"] == sorted(p.stem for p in (ROOT / "studies").glob("*.toml")) and info["study_methods"] == 13
     assert info["top_level"] == ["fairbench", BUILTIN_PACKAGE]  # no global `methods`
     assert info["version"] == fairbench.__version__
     from fairbench.registry import get_method, list_methods, load_builtin_methods

@@ -51,9 +51,12 @@ def check_select(select: str | None) -> None:
         fail(f"--select {select!r} is not one of val, test")
 
 
-def load_results_reporting(out, dataset: str | None = None):
+def load_results_reporting(out, dataset: str | None = None, study=None):
     """Load a results folder for a reporting command, keeping only `dataset`'s runs (a registry name or a results
-    tag) when given; skipped files and run warnings go to stderr."""
+    tag) when given; skipped files and run warnings go to stderr.
+
+    `study` (from `load_study_or_fail`) keeps only that study's runs and names the ones still missing.
+    """
     from fairbench.report.load import load_results, select_dataset
 
     loaded = load_results(out)
@@ -63,8 +66,54 @@ def load_results_reporting(out, dataset: str | None = None):
     if loaded.records and not picked.records:
         present = sorted({f"{r['dataset']['name']} (tag {r['dataset'].get('tag')})" for r in loaded.records})
         fail(f"--dataset {dataset}: no runs on it under {out}; present: {', '.join(present)}", 1)
+    if study is not None:
+        picked = _restrict_to_study(picked, *study)
     for note in picked.run_warnings:
         typer.echo(f"run warning: {note}", err=True)
     if loaded.unfinished_note:
         typer.echo(f"note: {loaded.unfinished_note}", err=True)
     return picked
+
+
+STUDY_HELP = ("Show only this study's runs (a shipped name such as fair-moe-paper, or a .toml file) and name the "
+              "ones missing.")
+MISSING_SHOWN = 20  # lines of missing runs printed before "… and N more"
+
+
+def load_study_or_fail(name: str):
+    """(study, its jobs) for `--study NAME` of a reporting command; a one-line error if it cannot be read."""
+    from fairbench.registry import PluginError, UnknownNameError, load_plugins
+    from fairbench.study import StudyError, load_study, study_jobs
+
+    try:
+        study = load_study(name)
+    except StudyError as exc:
+        fail(str(exc))
+    try:
+        load_plugins()
+        return study, study_jobs(study)
+    except StudyError as exc:
+        fail(str(exc))
+    except (UnknownNameError, PluginError) as exc:
+        fail(f"study {study.name} ({study.source}): {exc}; a plugin's method needs $FAIRBENCH_PLUGINS here")
+
+
+def _restrict_to_study(loaded, study, jobs):
+    from fairbench.report.aggregate import long_frame
+    from fairbench.report.load import Loaded
+    from fairbench.study import missing_runs, study_records
+
+    records = study_records(study, loaded.records, jobs)
+    missing = missing_runs(study, loaded.records, jobs)
+    if missing:
+        finished = len({(r["method"], r["arch"], r.get("attribute"), int(r["seed"])) for r in records})
+        typer.echo(f"note: study {study.name}: {finished} of {len(jobs)} runs finished "
+                   f"(protocol {study.protocol}, select {study.selection_rule}); missing:", err=True)
+        for line in missing[:MISSING_SHOWN]:
+            typer.echo(f"  {line}", err=True)
+        if len(missing) > MISSING_SHOWN:
+            typer.echo(f"  … and {len(missing) - MISSING_SHOWN} more; "
+                       f"`fairbench run --study {study.name}` runs what is missing", err=True)
+    if not records and loaded.records:
+        typer.echo(f"warning: none of the {len(loaded.records)} finished runs belongs to study {study.name}", err=True)
+    return Loaded(records, long_frame(records), loaded.problems, loaded.unfinished)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import fail, load_results_reporting, split_list
+from fairbench.commands.common import STUDY_HELP, fail, load_results_reporting, load_study_or_fail, split_list
 
 
 def report(
@@ -16,6 +16,7 @@ def report(
     compare: str = typer.Option("paper", "--compare",
                                 help="'paper' (default): published Fair-MoE numbers next to real-data rows; 'none'."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Embed the figures (slower)."),
+    study: str = typer.Option(None, "--study", help=STUDY_HELP),
 ) -> None:
     """Tables, figures (embedded as base64 PNG) and the protocol: data, selection rule, seeds, versions."""
     from fairbench.report.html import build_report, write_report
@@ -23,7 +24,10 @@ def report(
 
     if compare not in ("paper", "none"):
         fail(f"--compare {compare!r}: choose 'paper' or 'none'")
-    loaded = load_results_reporting(out)
+    chosen = load_study_or_fail(study) if study else None
+    loaded = load_results_reporting(out, study=chosen)
+    if chosen and attr is None and chosen[0].attributes:
+        attr = ",".join(chosen[0].attributes)
     paper = None
     if compare == "paper":
         try:

@@ -10,20 +10,20 @@ from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, fail, load_data
 
 
 def run(
-    method: str = typer.Option(..., "--method", "-m", help="Method name(s): comma list and wildcards, e.g. "
-                               "'clip,fairclip' or 'fairmoe*'. See `fairbench methods`."),
-    arch: str = typer.Option("tiny", "--arch", help="tiny (CPU demo, random init), b16, l14, or an open_clip "
+    method: str = typer.Option(None, "--method", "-m", help="Method name(s): comma list and wildcards, e.g. "
+                               "'clip,fairclip' or 'fairmoe*'. See `fairbench methods`. Required unless --study."),
+    arch: str = typer.Option(None, "--arch", help="tiny (default; CPU demo, random init), b16, l14, or an open_clip "
                              "model name; comma list allowed."),
     attr: str = typer.Option(None, "--attr", "-a", help="Training attribute(s) for methods that use one, comma list "
                              "(`fairbench data list` shows each dataset's). Default: all of the dataset's."),
-    seeds: int = typer.Option(3, "--seeds", "-s", min=1, help="Run seeds 0..S-1."),
+    seeds: int = typer.Option(None, "--seeds", "-s", min=1, help="Run seeds 0..S-1 (default 3)."),
     data: str = typer.Option(None, "--data", help="Dataset folder. Default: the dataset's environment variable "
                              "(see `fairbench data list`), else its built-in SYNTHETIC stand-in (generated once)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results root."),
     epochs: int = typer.Option(None, "--epochs", min=1, help="Override the arch's default epoch count."),
     set_: list[str] = typer.Option(None, "--set", help="Method or trainer setting, key=value (repeatable); "
                                    "prefix 'method.' or 'train.' to disambiguate."),
-    protocol: str = typer.Option("fairbench", "--protocol", help="Training protocol: 'fairbench' (default: "
+    protocol: str = typer.Option(None, "--protocol", help="Training protocol: 'fairbench' (default: "
                                  "FairCLIP's fine-tuning with validation selection and fp32 numerics) or 'fairclip' "
                                  "(the released FairCLIP/Fair-MoE recipe exactly); see the README's protocol table."),
     select: str = typer.Option(None, "--select", help="Model selection: 'val' (default, best validation AUC) or "
@@ -35,10 +35,19 @@ def run(
                                     "(default: its first; `fairbench data list` shows them)."),
     plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
     dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
-    launcher: str = typer.Option("local", "--launcher", help="Where jobs run: local (this process, one after "
-                                 "another)."),
+    study: str = typer.Option(None, "--study", help="Run a whole study: a shipped name (e.g. fair-moe-paper) or a "
+                              ".toml file naming methods, archs, attributes, seeds, protocol, select, dataset and "
+                              "settings; replaces --method/--arch/--attr/--seeds/--protocol/--select/--dataset."),
+    launcher: str = typer.Option("local", "--launcher", help="Where jobs run: local (this machine: in this process, "
+                                 "or in worker processes with --workers/--gpus)."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Local launcher: run this many jobs at once, each in its "
+                                "own worker process (1: one after another in this process)."),
+    gpus: str = typer.Option(None, "--gpus", help="Local launcher: one worker process per listed GPU, e.g. 0,1,2,3; "
+                             "each sees only its GPU (CUDA_VISIBLE_DEVICES)."),
+    runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", help="With --gpus: worker processes per GPU (small "
+                                     "models can share one)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List each job with its run folder and state "
-                                 "(done / pending); train nothing."),
+                                 "(done / pending), and estimate the time left from finished runs; train nothing."),
 ) -> None:
     """Train and evaluate methods; one result folder per (dataset, method, arch, attribute, config, seed)."""
     import time
@@ -48,6 +57,7 @@ def run(
     from fairbench.commands.run_display import console_logging
     from fairbench.datasets import DatasetError
     from fairbench.method import SettingsError
+    from fairbench.protocols import DEFAULT_PROTOCOL
     from fairbench.registry import UnknownNameError, expand_methods
 
     started = time.perf_counter()
@@ -55,19 +65,33 @@ def run(
     if not console.is_terminal:
         console.soft_wrap = True  # a log file gets whole lines, never an 80-column wrap
     console_logging(console)
+    chosen_study = None
+    if study is not None:
+        chosen_study = _load_study(study, method=method, arch=arch, attr=attr, seeds=seeds, protocol=protocol,
+                                   select=select, dataset=dataset)
+        method, arch, attr = ",".join(chosen_study.methods), ",".join(chosen_study.archs), None
+        if chosen_study.attributes:
+            attr = ",".join(chosen_study.attributes)
+        protocol, select, dataset = chosen_study.protocol, chosen_study.select, chosen_study.dataset
+        seed_list = list(chosen_study.seeds)
+    elif method is None:
+        fail("give --method (e.g. --method clip,fairclip) or --study (e.g. --study fair-moe-paper)")
+    else:
+        seed_list = list(range(3 if seeds is None else seeds))
+    where = f"study {chosen_study.name} ({chosen_study.source})" if chosen_study else ""
     spec = load_dataset(dataset, plugin, methods=True)
     try:
         methods = expand_methods(method)
     except UnknownNameError as exc:
-        fail(str(exc))
+        fail(f"{where}: {exc}" if where else str(exc))
     attrs = split_list(attr)
     try:
         spec.check_attributes(attrs)
     except DatasetError as exc:
-        fail(f"--attr: {exc}")
+        fail(f"{where}: attributes: {exc}" if where else f"--attr: {exc}")
     if select not in (None, "val", "test"):
         fail(f"--select must be 'val' or 'test', got {select!r}")
-    overrides = {}
+    overrides = dict(chosen_study.overrides) if chosen_study else {}
     for item in set_ or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -79,23 +103,44 @@ def run(
     from fairbench.jobs import RunOptions, expand_jobs, plan
     from fairbench.launchers import get_launcher
 
+    local = {"workers": workers, "gpus": split_list(gpus), "runs_per_gpu": runs_per_gpu}
     try:
-        chosen = get_launcher(launcher)
+        chosen = get_launcher(launcher, **(local if launcher == "local" else {}))
     except ValueError as exc:
         fail(str(exc))
+    if launcher != "local" and (workers != 1 or gpus is not None or runs_per_gpu != 1):
+        fail(f"--workers, --gpus and --runs-per-gpu belong to --launcher local, not {launcher}")
     options = RunOptions(out=out, dataset=spec.name, data=data,
                          pretrained=None if pretrained.lower() == "none" else pretrained,
                          text_source=text_source, epochs=epochs, select=select, overrides=overrides,
-                         plugins=tuple(plugin or ()), protocol=protocol)
+                         plugins=tuple(plugin or ()), protocol=protocol or DEFAULT_PROTOCOL)
     try:  # validates every --set and the data before any training starts
-        planned = plan(options, expand_jobs(methods, archs, attrs, list(range(seeds)), dataset=spec.name))
+        planned = plan(options, expand_jobs(methods, archs, attrs, seed_list, dataset=spec.name))
     except (SettingsError, DatasetError) as exc:
-        fail(str(exc))
+        fail(f"{where}: {exc}" if where else str(exc))
     if dry_run:
+        if chosen_study:
+            console.print(f"study {chosen_study.name} ({chosen_study.source}): protocol {chosen_study.protocol}, "
+                          f"select {chosen_study.selection_rule}", markup=False, highlight=False, soft_wrap=True)
         _print_plan(console, planned)
         return
     _check_weights(console, planned)
+    _note_cpu_workers(console, chosen, planned)
     _run_all(console, chosen, planned, started)
+
+
+def _load_study(name: str, **fixed):
+    """The study named by --study; options it fixes may not be given too (one line says which to drop)."""
+    from fairbench.study import StudyError, load_study
+
+    given = [f"--{key}" for key, value in fixed.items() if value is not None]
+    if given:
+        fail(f"--study {name} fixes methods, archs, attributes, seeds, protocol, select and dataset; drop "
+             f"{', '.join(given)} (or copy the study file and edit it)")
+    try:
+        return load_study(name)
+    except StudyError as exc:
+        fail(str(exc))
 
 
 def _check_archs(archs: list[str]) -> None:
@@ -133,14 +178,42 @@ def _check_weights(console, planned) -> None:
             console.print(f"[yellow]warning[/]: {estimate}")
 
 
+def _note_cpu_workers(console, launcher, planned) -> None:
+    """Worker processes on a CPU each use a sequential run's thread count (CPU results depend on it): say so once."""
+    import os
+
+    import torch
+
+    slots = getattr(launcher, "slots", [])
+    pending = [p for p in planned if p.state() != "done"]
+    workers = min(len(slots), len(pending))
+    if workers < 2 or torch.cuda.is_available() or any(s.gpu is not None for s in slots):
+        return
+    if all(p.train_settings().threads for p in pending):  # the config fixes the thread count already
+        return
+    threads = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    if workers * threads > cores:
+        console.print(f"note: {workers} workers × {threads} torch threads on {cores} CPU cores: each worker uses a "
+                      "sequential run's thread count, so the numbers equal a sequential run's; for speed pass "
+                      "--set threads=1 (part of the config, so those are new runs)", highlight=False)
+
+
 def _print_plan(console, planned) -> None:
     from collections import Counter
 
+    from fairbench.estimate import estimate_remaining
     from fairbench.method import flat_settings
+    from fairbench.results import collect_results
 
     states = [p.state() for p in planned]
     counts = Counter(states)
     console.print(f"{len(planned)} job(s) (dry run): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    pending = [p for p, state in zip(planned, states, strict=True) if state != "done"]
+    if planned:
+        records = collect_results(planned[0].out).records
+        for line in estimate_remaining(pending, records).lines(len(pending)):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     for p, state in zip(planned, states, strict=True):
         settings = p.train_settings()
         ms = ", ".join(f"{k}={v}" for k, v in flat_settings(p.method_instance().settings).items()) or "-"

@@ -37,8 +37,9 @@ def console_logging(console) -> None:
 class ConsoleReporter:
     """A `fairbench.launchers.Reporter` for the console.
 
-    In a terminal: a labelled bar of jobs and one of the running job's steps. Without one (a log file, CI,
-    SLURM): a line when each job starts, one per epoch with its losses and validation AUC, and one when it ends.
+    In a terminal: a labelled bar of jobs and one bar of steps per running job (several when worker processes
+    run jobs side by side). Without one (a log file, CI, SLURM): a line when each job starts, one per epoch
+    with its losses and validation AUC, and one when it ends.
     """
 
     def __init__(self, console) -> None:
@@ -50,7 +51,7 @@ class ConsoleReporter:
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=console, disable=self.plain, transient=True)
         self.all_task = None
-        self.step_task = None
+        self.step_tasks: dict[str, Any] = {}  # run folder → its bar, one per running job
         self.started: dict[str, float] = {}
 
     def __enter__(self) -> ConsoleReporter:
@@ -74,11 +75,13 @@ class ConsoleReporter:
             return
         if self.all_task is None:
             self.all_task = self.progress.add_task(f"jobs (of {total})", total=total)
-        self.step_task = self.progress.add_task(f"  training {planned.label()}: steps", total=None)
+        self.step_tasks[str(planned.run_dir)] = self.progress.add_task(f"  training {planned.label()}: steps",
+                                                                       total=None)
 
     def step(self, planned, done: int, total: int) -> None:
-        if self.step_task is not None:
-            self.progress.update(self.step_task, completed=done, total=total)
+        task = self.step_tasks.get(str(planned.run_dir))
+        if task is not None:
+            self.progress.update(task, completed=done, total=total)
 
     def epoch_finished(self, planned, record: dict[str, Any]) -> None:
         if not self.plain:
@@ -93,9 +96,9 @@ class ConsoleReporter:
                            f"val AUC {auc_text}, {record.get('train_seconds', 0):.0f} s", highlight=False)
 
     def job_finished(self, result) -> None:
-        if self.step_task is not None:
-            self.progress.remove_task(self.step_task)
-            self.step_task = None
+        task = self.step_tasks.pop(str(result.planned.run_dir), None)
+        if task is not None:
+            self.progress.remove_task(task)
         if self.all_task is not None:
             self.progress.advance(self.all_task)
         label = result.planned.label()

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import RESULTS_DATASET_HELP, check_select, fail, load_results_reporting, split_list
+from fairbench.commands.common import (
+    RESULTS_DATASET_HELP,
+    STUDY_HELP,
+    check_select,
+    fail,
+    load_results_reporting,
+    load_study_or_fail,
+    split_list,
+)
 
 FORMAT_HELP = "terminal | markdown | latex | csv (wide, × 100) | long-csv (tidy: run × attribute × group × metric, raw)"
 
@@ -28,6 +36,7 @@ def table(
                                       help="Flag (⚠) a ↑ value (AUC, ES-AUC) whose std over seeds exceeds this "
                                            "share of its mean, naming each seed's value; 0 turns it off. "
                                            "↓ gaps (DPD, EOD) sit near 0 and are never flagged."),
+    study: str = typer.Option(None, "--study", help=STUDY_HELP),
 ) -> None:
     """Mean ± std over seeds per method/arch, best per column marked, missing seeds and wide spreads flagged."""
     from fairbench.report.paper import PaperTableError, PaperTables
@@ -43,10 +52,14 @@ def table(
     check_select(select)
     if not 0 <= spread_warn < 10:
         fail(f"--spread-warn {spread_warn} must be a share of the mean ≥ 0, e.g. 0.1 (10 %) or 0 (off)")
-    loaded = load_results_reporting(out, dataset)
+    chosen = load_study_or_fail(study) if study else None
+    loaded = load_results_reporting(out, dataset, study=chosen)
     frame = loaded.frame
     if frame.empty:
         raise typer.Exit(1)
+    if chosen and attr is None and chosen[0].attributes:  # the study's attributes that have results
+        present = set(frame["eval_attribute"])
+        attr = ",".join(a for a in chosen[0].attributes if a in present) or None
     if fmt == "long-csv":
         frame = _filter(frame, select, split_list(attr))
         typer.echo(frame.to_csv(index=False), nl=False)

@@ -32,3 +32,26 @@ class SequentialLauncher(Launcher):
             reporter.job_finished(result)
             results.append(result)
         return results
+
+
+class LocalLauncher(Launcher):
+    """`--launcher local`: the sequential launcher for one worker, else a pool of worker processes on this machine.
+
+    `workers` processes on whatever device torch picks, or one per GPU in `gpus` (times `runs_per_gpu`), each
+    seeing only its GPU. One worker without --gpus keeps everything in this process, as before.
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int = 1, gpus: list[str] | None = None, runs_per_gpu: int = 1) -> None:
+        from fairbench.launchers.workers import worker_slots
+
+        self.slots = worker_slots(workers, gpus, runs_per_gpu)  # ValueError: a one-line message
+        self.in_process = workers == 1 and not gpus
+
+    def launch(self, jobs: list[PlannedJob], reporter: Reporter) -> list[JobResult]:
+        if self.in_process:
+            return SequentialLauncher().launch(jobs, reporter)
+        from fairbench.launchers.workers import WorkerPoolLauncher
+
+        return WorkerPoolLauncher(self.slots).launch(jobs, reporter)
