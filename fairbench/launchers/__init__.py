@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fairbench.launchers.base import Launcher, Reporter
 from fairbench.launchers.local import SequentialLauncher
+from fairbench.launchers.slurm import SlurmLauncher
 
-LAUNCHERS: dict[str, type[Launcher]] = {SequentialLauncher.name: SequentialLauncher}
+LAUNCHERS: dict[str, type[Launcher]] = {SequentialLauncher.name: SequentialLauncher, SlurmLauncher.name: SlurmLauncher}
 
 
 def get_launcher(name: str, **options) -> Launcher:
@@ -17,4 +18,4 @@ def get_launcher(name: str, **options) -> Launcher:
     return cls(**options)
 
 
-__all__ = ["LAUNCHERS", "Launcher", "Reporter", "SequentialLauncher", "get_launcher"]
+__all__ = ["LAUNCHERS", "Launcher", "Reporter", "SequentialLauncher", "SlurmLauncher", "get_launcher"]
