@@ -28,9 +28,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fairbench.data import normalize_images  # noqa: E402
-from fairbench.data.cache import SplitCache  # noqa: E402
-from fairbench.data.synth import _fundus_batch, write_npz_deterministic  # noqa: E402
+from fairbench.datasets import normalize_images  # noqa: E402
+from fairbench.datasets.cache import SplitCache  # noqa: E402
+from fairbench.datasets.fairvlmed.format import read_image  # noqa: E402
+from fairbench.datasets.fairvlmed.synth import _fundus_batch, write_npz_deterministic  # noqa: E402
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -88,7 +89,7 @@ def main() -> None:
               f"batch {args.batch}, torch threads {torch.get_num_threads()}")
         per_sample = min(per_sample_epoch(files, args.size, args.batch) for _ in range(2))
         t = time.perf_counter()
-        arr = SplitCache(Path(tmp) / "cache", files[0].parent, "train", files).images(args.size)
+        arr = SplitCache(Path(tmp) / "cache", "bench", files[0].parent, "train", files).images(args.size, read_image)
         build = time.perf_counter() - t
         images = torch.from_numpy(arr).expand(-1, 3, -1, -1)
         cached = min(cached_epoch(images, args.batch) for _ in range(3))

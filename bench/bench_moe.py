@@ -81,8 +81,9 @@ def bench_steps(args: argparse.Namespace) -> tuple[list[float], list[float]]:
 
 
 def bench_layer(args: argparse.Namespace) -> dict[str, list[float]]:
+    from fairbench_methods.fairmoe.layers import EmbeddingMoE
+
     from fairbench.models.backbones import create_backbone
-    from fairbench.models.moe import EmbeddingMoE
 
     torch.manual_seed(0)
     visual = create_backbone("b16", pretrained=None).model.visual

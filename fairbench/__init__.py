@@ -1,17 +1,15 @@
-"""fairbench: train and evaluate CLIP-style models on Harvard-FairVLMed for accuracy and fairness.
+"""fairbench: train and evaluate CLIP-style models for accuracy and fairness across protected groups.
 
-Kept import-light on purpose: `fairbench --help` must not pay for torch.
+Built in: Harvard-FairVLMed. Kept import-light on purpose: `fairbench --help` must not pay for torch.
 """
 
 # The one place the version lives: setuptools reads it (pyproject `dynamic`), `fairbench --version` prints it.
 __version__ = "0.2.0.dev0"
 
-from fairbench.attributes import ATTRIBUTES  # noqa: E402,F401 - re-exported
-
 
 def __getattr__(name: str):
     # Lazy re-exports so `import fairbench` stays cheap but plugins can write
-    # `from fairbench import Method, register_method`.
+    # `from fairbench import Method, register_method` or `from fairbench import Dataset, register_dataset`.
     if name in ("register_method", "get_method", "list_methods", "register_dataset", "get_dataset", "list_datasets"):
         from fairbench import registry
 
@@ -20,8 +18,8 @@ def __getattr__(name: str):
         from fairbench import method
 
         return getattr(method, name)
-    if name in ("Dataset", "DatasetError", "DataIdentity", "LoadedDataset", "SplitTensors"):
-        from fairbench.datasets import base
+    if name in ("Dataset", "DatasetError", "DataIdentity", "LoadedDataset", "SplitTensors", "tensors_from_arrays"):
+        import fairbench.datasets
 
-        return getattr(base, name)
+        return getattr(fairbench.datasets, name)
     raise AttributeError(f"module 'fairbench' has no attribute {name!r}")

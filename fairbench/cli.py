@@ -12,8 +12,8 @@ import typer
 
 app = typer.Typer(
     name="fairbench",
-    help="Train and evaluate CLIP-style models on Harvard-FairVLMed for accuracy (AUC) and fairness "
-    "(ES-AUC, DPD, EOD, per-group AUC).",
+    help="Train and evaluate CLIP-style models for accuracy (AUC) and fairness (ES-AUC, DPD, EOD, per-group AUC) "
+    "on a registered dataset (`fairbench data list`).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

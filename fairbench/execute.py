@@ -97,7 +97,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
                      epoch_hook: Callable[[dict[str, Any]], None] | None) -> dict:
     import torch
 
-    from fairbench.data import normalize_images
+    from fairbench.datasets import normalize_images
     from fairbench.metrics import evaluate
     from fairbench.models import create_backbone
     from fairbench.provenance import code_version

@@ -8,7 +8,6 @@ runs one.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,11 @@ class RunOptions:
     """Everything a `fairbench run` invocation fixes for all its jobs."""
 
     out: Path
-    dataset: str = "fairvlmed"
+    dataset: str | None = None  # None = the registry's default dataset
     data: str | None = None
     pretrained: str | None = "default"
     text_source: str | None = None  # None = the dataset's first text source
+    protocol: str = "fairbench"
     epochs: int | None = None
     select: str | None = None
     overrides: dict[str, str] = field(default_factory=dict)
@@ -68,6 +68,7 @@ class PlannedJob:
     epochs: int | None
     select: str | None
     plugins: tuple[str, ...] = ()
+    protocol: str = "fairbench"
 
     def label(self) -> str:
         return self.job.label()
@@ -94,11 +95,11 @@ class PlannedJob:
         return cls(settings, self.job.attribute, n_groups)
 
     def train_settings(self):
-        return train_settings_for(self.job.arch, self.train_overrides, self.epochs, self.select)
+        return train_settings_for(self.job.arch, self.train_overrides, self.epochs, self.select, self.protocol)
 
 
 def expand_jobs(methods: list[str], archs: list[str], attributes: list[str] | None, seeds: list[int],
-                dataset: str = "fairvlmed") -> list[Job]:
+                dataset: str | None = None) -> list[Job]:
     """A method that trains on an attribute runs once per attribute (default: all of the dataset's); one that
     uses none runs once per seed."""
     all_attributes = list(get_dataset(dataset).attributes)
@@ -115,35 +116,39 @@ def expand_jobs(methods: list[str], archs: list[str], attributes: list[str] | No
 def split_overrides(methods: list[str], overrides: dict[str, str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     """Route each `--set key=value` to the methods that have `key`, else to the trainer; unknown keys fail.
 
-    `method.key` / `train.key` force the destination when a name exists in both.
+    `method.key` / `train.key` force the destination when a name exists in both. Keys of nested settings
+    groups are dotted (`group.field`) and routed whole.
     """
+    from fairbench.method import did_you_mean, flat_settings
     from fairbench.train import TrainSettings
 
-    train_fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    train_fields = set(flat_settings(TrainSettings))
+    method_fields = {m: set(flat_settings(get_method(m).Settings)) for m in methods}
     per_method: dict[str, dict[str, str]] = {m: {} for m in methods}
     train: dict[str, str] = {}
     for raw_key, value in overrides.items():
-        scope, _, key = raw_key.rpartition(".")
-        owners = [m for m in methods if key in {f.name for f in dataclasses.fields(get_method(m).Settings)}]
-        if scope not in ("", "method", "train"):
-            raise SettingsError(f"--set {raw_key}: prefix must be 'method.' or 'train.'")
+        scope, _, key = raw_key.partition(".") if raw_key.startswith(("method.", "train.")) else ("", "", raw_key)
+        owners = [m for m in methods if key in method_fields[m]]
         if scope != "train" and owners:
             for m in owners:
                 per_method[m][key] = value
         elif scope != "method" and key in train_fields:
             train[key] = value
         else:
-            known = sorted(train_fields | {f.name for m in methods for f in dataclasses.fields(get_method(m).Settings)})
-            raise SettingsError(f"--set {raw_key}: no method in this run nor the trainer has that setting; "
-                                f"settable: {', '.join(known)}")
+            known = sorted(train_fields.union(*method_fields.values()))
+            raise SettingsError(f"--set {raw_key}: no method in this run nor the trainer has that setting"
+                                f"{did_you_mean(key, known)}; settable: {', '.join(known)}")
     return per_method, train
 
 
-def train_settings_for(arch: str, overrides: dict[str, str], epochs: int | None, select: str | None):
-    """The trainer settings of one job: the arch's defaults, then `--set`, then --epochs/--select."""
+def train_settings_for(arch: str, overrides: dict[str, str], epochs: int | None, select: str | None,
+                       protocol: str = "fairbench"):
+    """The trainer settings of one job: the arch's defaults, then the protocol's, then `--set`, then
+    --epochs/--select."""
+    from fairbench.protocols import get_protocol
     from fairbench.train import TrainSettings, default_train_settings
 
-    base = {**default_train_settings(arch)}
+    base = {**default_train_settings(arch), **get_protocol(protocol).train}
     defaults = TrainSettings(**base)
     values = dict(base)
     for key, raw in overrides.items():
@@ -157,6 +162,12 @@ def train_settings_for(arch: str, overrides: dict[str, str], epochs: int | None,
 
 def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
     """Resolve every job's config, hash and run folder; raises SettingsError/DatasetError before anything runs."""
+    from fairbench.protocols import get_protocol
+
+    try:
+        get_protocol(options.protocol)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     methods = list(dict.fromkeys(j.method for j in jobs))
     method_overrides, train_overrides = split_overrides(methods, options.overrides)
     spec = get_dataset(options.dataset)()
@@ -171,8 +182,9 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
         if job.attribute is not None and job.attribute not in spec.attributes:
             raise SettingsError(f"dataset {spec.name!r} has no attribute {job.attribute!r}; use one of "
                                 f"{', '.join(spec.attributes)}")
-        settings = train_settings_for(job.arch, train_overrides, options.epochs, options.select)
+        settings = train_settings_for(job.arch, train_overrides, options.epochs, options.select, options.protocol)
         config = {
+            "protocol": options.protocol,
             "method": job.method,
             "arch": job.arch,
             "pretrained": options.pretrained,
@@ -188,5 +200,6 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
             dataset=spec.name, data_root=root, data_tag=identity.tag, data_fingerprint=identity.fingerprint,
             synthetic=identity.synthetic, n_train=identity.n_train, cache_dir=options.cache_dir,
             method_overrides=method_overrides.get(job.method, {}), train_overrides=train_overrides,
-            epochs=options.epochs, select=options.select, plugins=tuple(options.plugins)))
+            epochs=options.epochs, select=options.select, plugins=tuple(options.plugins),
+            protocol=options.protocol))
     return planned

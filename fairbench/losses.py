@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fairbench.precision import fp32_island
+
 
 def clip_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
                           logit_scale: torch.Tensor) -> torch.Tensor:
@@ -16,6 +18,7 @@ def clip_contrastive_loss(image_features: torch.Tensor, text_features: torch.Ten
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
+@fp32_island(always=True)
 def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, blur: float = 1e-4, p: int = 2,
                       scaling: float = 0.5, debias: bool = True, max_iter: int = 200) -> torch.Tensor:
     """Entropic OT between uniform point clouds x (N, D) and y (M, D), as geomloss's
@@ -23,14 +26,13 @@ def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, blur: float = 1e-4, p: i
 
     Cost C = |x−y|^p / p, temperature ε = blur^p, solved in the log domain with ε-scaling (annealing
     from the data diameter down to blur) and the symmetric updates geomloss uses; with `debias` the
-    Sinkhorn divergence S(x,y) − (S(x,x)+S(y,y))/2 is returned.
+    Sinkhorn divergence S(x,y) − (S(x,x)+S(y,y))/2 is returned. Runs outside autocast in fp32 (fp64 inputs stay
+    fp64): costs and log-domain updates in bf16 change the loss by up to a third and its gradient's direction.
     """
     if x.dim() == 1:
         x = x[:, None]
     if y.dim() == 1:
         y = y[:, None]
-    if x.dtype != torch.float64:  # bf16/fp16 under autocast would make the log-domain updates unstable
-        x, y = x.float(), y.float()
     y = y.to(x.dtype)
     eps_list = _epsilon_schedule(x, y, blur, p, scaling)
     a_log = torch.full((x.shape[0],), -math.log(x.shape[0]), device=x.device, dtype=x.dtype)

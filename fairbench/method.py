@@ -8,6 +8,7 @@ never sees validation or test data.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -42,7 +43,8 @@ class Method:
     Class attributes:
       uses_attribute  the method trains on a protected attribute, so it runs once per attribute.
       group_batches   the trainer passes one extra batch per group of that attribute each step.
-      Settings        a dataclass of hyperparameters, each settable with `--set name=value`.
+      Settings        a dataclass of hyperparameters, each settable with `--set name=value`; a field whose
+                      default is a dataclass groups settings, set as `--set group.name=value`.
 
     Hooks the trainer calls besides `loss_terms`: `build` (the model to train), `trainable_parameters`
     (what the optimiser updates), `group_batch_size` (the size of each group batch) and `step_stats`.
@@ -91,16 +93,64 @@ class Method:
 
 
 def parse_settings(settings_cls: type, overrides: dict[str, str], owner: str) -> Any:
-    """Instantiate a settings dataclass from string overrides, with one-line errors for bad keys/values."""
+    """Instantiate a settings dataclass from string overrides, with one-line errors for bad keys/values.
+
+    A field whose default is itself a dataclass is a group of settings, set leaf by leaf with dotted keys
+    (`group.field`); unset leaves keep the group's default, so a method's own group defaults survive an override.
+    """
+    return _apply_overrides(settings_cls, None, overrides, owner, prefix="")
+
+
+def _apply_overrides(settings_cls: type, base: Any, overrides: dict[str, str], owner: str, prefix: str) -> Any:
+    """`settings_cls(**overrides)`, or `base` with them replaced; `prefix` is the dotted path down to this level."""
     fields = {f.name: f for f in dataclasses.fields(settings_cls)}
+    defaults = {name: field_default(f) if base is None else getattr(base, name) for name, f in fields.items()}
     values: dict[str, Any] = {}
+    groups: dict[str, dict[str, str]] = {}
     for key, raw in overrides.items():
-        field = fields.get(key)
-        if field is None:
-            known = ", ".join(sorted(fields)) or "(none)"
-            raise SettingsError(f"{owner} has no setting {key!r}; settable: {known}")
-        values[key] = convert_value(raw, field_default(field), f"{owner} setting {key!r}")
-    return settings_cls(**values)
+        head, dot, rest = key.partition(".")
+        group = head in fields and is_settings_group(defaults[head])
+        if head not in fields or (dot and not group):
+            known = [prefix + k for k in flat_settings(base if base is not None else settings_cls)]
+            raise SettingsError(f"{owner} has no setting {prefix + key!r}{did_you_mean(prefix + key, known)}; "
+                                f"settable: {', '.join(sorted(known)) or '(none)'}")
+        if group and not dot:
+            example = next(iter(flat_settings(defaults[head])), "field")
+            raise SettingsError(f"{owner} setting {prefix + key!r} is a group; set its fields one by one, e.g. "
+                                f"{prefix + key}.{example}=...")
+        if group:
+            groups.setdefault(head, {})[rest] = raw
+        else:
+            values[head] = convert_value(raw, defaults[head], f"{owner} setting {prefix + key!r}")
+    for head, sub in groups.items():
+        values[head] = _apply_overrides(type(defaults[head]), defaults[head], sub, owner, prefix=f"{prefix}{head}.")
+    return settings_cls(**values) if base is None else dataclasses.replace(base, **values)
+
+
+def is_settings_group(value: Any) -> bool:
+    """A nested settings dataclass (instance), whose fields are set as `name.field`."""
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def flat_settings(settings: Any) -> dict[str, Any]:
+    """Every leaf setting under its `--set` key (`group.field` inside nested groups) with its value.
+
+    Given a settings class, the values are its defaults (without instantiating it); given an instance, its own.
+    """
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        value = field_default(f) if isinstance(settings, type) else getattr(settings, f.name)
+        if is_settings_group(value):
+            out.update({f"{f.name}.{k}": v for k, v in flat_settings(value).items()})
+        else:
+            out[f.name] = value
+    return out
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """A hint for a flat key that names a nested leaf (`capacity`, or `fol_ei` for `fol.ei`); empty if none."""
+    hits = sorted(k for k in known if "." in k and key in (k.rsplit(".", 1)[1], k.replace(".", "_")))
+    return f" (did you mean {' or '.join(repr(h) for h in hits)}?)" if hits else ""
 
 
 def field_default(field: dataclasses.Field) -> Any:
@@ -137,8 +187,16 @@ def convert_value(raw: str, default: Any, what: str) -> Any:
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:
-    """A settings dataclass as a plain JSON-friendly dict (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    """A settings dataclass as a plain JSON-friendly dict: nested groups become nested dicts, tuples lists."""
+    return _plain(dataclasses.asdict(settings))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def encode_batch(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

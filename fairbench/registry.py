@@ -102,6 +102,7 @@ _DATASETS: Registry[type[Dataset]] = Registry(
     "Run `fairbench data list` to list them, or load your own with --plugin FILE.py.")
 _REGISTRY = _METHODS.entries  # v0.1 name of the method table
 _loaded_sources: set[str] = set()
+_default_dataset: list[type[Dataset]] = []  # at most one: the dataset used when --dataset is not given
 
 
 def register_method(name: str, *, description: str = "", aliases: tuple[str, ...] = ()) -> Callable[[M], M]:
@@ -109,9 +110,50 @@ def register_method(name: str, *, description: str = "", aliases: tuple[str, ...
     return _METHODS.register(name, description, aliases)
 
 
-def register_dataset(name: str, *, description: str = "", aliases: tuple[str, ...] = ()) -> Callable[[D], D]:
-    """Class decorator that makes a `fairbench.datasets.Dataset` subclass available under `name`."""
-    return _DATASETS.register(name, description, aliases)
+def register_dataset(name: str, *, description: str = "", aliases: tuple[str, ...] = (),
+                     default: bool = False) -> Callable[[D], D]:
+    """Class decorator that makes a `fairbench.datasets.Dataset` subclass available under `name`.
+
+    Its results tags (`tag`, default `name`, and `synthetic_tag`) must be its own: they name results folders.
+    `default=True` makes it the dataset commands use without --dataset (one dataset may be the default).
+    """
+    register = _DATASETS.register(name, description, aliases)
+
+    def decorate(cls: D) -> D:
+        cls = register(cls)
+        cls.tag = cls.tag or name
+        try:
+            _check_tags(cls)
+            if default:
+                _set_default(cls)
+        except ValueError:
+            for key in (name, *aliases):
+                if _DATASETS.entries.get(key) is cls:
+                    del _DATASETS.entries[key]
+            raise
+        return cls
+
+    return decorate
+
+
+def _same(a: type, b: type) -> bool:
+    return a.__qualname__ == b.__qualname__ and a.name == b.name  # a plugin file imported twice is no clash
+
+
+def _check_tags(cls: type[Dataset]) -> None:
+    tags = {t for t in (cls.tag, cls.synthetic_tag) if t}
+    for other in {id(c): c for c in _DATASETS.entries.values()}.values():
+        clash = tags & {other.tag, other.synthetic_tag} if not _same(other, cls) else set()
+        if clash:
+            raise ValueError(f"dataset {cls.name!r}: results tag {sorted(clash)[0]!r} is already used by dataset "
+                             f"{other.name!r}; give {cls.__qualname__} its own `tag` (and `synthetic_tag`)")
+
+
+def _set_default(cls: type[Dataset]) -> None:
+    if _default_dataset and not _same(_default_dataset[0], cls):
+        raise ValueError(f"dataset {cls.name!r} cannot be the default: {_default_dataset[0].name!r} already is; "
+                         "drop default=True and pass --dataset instead")
+    _default_dataset[:] = [cls]
 
 
 def load_builtin_methods() -> None:
@@ -180,11 +222,15 @@ def load_plugin(spec: str) -> None:
     _import_once(f"module:{spec}", load_module)
 
 
-def load_plugins(specs: list[str] | tuple[str, ...] = ()) -> None:
-    """Load built-ins, then entry points, then `FAIRBENCH_PLUGINS`, then explicit `specs`."""
-    load_builtin_methods()
+def load_plugins(specs: list[str] | tuple[str, ...] = (), *, methods: bool = True) -> None:
+    """Load built-ins, then entry points, then `FAIRBENCH_PLUGINS`, then explicit `specs`.
+
+    `methods=False` skips the built-in methods and the methods entry points (they import torch), for commands
+    that only need datasets; plugin files and modules are imported either way."""
+    if methods:
+        load_builtin_methods()
     load_builtin_datasets()
-    for group in (ENTRY_POINT_GROUP, DATASET_ENTRY_POINT_GROUP):
+    for group in (ENTRY_POINT_GROUP, DATASET_ENTRY_POINT_GROUP) if methods else (DATASET_ENTRY_POINT_GROUP,):
         for ep in entry_points(group=group):
             _import_once(f"entry:{ep.value}", ep.load)
     env = os.environ.get(PLUGIN_ENV, "")
@@ -211,16 +257,31 @@ def list_methods(pattern: str = "*", *, include_aliases: bool = False) -> list[s
     return _METHODS.names(pattern, include_aliases)
 
 
-def get_dataset(name: str) -> type[Dataset]:
-    """Look a dataset up by exact name (built-ins load on first use), suggesting close matches."""
+def get_dataset(name: str | None = None) -> type[Dataset]:
+    """Look a dataset up by exact name, or the default one for None (built-ins load on first use)."""
     load_builtin_datasets()
+    if name is None:
+        if not _default_dataset:
+            raise UnknownDatasetError(f"no default dataset is registered; pass --dataset NAME. {_DATASETS.listing}")
+        return _default_dataset[0]
     return _DATASETS.get(name)
+
+
+def default_dataset() -> str:
+    """Name of the dataset commands use when --dataset is not given."""
+    return get_dataset(None).name
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
     """Registered dataset names matching a shell-style wildcard, sorted."""
     load_builtin_datasets()
     return _DATASETS.names(pattern)
+
+
+def dataset_for_tag(tag: str) -> type[Dataset] | None:
+    """The registered dataset whose results carry `tag` (result files of v0.1 name only the tag), or None."""
+    load_builtin_datasets()
+    return next((c for c in _DATASETS.entries.values() if tag in (c.tag, c.synthetic_tag)), None)
 
 
 def expand_methods(spec: str) -> list[str]:

@@ -6,7 +6,8 @@ written atomically and last, so its presence means the run finished; tables and 
 
 result.json (schema "fairbench.result/1"):
   schema, run_id (path relative to the results root), method, arch, attribute (training attribute or
-  null), seed, dataset {tag, synthetic, path, fingerprint, n {train,val,test}, n_dropped {val,test}},
+  null), seed, dataset {name (registry name; absent in older files), tag, synthetic, path, fingerprint,
+  n {train,val,test}, n_dropped {val,test}},
   config {...resolved settings...}, config_hash, selection {rule "val"|"test", metric, epoch, label},
   metrics {"val": suite, "test": suite} (suite = fairbench.metrics suite dict, NaN stored as null),
   epochs_trained, versions {...}, device, timings {train_s, eval_s, total_s}, finished_at,

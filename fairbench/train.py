@@ -23,6 +23,8 @@ from fairbench.method import Batch, Method
 from fairbench.zeroshot import zero_shot_scores
 
 SELECT_RULES = ("val", "test")
+TIE_RULES = ("earlier", "later")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16-weights")
 
 
 @dataclass
@@ -38,7 +40,12 @@ class TrainSettings:
     weight_decay: float = 6e-5
     warmup_steps: int = 0  # linear learning-rate warm-up; the published protocol has none
     select: str = "val"
-    precision: str = "auto"  # auto = bf16 autocast with fp32 weights on CUDA, fp32 on CPU
+    ties: str = "earlier"  # which epoch wins when the selection AUCs are equal
+    # auto = bf16 autocast with fp32 weights on CUDA, fp32 on CPU; fp16-weights = FairCLIP's released recipe on
+    # CUDA (fp16 weights and compute, fp32 only for the optimiser step, then rounded back), fp32 on CPU.
+    precision: str = "auto"
+    frozen: tuple[str, ...] = ()  # top-level model attributes whose parameters never train (see protocols)
+    fp32_numerics: bool = True  # scores and similarity distributions in fp32 outside autocast (fairbench.precision)
     eval_batch_size: int = 256
     max_steps_per_epoch: int = 0  # 0 = full epochs; small values make smoke tests fast
     checkpoint: bool = False  # save the selected epoch's weights as checkpoint.pt
@@ -51,8 +58,10 @@ class TrainSettings:
             raise SettingsError(f"select must be one of {', '.join(SELECT_RULES)}, got {self.select!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise SettingsError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise SettingsError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.ties not in TIE_RULES:
+            raise SettingsError(f"ties must be one of {', '.join(TIE_RULES)}, got {self.ties!r}")
         if self.epochs < 1 or self.batch_size < 2:
             raise SettingsError("epochs must be ≥ 1 and batch_size ≥ 2")
 
@@ -135,15 +144,35 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
 
     `prompts` are the dataset's zero-shot prompts of class 0 and class 1; `label` names class 1 in warnings.
     """
+    from fairbench.precision import native_numerics
+
+    with native_numerics(not settings.fp32_numerics):
+        return _train(method, model, settings, train_data=train_data, val_data=val_data, test_data=test_data,
+                      normalize=normalize, tokenize=tokenize, prompts=prompts, seed=seed, device=device, auc=auc,
+                      on_epoch=on_epoch, progress=progress, label=label)
+
+
+def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_data: SplitData, val_data: SplitData,
+           test_data: SplitData, normalize: Callable[[torch.Tensor], torch.Tensor],
+           tokenize: Callable[[list[str]], torch.Tensor], prompts: tuple[str, str], seed: int, device: torch.device,
+           auc: Callable[[np.ndarray, np.ndarray], float], on_epoch: Callable[[dict[str, Any]], None] | None,
+           progress: Callable[[int, int], None] | None, label: str) -> TrainOutcome:
     seed_everything(seed)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    optimizer = _make_optimizer(method.trainable_parameters(model), settings)
+    half_weights = settings.precision == "fp16-weights" and device.type == "cuda"
+    if half_weights:
+        from open_clip.model import convert_weights_to_lp
+
+        convert_weights_to_lp(model, torch.float16)  # what FairCLIP's OpenAI-CLIP weights are on a GPU
+    optimizer = _make_optimizer(_unfrozen(method.trainable_parameters(model), model, settings.frozen), settings)
     warmup = max(settings.warmup_steps, 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and device.type == "cuda")
+    compute = torch.bfloat16 if use_bf16 else torch.float16
+    mixed = use_bf16 or half_weights
     n_train = train_data.labels.shape[0]
     steps = math.ceil(n_train / settings.batch_size)
     if settings.max_steps_per_epoch:
@@ -165,7 +194,8 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
     best_key = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     score = lambda data: zero_shot_scores(  # noqa: E731 - a local shorthand
-        model, data.images, tokenize, prompts, normalize, device, settings.eval_batch_size, autocast=use_bf16)
+        model, data.images, tokenize, prompts, normalize, device, settings.eval_batch_size, autocast=use_bf16,
+        half=half_weights)
     for epoch in range(settings.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(n_train, generator=generator)
@@ -176,7 +206,7 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
                 continue
             batch = batch_at(train_data, idx)
             groups = {g: batch_at(train_data, gi) for g, gi in sampler.next().items()} if sampler else {}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast(device.type, dtype=compute, enabled=mixed):
                 terms = method.loss_terms(model, batch, groups)
             loss = sum(t.float() for t in terms.values())
             if not torch.isfinite(loss):
@@ -185,7 +215,10 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
                                        "lower the learning rate or the method's loss weights")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if half_weights:
+                fp32_optimizer_step(optimizer)
+            else:
+                optimizer.step()
             scheduler.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -206,7 +239,8 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
         record.update(method.step_stats(model))
         key = record["test_auc"] if settings.select == "test" else val_auc
         key = -math.inf if key is None or math.isnan(key) else key
-        if key > best_key or outcome.best_epoch < 0:  # ties keep the earlier epoch
+        better = key >= best_key if settings.ties == "later" else key > best_key
+        if better or outcome.best_epoch < 0:
             best_key = key
             outcome.best_epoch = epoch
             outcome.val_scores = val_scores
@@ -232,6 +266,31 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
             f"{prompts[0]!r} / {prompts[1]!r} may be inverted for this text source; check that the training texts "
             "use the prompts' wording)")
     return outcome
+
+
+def _unfrozen(parameters, model: nn.Module, frozen: tuple[str, ...]) -> list[nn.Parameter]:
+    """The method's trainable parameters minus those under the protocol's frozen top-level attributes."""
+    blocked = {id(p) for name, p in model.named_parameters() if name.split(".", 1)[0] in frozen}
+    return [p for p in parameters if id(p) not in blocked]
+
+
+def fp32_optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    """FairCLIP's step on fp16 weights: convert the weights (and grads) to fp32, step, round back to fp16.
+
+    FairCLIP's finetune_FairCLIP.py calls `convert_models_to_fp32(model)`, `optimizer.step()` and then
+    `clip.model.convert_weights(model)`; the Adam state lives in fp32, and an update smaller than half an fp16
+    spacing of its weight (at lr 1e-5, most of them) is lost in the rounding.
+    """
+    halves = [p for group in optimizer.param_groups for p in group["params"] if p.dtype == torch.float16]
+    for p in halves:
+        p.data = p.data.float()
+        if p.grad is not None:
+            p.grad = p.grad.float()
+    optimizer.step()
+    for p in halves:
+        p.data = p.data.half()
+        if p.grad is not None:
+            p.grad = p.grad.half()
 
 
 def _make_optimizer(parameters, s: TrainSettings) -> torch.optim.Optimizer:

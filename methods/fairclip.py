@@ -9,7 +9,10 @@ extra batch per group of the training attribute. Two forms of the similarity dis
 * "aligned" — the quantity the paper describes, the same on both sides: each pair's cosine similarity
   ⟨f_img_i, f_txt_i⟩, with gradients through the group batches too.
 
-Defaults follow the released script `finetune_FairCLIP.sh`: λ = 1e-6, blur = 1e-4, group batch 32.
+Defaults follow the released launch script FairCLIP/scripts/finetune_FairCLIP.sh at HEAD (caedce4): λ = 1e-6
+(line 11), group batch 32 (line 12), blur 1e-6 (line 13; an earlier commit, 4520b88, had 1e-4).
+
+This module also registers the `fairclip` training protocol: the released fine-tuning recipe exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from torch import nn
 
 from fairbench.losses import clip_contrastive_loss, sinkhorn_distance
 from fairbench.method import Batch, Method, encode_batch
+from fairbench.precision import fp32_island
+from fairbench.protocols import CLIP_FROZEN, Protocol, register_protocol
 from fairbench.registry import register_method
 
 FORMS = ("published", "aligned")
@@ -42,7 +47,7 @@ class CLIPFineTune(Method):
 @dataclass
 class FairCLIPSettings:
     fair_lambda: float = 1e-6
-    blur: float = 1e-4
+    blur: float = 1e-6
     group_batch_size: int = 32
     form: str = "published"
 
@@ -53,9 +58,11 @@ class FairCLIPSettings:
             raise SettingsError(f"fairclip setting 'form' must be one of {', '.join(FORMS)}, got {self.form!r}")
 
 
+@fp32_island
 def pair_similarities(model: nn.Module, image: torch.Tensor, text: torch.Tensor, form: str,
                       group_side: bool) -> torch.Tensor:
-    """The per-sample similarity distribution FairCLIP compares (see the module docstring for the forms)."""
+    """The per-sample similarity distribution FairCLIP compares (see the module docstring for the forms), in fp32
+    outside autocast: it feeds the fairness loss."""
     if form == "aligned":
         return (image * text).sum(-1)
     logits = model.logit_scale.exp() * image @ text.t()
@@ -70,7 +77,7 @@ def encode_groups(model: nn.Module, group_batches: dict[int, Batch], form: str) 
 
 
 def fairclip_distance(model: nn.Module, batch: Batch, group_batches: dict[int, Batch], *, form: str = "published",
-                      blur: float = 1e-4, features: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      blur: float = 1e-6, features: tuple[torch.Tensor, torch.Tensor] | None = None,
                       group_features: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
     """Σ over groups of Sinkhorn(batch similarities, group similarities).
 
@@ -79,10 +86,10 @@ def fairclip_distance(model: nn.Module, batch: Batch, group_batches: dict[int, B
     image, text = features if features is not None else encode_batch(model, batch)
     if group_features is None:
         group_features = encode_groups(model, group_batches, form)
-    batch_sims = pair_similarities(model, image, text, form, group_side=False).float()
+    batch_sims = pair_similarities(model, image, text, form, group_side=False)
     total = batch_sims.new_zeros(())
     for g_image, g_text in group_features.values():  # one extra batch per group (≤ 3)
-        group_sims = pair_similarities(model, g_image, g_text, form, group_side=True).float()
+        group_sims = pair_similarities(model, g_image, g_text, form, group_side=True)
         total = total + sinkhorn_distance(batch_sims[:, None], group_sims[:, None], blur=blur)
     return total
 
@@ -107,3 +114,25 @@ class FairCLIP(Method):
             "contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp()),
             "sinkhorn": s.fair_lambda * distance,
         }
+
+
+# FairCLIP's released fine-tuning (FairCLIP/finetune_FairCLIP.py at HEAD, caedce4), which Fair-MoE's release follows:
+#  - lines 148–151: Adam over `model.transformer` and `model.visual` only (CLIP_FROZEN stays as loaded);
+#  - lines 141–144 and 207–212: on a GPU the OpenAI weights stay fp16 and the forward runs in fp16; each step
+#    converts them to fp32 (`convert_models_to_fp32`), steps, and rounds back (`clip.model.convert_weights`);
+#    on a CPU everything is fp32 (`model.float()`);
+#  - line 263: the reported epoch is the best TEST AUC, `if best_auc <= overall_auc`, so ties keep the later epoch.
+register_protocol(Protocol(
+    name="fairclip",
+    description="the released FairCLIP / Fair-MoE fine-tuning exactly: towers only, fp16 weights with an fp32 "
+                "optimiser step on a GPU, best-test-epoch selection with ties to the later epoch",
+    train={"frozen": CLIP_FROZEN, "select": "test", "ties": "later", "precision": "fp16-weights",
+           "fp32_numerics": False},
+    differences={
+        "model selection": "best TEST AUC; ties keep the later epoch (finetune_FairCLIP.py line 263)",
+        "weights and compute": "fp16 weights and fp16 compute on a GPU, fp32 only for the Adam step "
+                               "(lines 141–144, 207–212); fp32 on a CPU",
+        "scores and fairness losses": "fp16 similarities and scores as released; the Sinkhorn itself in fp32, as the "
+                                      "released code's `.float()` inputs make it",
+    },
+))

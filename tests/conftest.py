@@ -10,6 +10,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
+from fairbench.registry import load_builtin_methods  # noqa: E402
+
+load_builtin_methods()  # makes `fairbench_methods` importable from this checkout before test modules import it
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):

@@ -8,7 +8,7 @@ SMALL = {"n_train": 96, "n_val": 48, "n_test": 64, "size": 64, "seed": 0}
 
 
 def small_synthetic(root: Path) -> Path:
-    from fairbench.data import make_synthetic
+    from fairbench.datasets.fairvlmed.synth import make_synthetic
 
     path = root / "synth-small"
     if not path.exists():

@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fairbench.data import cache as cache_mod
-from fairbench.data import load_fairvlmed, normalize_images
-from fairbench.data.cache import cache_root
+from fairbench.datasets import cache as cache_mod
+from fairbench.datasets import normalize_images
+from fairbench.datasets.cache import cache_root
+from fairbench.datasets.fairvlmed.load import load_fairvlmed
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from fairbench.data import ATTRIBUTE_GROUPS, DatasetError, load_fairvlmed
-from fairbench.data.format import truncate_text
+from fairbench.datasets import DatasetError
+from fairbench.datasets.fairvlmed.format import ATTRIBUTE_GROUPS, truncate_text
+from fairbench.datasets.fairvlmed.load import load_fairvlmed
 
 LONG = ("The 71 y/o female patient has primary open angle glaucoma in both eyes with elevated pressure, "
         "thinning of the nerve fiber layer, visual field loss and a history of cataract surgery in the left eye.")
@@ -108,7 +109,7 @@ def test_images_keep_order_after_the_filter(tmp_path):
     root = build_dataset(tmp_path / "ds")
     data = load(root, tmp_path)
     # test keeps files 6 and 8 of 6, 7, 8: its rows must be those images, not the first two
-    from fairbench.data.cache import clip_transform_uint8
+    from fairbench.datasets.cache import clip_transform_uint8
 
     for row, name in enumerate(data.test.filenames):
         with np.load(root / "Testing" / name) as npz:

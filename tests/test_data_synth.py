@@ -13,16 +13,22 @@ import torch
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from fairbench.data import (
-    DatasetError,
+from fairbench.datasets import DatasetError
+from fairbench.datasets.fairvlmed import FairVLMed
+from fairbench.datasets.fairvlmed import synth as synth_mod
+from fairbench.datasets.fairvlmed.load import load_fairvlmed
+from fairbench.datasets.fairvlmed.synth import (
+    _fundus_batch,
+    _notes,
+    _population,
     default_synthetic_dataset,
     is_synthetic,
-    load_fairvlmed,
     make_synthetic,
-    resolve_dataset_path,
 )
-from fairbench.data import synth as synth_mod
-from fairbench.data.synth import _fundus_batch, _notes, _population
+
+
+def resolve_dataset_path(data):
+    return FairVLMed().resolve(data)
 
 SMALL = {"n_train": 10, "n_val": 6, "n_test": 8, "size": 32}
 
@@ -151,10 +157,13 @@ def _cli():
     return app
 
 
-def test_cli_defaults_match_the_generator():
-    from fairbench.commands.data import _DEFAULTS
-
-    assert _DEFAULTS == synth_mod.DEFAULTS
+def test_cli_synth_passes_only_the_given_options(tmp_path, monkeypatch):
+    """Options left out keep the generator's defaults (the CLI holds no copy of them)."""
+    seen = {}
+    monkeypatch.setattr(synth_mod, "make_synthetic", lambda out, **kw: seen.update(kw) or out)
+    res = CliRunner().invoke(_cli(), ["synth", str(tmp_path / "s"), "--n-val", "7", "--seed", "2"])
+    assert res.exit_code == 0, res.output
+    assert seen == {"n_val": 7, "seed": 2}
 
 
 def test_cli_synth_then_check_reports_requested_counts(tmp_path):

@@ -9,6 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from fairbench.cli import app
+from fairbench.method import flat_settings
 from fairbench.registry import get_method, list_methods, load_builtin_methods
 from fairbench.train import TrainSettings, default_train_settings
 
@@ -18,7 +19,7 @@ NARROW = {"COLUMNS": "80", "LINES": "50"}
 def typed(value) -> str:
     """What a user types after `--set name=` (the reference the listing must show verbatim)."""
     if isinstance(value, tuple):
-        return ",".join(typed(v) for v in value)
+        return ",".join(typed(v) for v in value) if value else "(none)"
     return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -33,27 +34,33 @@ def test_settings_listing_at_80_columns_shows_every_default_in_full():
     lines = lines_of("--settings")
     for name in list_methods():
         assert any(line.startswith(f"{name}:") for line in lines), name  # names are never cut either
-        for f in dataclasses.fields(get_method(name).Settings):
-            assert f"{f.name} = {typed(f.default)}" in lines, (name, f.name)
+        for key, value in flat_settings(get_method(name).Settings).items():  # nested groups as group.name
+            assert f"{key} = {typed(value)}" in lines, (name, key)
     # fairclip's lambda was cut to "fair_lambda=1e-…" in the old table cell
     assert "fair_lambda = 1e-06" in lines
 
 
 def test_trainer_settings_are_listed_with_each_archs_default():
     lines = lines_of("--settings")
-    common = TrainSettings(**default_train_settings("b16"))
-    tiny = TrainSettings(**default_train_settings("tiny"))
+    from fairbench.protocols import DEFAULT_PROTOCOL, get_protocol
+
+    protocol = get_protocol(DEFAULT_PROTOCOL).train
+    common = TrainSettings(**default_train_settings("b16"), **protocol)
+    tiny = TrainSettings(**{**default_train_settings("tiny"), **protocol})
     for f in dataclasses.fields(TrainSettings):
         line = next(x for x in lines if x.startswith(f"{f.name} = "))
         value, tiny_value = typed(getattr(common, f.name)), typed(getattr(tiny, f.name))
         expected = f"{f.name} = {value}" + (f"  [tiny: {tiny_value}]" if tiny_value != value else "")
         assert line == expected
     assert "lr = 1e-05  [tiny: 0.001]" in lines and "checkpoint = True  [tiny: False]" in lines
+    assert "frozen = logit_scale,token_embedding,positional_embedding,ln_final,text_projection" in lines
+    fairclip = next(x for x in lines if x.startswith("--protocol fairclip sets:"))
+    assert "select = test" in fairclip and "ties = later" in fairclip and "precision = fp16-weights" in fairclip
 
 
 def test_one_method_by_name_shows_its_settings_and_unknown_name_fails():
     lines = lines_of("fairmoe-no-image-moe")
-    assert "image_moe = False" in lines and "text_moe = True" in lines
+    assert "moe.towers = text" in lines and "moe.capacity = 0.8" in lines
     assert "epochs = 10  [tiny: 4]" in lines  # the trainer's settings come with it
     assert not any(line.startswith("fairmoe:") for line in lines)
     bad = CliRunner().invoke(app, ["methods", "fairmo"])

@@ -113,10 +113,13 @@ def test_other_thresholds_match_fairlearn() -> None:
 HAND_Y = [0, 0, 1, 1, 0, 1, 1, 0]
 HAND_S = [0.1, 0.6, 0.4, 0.8, 0.3, 0.7, 0.2, 0.3]
 HAND_G = [0, 0, 0, 0, 1, 1, 1, 1]
+# Group names are the caller's (a dataset's `attributes`); these are FairVLMed's codes.
+NAMES = {"race": {0: "Asian", 1: "Black", 2: "White"}, "gender": {0: "Female", 1: "Male"},
+         "language": {0: "English", 1: "Spanish", 2: "Other"}}
 
 
 def test_hand_computed_fixture() -> None:
-    suite = evaluate(HAND_Y, HAND_S, {"gender": HAND_G})
+    suite = evaluate(HAND_Y, HAND_S, {"gender": HAND_G}, group_names=NAMES)
     a = suite.attributes["gender"]
     # AUC: positive/negative pairs won — .4 beats 3, .8 beats 4, .7 beats 4, .2 beats 1 → 12 / 16
     assert suite.auc == pytest.approx(0.75)
@@ -145,8 +148,8 @@ def test_ties_count_half() -> None:
 def test_group_names_strings_and_codes_agree() -> None:
     names = np.array(["Asian", "black", "ASIAN", "Black", " White ", "White", "white", "White"])
     codes = np.array([0, 1, 0, 1, 2, 2, 2, 2])
-    a = evaluate(HAND_Y, HAND_S, {"race": names}).to_dict()
-    b = evaluate(HAND_Y, HAND_S, {"race": codes}).to_dict()
+    a = evaluate(HAND_Y, HAND_S, {"race": names}, group_names=NAMES).to_dict()
+    b = evaluate(HAND_Y, HAND_S, {"race": codes}, group_names=NAMES).to_dict()
     assert a == b
     assert list(a["attributes"]["race"]["groups"]) == ["Asian", "Black", "White"]
     assert a["attributes"]["race"]["groups"]["White"]["code"] == 2
@@ -156,7 +159,7 @@ def test_custom_group_names_and_unnamed_codes() -> None:
     g = [0, 0, 0, 0, 7, 7, 7, 7]
     suite = evaluate(HAND_Y, HAND_S, {"site": g, "race": g}, group_names={"site": {0: "Boston"}})
     assert list(suite.attributes["site"].groups) == ["Boston", "7"]
-    assert list(suite.attributes["race"].groups) == ["Asian", "7"]  # defaults still apply to race
+    assert list(suite.attributes["race"].groups) == ["0", "7"]  # no dataset's names are assumed
     free = evaluate(HAND_Y, HAND_S, {"site": ["north"] * 4 + ["south"] * 4})
     codes = {k: v.code for k, v in free.attributes["site"].groups.items()}
     assert codes == {"north": "north", "south": "south"}
@@ -180,7 +183,7 @@ def test_to_dict_shape_and_roundtrip() -> None:
 
 def test_nan_becomes_none_in_json_and_back() -> None:
     with pytest.warns(MetricWarning):
-        suite = evaluate([0, 1, 0, 0], [0.2, 0.7, 0.4, 0.1], {"race": [0, 0, 1, 1]})
+        suite = evaluate([0, 1, 0, 0], [0.2, 0.7, 0.4, 0.1], {"race": [0, 0, 1, 1]}, group_names=NAMES)
     d = suite.to_dict()
     assert d["attributes"]["race"]["groups"]["Black"]["auc"] is None
     json.dumps(d, allow_nan=False)
@@ -206,7 +209,7 @@ def test_single_class_group_is_nan_and_skipped_in_es_auc() -> None:
     s = np.array([0.2, 0.9, 0.6, 0.4, 0.1, 0.8, 0.7, 0.3, 0.55])
     g = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2])  # group 2 has negatives only
     with pytest.warns(MetricWarning, match=r"group 'Other' \(n=2\) has only negative labels"):
-        a = evaluate(y, s, {"language": g}).attributes["language"]
+        a = evaluate(y, s, {"language": g}, group_names=NAMES).attributes["language"]
     other = a.groups["Other"]
     assert math.isnan(other.auc) and math.isnan(other.tpr)
     assert other.fpr == pytest.approx(0.5) and other.accuracy == pytest.approx(0.5)
@@ -223,7 +226,7 @@ def test_single_class_group_is_nan_and_skipped_in_es_auc() -> None:
 
 def test_group_of_size_one() -> None:
     with pytest.warns(MetricWarning, match="n=1"):
-        a = evaluate(HAND_Y + [1], HAND_S + [0.9], {"race": HAND_G + [2]}).attributes["race"]
+        a = evaluate(HAND_Y + [1], HAND_S + [0.9], {"race": HAND_G + [2]}, group_names=NAMES).attributes["race"]
     white = a.groups["White"]
     assert (white.n, white.positives, white.accuracy, white.tpr) == (1, 1, 1.0, 1.0)
     assert white.selection_rate == 1.0

@@ -14,9 +14,11 @@ import typer
 from typer.testing import CliRunner
 
 from fairbench.commands.metrics import metrics
+from fairbench.datasets.fairvlmed import FairVLMed
 from fairbench.metrics import MetricSuite, bootstrap, evaluate
 
 ATTRS = ("race", "gender", "ethnicity", "language")
+NAMES = FairVLMed.attributes  # the default dataset's groups name the codes
 
 
 def _app() -> typer.Typer:
@@ -53,7 +55,7 @@ def frame() -> pd.DataFrame:
 
 def _expected(df: pd.DataFrame, **kw) -> dict:
     return evaluate(df["label"].to_numpy(), df["score"].to_numpy(),
-                    {a: df[a].to_numpy() for a in ATTRS}, **kw).to_dict()
+                    {a: df[a].to_numpy() for a in ATTRS}, group_names=NAMES, **kw).to_dict()
 
 
 def test_json_from_harness_csv(tmp_path: Path, frame: pd.DataFrame) -> None:
@@ -96,7 +98,7 @@ def test_json_bootstrap_matches_library(tmp_path: Path, frame: pd.DataFrame) -> 
     out = json.loads(result.stdout)
     assert list(out["attributes"]) == ["race"]
     ref = bootstrap(frame["label"].to_numpy(), frame["score"].to_numpy(), {"race": frame["race"].to_numpy()},
-                    n_resamples=30, seed=2)
+                    n_resamples=30, seed=2, group_names=NAMES)
     assert out["bootstrap"] == json.loads(json.dumps(ref.to_dict()))
 
 

@@ -3,12 +3,12 @@
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
 from fairbench import registry
-from fairbench.method import Method, SettingsError, parse_settings
+from fairbench.method import Method, SettingsError, flat_settings, parse_settings, settings_dict
 from fairbench.registry import (
     PluginError,
     UnknownMethodError,
@@ -135,3 +135,27 @@ def test_settings_parse_types_and_reject_unknown_keys():
         parse_settings(S, {"lamda": "1"}, owner="x")
     with pytest.raises(SettingsError, match="expects a int, got 'four'"):
         parse_settings(S, {"n": "four"}, owner="x")
+
+
+def test_nested_settings_groups_parse_list_and_serialise():
+    @dataclass
+    class Inner:
+        size: int = 3
+        names: tuple[str, ...] = ("a", "b")
+
+    @dataclass
+    class S:
+        lam: float = 1.0
+        inner: Inner = field(default_factory=lambda: Inner(size=5))
+
+    assert flat_settings(S) == {"lam": 1.0, "inner.size": 5, "inner.names": ("a", "b")}
+    s = parse_settings(S, {"inner.names": "c", "lam": "2"}, owner="x")
+    assert s == S(lam=2.0, inner=Inner(size=5, names=("c",)))  # the unset leaf keeps the group's own default
+    assert settings_dict(s) == {"lam": 2.0, "inner": {"size": 5, "names": ["c"]}}
+    assert flat_settings(s) == {"lam": 2.0, "inner.size": 5, "inner.names": ("c",)}
+    with pytest.raises(SettingsError, match=r"no setting 'size' \(did you mean 'inner\.size'\?\); settable: inner"):
+        parse_settings(S, {"size": "1"}, owner="x")
+    with pytest.raises(SettingsError, match=r"no setting 'lam\.x'"):
+        parse_settings(S, {"lam.x": "1"}, owner="x")
+    with pytest.raises(SettingsError, match=r"'inner\.size' expects a int, got 'big'"):
+        parse_settings(S, {"inner.size": "big"}, owner="x")

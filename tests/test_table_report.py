@@ -245,7 +245,7 @@ def test_wide_seed_spread_is_flagged_naming_the_far_seed(spread_root):
     assert not any(n.startswith("⚠ steady") for n in race.notes)
     md = render_markdown([race])
     assert f"{auc.mean:.2f} ± {auc.std:.2f} ⚠" in md and "above 10% of its mean" in md
-    assert "| collapsed | b16 | 3 ⚠ |" in md
+    assert "| collapsed | b16 | 3 ⚠ |" in _md(md)
 
 
 def test_spread_flag_is_a_table_option(spread_root):
@@ -297,7 +297,7 @@ def test_single_seed_best_is_never_unexplained(tmp_path):
     best = [c.label for c in race.columns if solo.cells[c.key].best]
     assert f"marked best for {', '.join(best)} on a single seed" in solo.flag
     md = render_markdown([race])
-    assert "| solo | b16 | 1 ⚠ |" in md and "on a single seed" in md
+    assert "| solo | b16 | 1 ⚠ |" in _md(md) and "on a single seed" in md
     # every row on one seed (a quick `--seeds 1` run): no "missing seeds" flag, but the best mark is still explained
     only = tmp_path / "one"
     for method, strength in (("x", 2.0), ("y", 0.5)):

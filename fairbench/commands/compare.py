@@ -10,16 +10,17 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import check_select, fail, load_results_reporting, split_list
+from fairbench.commands.common import RESULTS_DATASET_HELP, check_select, fail, load_results_reporting, split_list
 
 
 def compare(
     method_a: str = typer.Argument(..., help="Method A (e.g. fairmoe)."),
     method_b: str = typer.Argument(..., help="Method B (e.g. fairclip)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder written by `fairbench run`."),
-    attr: str = typer.Option("race", "--attr", "-a", help="Evaluation attribute(s), comma-separated."),
+    attr: str = typer.Option(None, "--attr", "-a", help="Evaluation attribute(s), comma-separated (default: the "
+                             "first of the results' attributes)."),
     arch: str = typer.Option(None, "--arch", help="Only this backbone (default: every one both methods ran)."),
-    dataset: str = typer.Option(None, "--dataset", "-d", help="Only this dataset tag."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help=RESULTS_DATASET_HELP),
     select: str = typer.Option(None, "--select", help="Only runs selected by this rule: val | test."),
     config_a: str = typer.Option(None, "--config-a", help="Config hash (prefix) of A, when A ran with several."),
     config_b: str = typer.Option(None, "--config-b", help="Config hash (prefix) of B, when B ran with several."),
@@ -38,13 +39,15 @@ def compare(
     if resamples < 1:
         fail(f"--resamples {resamples} must be at least 1, e.g. 1000")
     check_select(select)
-    loaded = load_results_reporting(out)
+    loaded = load_results_reporting(out, dataset)
     if not loaded.records:
         raise typer.Exit(1)
+    from fairbench.report.aggregate import eval_attributes
+
     comparisons, errors = [], []
-    for one in split_list(attr) or ["race"]:
+    for one in split_list(attr) or eval_attributes(loaded.frame)[:1]:
         try:
-            comparisons += compare_methods(loaded.records, method_a, method_b, one, arch=arch, dataset=dataset,
+            comparisons += compare_methods(loaded.records, method_a, method_b, one, arch=arch,
                                            select=select, config_a=config_a, config_b=config_b,
                                            n_resamples=resamples, alpha=alpha, bootstrap=bootstrap)
         except CompareError as exc:

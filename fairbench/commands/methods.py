@@ -67,7 +67,7 @@ def _print_table(names: list[str]) -> None:
 def value_text(value: Any) -> str:
     """A default as you would type it after `--set name=`: tuples comma-separated, strings unquoted."""
     if isinstance(value, (tuple, list)):
-        return ",".join(value_text(v) for v in value)
+        return ",".join(value_text(v) for v in value) if value else "(none)"
     if isinstance(value, str):
         return value if value else "''"
     return repr(value) if isinstance(value, float) else str(value)
@@ -111,17 +111,29 @@ def method_block(cls: type) -> list[str]:
 
 
 def trainer_block() -> list[str]:
-    """The trainer's settings with each arch's default; `[arch: value]` where an arch differs."""
+    """The trainer's settings under the default protocol with each arch's default; `[arch: value]` where an arch
+    differs; then what each other protocol changes."""
     from fairbench.models.backbones import ARCHS
+    from fairbench.protocols import DEFAULT_PROTOCOL, get_protocol, list_protocols
     from fairbench.train import TrainSettings, default_train_settings
 
-    per_arch = {arch: dict(setting_values(TrainSettings(**default_train_settings(arch)))) for arch in ARCHS}
+    protocol = get_protocol(DEFAULT_PROTOCOL).train
+    per_arch = {arch: dict(setting_values(TrainSettings(**{**default_train_settings(arch), **protocol})))
+                for arch in ARCHS}
     lines = ["trainer: used by every method (--set name=value; prefix train. on a name clash)",
-             f"  default of most archs ({', '.join(ARCHS)}); [arch: value] where an arch differs:"]
+             f"  under --protocol {DEFAULT_PROTOCOL}, default of most archs ({', '.join(ARCHS)}); [arch: value] where "
+             "an arch differs:"]
     for name, _ in setting_defaults(TrainSettings):
         texts = {arch: value_text(values[name]) for arch, values in per_arch.items()}
         counts = list(texts.values())
         main = max(dict.fromkeys(counts), key=counts.count)
         others = [f"{arch}: {text}" for arch, text in texts.items() if text != main]
         lines.append(f"    {name} = {main}" + (f"  [{'; '.join(others)}]" if others else ""))
+    base = dict(setting_values(TrainSettings(**protocol)))
+    for name in list_protocols():
+        if name == DEFAULT_PROTOCOL:
+            continue
+        changed = [f"{k} = {value_text(v)}" for k, v in setting_values(TrainSettings(**get_protocol(name).train))
+                   if v != base[k]]
+        lines.append(f"  --protocol {name} sets: " + ("; ".join(changed) or "nothing else"))
     return lines

@@ -1,9 +1,10 @@
 """`fairbench metrics FILE`: the metric suite of one predictions file, as a table or JSON.
 
-Reads what the harness writes (predictions_{split}.csv: sample, label, score, race, gender,
-ethnicity, language as integer codes) or any CSV/Parquet with label, score and attribute columns
-holding codes or group names. Bad files exit with code 2 and one line naming the column or row
-(rows count from 1 after the header).
+Reads what the harness writes (predictions_{split}.csv: sample, label, score and one column of
+integer group codes per protected attribute) or any CSV/Parquet with label, score and attribute columns
+holding codes or group names. The dataset (--dataset) names the default attribute columns and the
+groups. Bad files exit with code 2 and one line naming the column or row (rows count from 1 after the
+header).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import typer
 
-from fairbench.attributes import ATTRIBUTES as DEFAULT_ATTRIBUTES
+from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, load_dataset
 
 
 class _BadFile(Exception):
@@ -25,7 +26,7 @@ class _BadFile(Exception):
 
 def metrics(
     file: Path = typer.Argument(..., help="Predictions file (.csv or .parquet) with label, score and "
-                                "attribute columns (race/gender/ethnicity/language: codes or group names)."),
+                                "attribute columns (the dataset's attributes: codes or group names)."),
     json_out: bool = typer.Option(False, "--json", help="Print the suite as JSON to stdout, not tables."),
     threshold: float = typer.Option(0.5, "--threshold", help="Predicted label = score >= threshold."),
     n_bootstrap: int = typer.Option(0, "--bootstrap", metavar="N",
@@ -33,18 +34,22 @@ def metrics(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     ci: float = typer.Option(0.95, "--ci", help="Bootstrap interval level."),
     attr: list[str] = typer.Option(None, "--attr", help="Attribute column to evaluate (repeatable). "
-                                   "Default: whichever of race/gender/ethnicity/language the file has."),
+                                   "Default: whichever of the dataset's attributes the file has."),
     label_col: str = typer.Option("label", "--label-col", help="Column with the 0/1 ground truth."),
     score_col: str = typer.Option("score", "--score-col", help="Column with the positive-class score."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
+    plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
 ) -> None:
     """Compute AUC, accuracy, ES-AUC, ES-Acc, DPD, EOD and per-group metrics of a predictions file."""
+    ds = load_dataset(dataset, plugin)
     try:
-        labels, scores, attributes = _read(file, label_col, score_col, attr or None)
+        labels, scores, attributes = _read(file, label_col, score_col, attr or None, list(ds.attributes))
         if n_bootstrap < 0:
             raise _BadFile(f"--bootstrap must be >= 0, got {n_bootstrap}")
         if n_bootstrap and not 0.0 < ci < 1.0:
             raise _BadFile(f"--ci must be between 0 and 1 (e.g. 0.95), got {ci}")
-        suite, boot, notes = _compute(file, labels, scores, attributes, threshold, n_bootstrap, seed, ci)
+        suite, boot, notes = _compute(file, labels, scores, attributes, threshold, n_bootstrap, seed, ci,
+                                      ds.attributes)
     except _BadFile as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -56,7 +61,7 @@ def metrics(
             payload["bootstrap"] = boot.to_dict()
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
-        _print_tables(file, suite, boot)
+        _print_tables(file, suite, boot, list(ds.attributes))
 
 
 def _read_parquet(path: Path) -> Any:
@@ -69,7 +74,8 @@ def _read_parquet(path: Path) -> Any:
     return pd.read_parquet(path, engine="pyarrow")
 
 
-def _read(path: Path, label_col: str, score_col: str, attr_cols: list[str] | None) -> tuple[Any, Any, dict]:
+def _read(path: Path, label_col: str, score_col: str, attr_cols: list[str] | None,
+          default_cols: list[str]) -> tuple[Any, Any, dict]:
     import numpy as np
     import pandas as pd
 
@@ -110,24 +116,24 @@ def _read(path: Path, label_col: str, score_col: str, attr_cols: list[str] | Non
         raw = raw.item() if hasattr(raw, "item") else raw
         raise _BadFile(f"{path}: row {i + 1}: {label_col} is {raw!r}; labels must be 0 or 1")
 
-    cols = attr_cols if attr_cols is not None else [c for c in DEFAULT_ATTRIBUTES if c in df.columns]
+    cols = attr_cols if attr_cols is not None else [c for c in default_cols if c in df.columns]
     attributes = {c: (df[c].to_numpy() if df[c].dtype.kind in "biuf" else df[c].astype(object).to_numpy())
                   for c in cols}
     return label.astype(np.int8), score, attributes
 
 
 def _compute(path: Path, labels: Any, scores: Any, attributes: dict, threshold: float, n_bootstrap: int,
-             seed: int, ci: float) -> tuple[Any, Any, list[str]]:
+             seed: int, ci: float, group_names: dict[str, dict[int, str]]) -> tuple[Any, Any, list[str]]:
     from fairbench.metrics import MetricInputError, MetricWarning, bootstrap, evaluate
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", MetricWarning)
-            suite = evaluate(labels, scores, attributes, threshold=threshold)
+            suite = evaluate(labels, scores, attributes, threshold=threshold, group_names=group_names)
         boot = None
         if n_bootstrap:
             boot = bootstrap(labels, scores, attributes, n_resamples=n_bootstrap, seed=seed, ci=ci,
-                             threshold=threshold)
+                             threshold=threshold, group_names=group_names)
     except MetricInputError as exc:
         if exc.row is not None and exc.reason:
             raise _BadFile(f"{path}: row {exc.row + 1}: {exc.field} is {exc.value!r}; {exc.reason}") from None
@@ -145,7 +151,7 @@ def _cell(info: Any, value: float, interval: tuple[float, float] | None, inline:
     return text
 
 
-def _print_tables(path: Path, suite: Any, boot: Any) -> None:
+def _print_tables(path: Path, suite: Any, boot: Any, dataset_attributes: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -163,7 +169,8 @@ def _print_tables(path: Path, suite: Any, boot: Any) -> None:
     console.print(f"[bold]{path}[/bold]: n={suite.n}, threshold {suite.threshold:g}; "
                   f"AUC {overall_auc}, Acc {overall_acc} (× 100{ci_note})")
     if not suite.attributes:
-        console.print("no attribute columns found (race/gender/ethnicity/language); use --attr")
+        console.print(f"no attribute columns found ({'/'.join(dataset_attributes) or 'the dataset has none'}); "
+                      "use --attr or --dataset")
         return
     table = Table(title="Per attribute (× 100; ↑ higher is better, ↓ lower; "
                         "AUC std/range: group AUC disparity ÷ AUC)")

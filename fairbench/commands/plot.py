@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import check_select, fail, load_results_reporting, split_list
+from fairbench.commands.common import RESULTS_DATASET_HELP, check_select, fail, load_results_reporting, split_list
 
 KINDS = ("tradeoff", "group_auc", "roc")
 
@@ -16,7 +16,7 @@ def plot(
     to: Path = typer.Option(None, "--to", help="Folder for the figures (default: <out>/plots)."),
     attr: str = typer.Option(None, "--attr", "-a", help="Evaluation attributes, comma-separated (default: all)."),
     kind: str = typer.Option(",".join(KINDS), "--kind", "-k", help=f"Figures, comma-separated: {', '.join(KINDS)}."),
-    dataset: str = typer.Option(None, "--dataset", "-d", help="Only this dataset tag."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help=RESULTS_DATASET_HELP),
     select: str = typer.Option(None, "--select", help="Only runs selected by this rule: val | test."),
 ) -> None:
     """AUC vs ES-AUC / DPD trade-off (mean ± std per method, faint seeds), per-group AUC bars, per-group ROC."""
@@ -27,13 +27,12 @@ def plot(
     if bad:
         fail(f"--kind {','.join(bad)}: choose from {', '.join(KINDS)}")
     check_select(select)
-    loaded = load_results_reporting(out)
+    loaded = load_results_reporting(out, dataset)
     if loaded.frame.empty:
         raise typer.Exit(1)
     target = to if to is not None else Path(out) / "plots"
     try:
-        plots = make_plots(loaded.records, loaded.frame, target, attrs=split_list(attr), dataset=dataset,
-                           select=select, kinds=kinds)
+        plots = make_plots(loaded.records, loaded.frame, target, attrs=split_list(attr), select=select, kinds=kinds)
     except OSError as exc:
         fail(f"cannot write figures to {target} ({exc}); pass a writable --to folder")
     for problem in plots.problems:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import PLUGIN_HELP, fail, load_methods, split_list
+from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, fail, load_dataset, split_list
 
 SLURM_PANEL = "SLURM (--launcher slurm)"
 
@@ -20,11 +20,14 @@ def run(
                              "(`fairbench data list` shows each dataset's). Default: all of the dataset's."),
     seeds: int = typer.Option(3, "--seeds", "-s", min=1, help="Run seeds 0..S-1."),
     data: str = typer.Option(None, "--data", help="Dataset folder. Default: the dataset's environment variable "
-                             "(FAIRBENCH_DATA for fairvlmed), else its built-in SYNTHETIC stand-in (generated once)."),
+                             "(see `fairbench data list`), else its built-in SYNTHETIC stand-in (generated once)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results root."),
     epochs: int = typer.Option(None, "--epochs", min=1, help="Override the arch's default epoch count."),
     set_: list[str] = typer.Option(None, "--set", help="Method or trainer setting, key=value (repeatable); "
                                    "prefix 'method.' or 'train.' to disambiguate."),
+    protocol: str = typer.Option("fairbench", "--protocol", help="Training protocol: 'fairbench' (default: "
+                                 "FairCLIP's fine-tuning with validation selection and fp32 numerics) or 'fairclip' "
+                                 "(the released FairCLIP/Fair-MoE recipe exactly); see the README's protocol table."),
     select: str = typer.Option(None, "--select", help="Model selection: 'val' (default, best validation AUC) or "
                                "'test' (the papers' best-test-epoch rule; optimistic, labelled in every output)."),
     pretrained: str = typer.Option("default", "--pretrained", help="'default' (the arch's usual weights: openai "
@@ -32,7 +35,7 @@ def run(
     text_source: str = typer.Option(None, "--text-source", help="Training text, one of the dataset's text sources "
                                     "(default: its first; `fairbench data list` shows them)."),
     plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
-    dataset: str = typer.Option("fairvlmed", "--dataset", help="Registered dataset (see `fairbench data list`)."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
     launcher: str = typer.Option("local", "--launcher", help="Where jobs run: local (this process, one after "
                                  "another) or slurm (one SLURM job array through submitit; options below)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List each job with its run folder and state "
@@ -64,23 +67,23 @@ def run(
     from fairbench.commands.run_display import console_logging
     from fairbench.datasets import DatasetError
     from fairbench.method import SettingsError
-    from fairbench.registry import UnknownNameError, expand_methods, get_dataset
+    from fairbench.registry import UnknownNameError, expand_methods
 
     started = time.perf_counter()
     console = Console()
     if not console.is_terminal:
         console.soft_wrap = True  # a log file gets whole lines, never an 80-column wrap
     console_logging(console)
-    load_methods(plugin)
+    spec = load_dataset(dataset, plugin, methods=True)
     try:
         methods = expand_methods(method)
-        spec = get_dataset(dataset)
     except UnknownNameError as exc:
         fail(str(exc))
     attrs = split_list(attr)
-    for a in attrs or []:
-        if a not in spec.attributes:
-            fail(f"unknown attribute {a!r} in --attr; dataset {spec.name!r} has {', '.join(spec.attributes)}")
+    try:
+        spec.check_attributes(attrs)
+    except DatasetError as exc:
+        fail(f"--attr: {exc}")
     if select not in (None, "val", "test"):
         fail(f"--select must be 'val' or 'test', got {select!r}")
     overrides = {}
@@ -105,7 +108,7 @@ def run(
     options = RunOptions(out=out, dataset=spec.name, data=data,
                          pretrained=None if pretrained.lower() == "none" else pretrained,
                          text_source=text_source, epochs=epochs, select=select, overrides=overrides,
-                         plugins=tuple(plugin or ()))
+                         plugins=tuple(plugin or ()), protocol=protocol)
     try:  # validates every --set and the data before any training starts
         planned = plan(options, expand_jobs(methods, archs, attrs, list(range(seeds)), dataset=spec.name))
     except (SettingsError, DatasetError) as exc:
@@ -162,12 +165,14 @@ def _check_weights(console, planned) -> None:
 def _print_plan(console, planned) -> None:
     from collections import Counter
 
+    from fairbench.method import flat_settings
+
     states = [p.state() for p in planned]
     counts = Counter(states)
     console.print(f"{len(planned)} job(s) (dry run): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for p, state in zip(planned, states, strict=True):
         settings = p.train_settings()
-        ms = ", ".join(f"{k}={v}" for k, v in p.config["method_settings"].items()) or "-"
+        ms = ", ".join(f"{k}={v}" for k, v in flat_settings(p.method_instance().settings).items()) or "-"
         console.print(f"{state:8} {p.label()}  {p.run_dir}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"         method: {ms}; trainer: epochs={settings.epochs} batch={settings.batch_size} "
                       f"{settings.optimizer} lr={settings.lr:g} select={settings.select}",

@@ -32,7 +32,6 @@ def console_logging(console) -> None:
     logger.handlers = [h for h in logger.handlers if h.name != _PHASE_HANDLER]
     logger.addHandler(_ConsoleHandler(console))
     logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 class ConsoleReporter:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import check_select, fail, load_results_reporting, split_list
+from fairbench.commands.common import RESULTS_DATASET_HELP, check_select, fail, load_results_reporting, split_list
 
 FORMAT_HELP = "terminal | markdown | latex | csv (wide, × 100) | long-csv (tidy: run × attribute × group × metric, raw)"
 
@@ -22,7 +22,7 @@ def table(
                                help="table1: one table per attribute (ES-AUC, AUC, DPD, EOD); "
                                     "ablation: ES-AUC per attribute as columns (paper Tables 2–6)."),
     compare: str = typer.Option(None, "--compare", help="'paper': show the Fair-MoE paper's numbers and Δ."),
-    dataset: str = typer.Option(None, "--dataset", "-d", help="Only this dataset tag (e.g. fairvlmed, synthetic)."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help=RESULTS_DATASET_HELP),
     select: str = typer.Option(None, "--select", help="Only runs selected by this rule: val | test."),
     spread_warn: float = typer.Option(0.10, "--spread-warn", metavar="SHARE",
                                       help="Flag (⚠) a ↑ value (AUC, ES-AUC) whose std over seeds exceeds this "
@@ -43,12 +43,12 @@ def table(
     check_select(select)
     if not 0 <= spread_warn < 10:
         fail(f"--spread-warn {spread_warn} must be a share of the mean ≥ 0, e.g. 0.1 (10 %) or 0 (off)")
-    loaded = load_results_reporting(out)
+    loaded = load_results_reporting(out, dataset)
     frame = loaded.frame
     if frame.empty:
         raise typer.Exit(1)
     if fmt == "long-csv":
-        frame = _filter(frame, dataset, select, split_list(attr))
+        frame = _filter(frame, select, split_list(attr))
         typer.echo(frame.to_csv(index=False), nl=False)
         return
     paper = None
@@ -63,8 +63,7 @@ def table(
         unknown = [a for a in attrs if a not in known]
         if unknown:
             fail(f"--attr {','.join(unknown)}: not in the results (available: {', '.join(known)})")
-    tables = build_tables(frame, layout=layout, attrs=attrs, dataset=dataset, select=select, paper=paper,
-                          spread=spread_warn)
+    tables = build_tables(frame, layout=layout, attrs=attrs, select=select, paper=paper, spread=spread_warn)
     if not tables:
         fail(f"no runs match --dataset {dataset or '*'} --select {select or '*'} --attr {attr or '*'} in {out}", 1)
     if fmt == "terminal":
@@ -79,9 +78,7 @@ def table(
         typer.echo(render(tables), nl=False)
 
 
-def _filter(frame, dataset: str | None, select: str | None, attrs: list[str] | None):
-    if dataset is not None:
-        frame = frame[frame["dataset"] == dataset]
+def _filter(frame, select: str | None, attrs: list[str] | None):
     if select is not None:
         frame = frame[frame["selection"] == select]
     if attrs:

@@ -9,6 +9,7 @@ does, so the core never names one.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -23,6 +24,12 @@ UNKNOWN = -1  # attribute code of a sample whose group is not known
 
 class DatasetError(ValueError):
     """The dataset on disk does not match its format; the message names the file and the fix."""
+
+
+def short_error(exc: BaseException) -> str:
+    """'TypeName: first line of the message', at most 160 characters, for one-line error reports."""
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}"[:160]
 
 
 @dataclass
@@ -67,6 +74,34 @@ class LoadedDataset:
 
 
 @dataclass
+class SplitReport:
+    """What `Dataset.check` found in one split folder."""
+
+    folder: str
+    n_files: int = 0
+    n_valid: int = 0
+    n_positive: int = 0  # valid samples with label 1
+    n_unknown: int = 0  # samples with any −1 attribute (dropped from evaluation splits)
+    # (attribute, code, label) → count; code −1 = unknown
+    counts: Counter = field(default_factory=Counter)
+    image_shapes: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class CheckReport:
+    """Every problem of a dataset folder, plus the split × group × label counts `fairbench data check` shows."""
+
+    root: Path
+    synthetic: bool = False
+    splits: dict[str, SplitReport] = field(default_factory=dict)  # "train", "val", "test" in that order
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
 class DataIdentity:
     """Who the data is, known without loading a tensor: what the job planner needs for run folders."""
 
@@ -81,13 +116,15 @@ class Dataset:
     """Base class of every dataset; subclass it and decorate with `fairbench.register_dataset`.
 
     Class attributes describe the data; methods find, identify, load, check and (optionally) synthesise it.
-      tag             results-folder tag of the real data (`synthetic_tag` for data from `synthesize`)
-      label           what the binary label means, e.g. "glaucoma"
+      tag             results-folder tag of the real data (`synthetic_tag` for data from `synthesize`); unique
+                      among registered datasets, so results on different data never share a folder
+      label           what the binary label means, e.g. "melanoma"
       classes         display names of label 0 and label 1
       attributes      protected attribute → {group code: group name}, in the order tables show them
       prompts         zero-shot prompts of class 0 and class 1 (p(class 1) = softmax over cosine similarities)
       text_sources    the training texts `load` can build; the first is the default
       env_var         environment variable naming the data folder when --data is not given
+    Only `load` must be written; `identify` defaults to a content hash of every file under the folder.
     """
 
     name: ClassVar[str] = ""
@@ -125,23 +162,40 @@ class Dataset:
 
     # ------------------------------------------------------------------ identity, tensors, checks
     def identify(self, root: Path, text_source: str) -> DataIdentity:
-        """Tag and content fingerprint of the data at `root`, from file names, sizes and checksums only."""
-        raise NotImplementedError
+        """Tag and content fingerprint of the data at `root`, without loading a tensor.
+
+        The default hashes the bytes of every file under `root` (fine for small data; override it with a
+        cheaper key, e.g. names, sizes and checksums, for large folders)."""
+        from fairbench.datasets.cache import fingerprint_files
+
+        root = Path(root)
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        return DataIdentity(root=root, synthetic=False, tag=self.tag or self.name,
+                            fingerprint=fingerprint_files(files, relative_to=root))
 
     def load(self, root: Path, *, image_size: int, tokenize: Callable[[list[str]], torch.Tensor],
              tokenizer_key: str, text_source: str, cache_dir: Path | None = None) -> LoadedDataset:
-        """Validate and load the three splits; raise DatasetError (naming the file and fix) on bad data."""
-        raise NotImplementedError
+        """Validate and load the three splits; raise DatasetError (naming the file and fix) on bad data.
 
-    def check(self, root: Path) -> Any:
-        """A full report of every problem (see `fairbench data check`); optional."""
+        `fairbench.datasets.tensors_from_arrays` turns arrays into a split; `loaded` assembles the result."""
+        raise NotImplementedError(f"dataset {self.name!r} does not implement load()")
+
+    def check(self, root: Path) -> CheckReport:
+        """A full report of every problem and the group × label counts (`fairbench data check`); optional."""
         raise NotImplementedError(f"dataset {self.name!r} has no checker")
 
     def synthesize(self, out: Path, **options: Any) -> Path:
         """Write a synthetic dataset in the real on-disk format; optional."""
         raise NotImplementedError(f"dataset {self.name!r} has no synthetic generator")
 
-    # ------------------------------------------------------------------ helpers for the core
+    # ------------------------------------------------------------------ helpers
+    def loaded(self, root: Path, text_source: str, *, train: SplitTensors, val: SplitTensors,
+               test: SplitTensors) -> LoadedDataset:
+        """The LoadedDataset of three splits, tagged and fingerprinted by `identify`."""
+        who = self.identify(Path(root), text_source)
+        return LoadedDataset(name=self.name, root=who.root, synthetic=who.synthetic, tag=who.tag,
+                             fingerprint=who.fingerprint, train=train, val=val, test=test, text_source=text_source)
+
     @classmethod
     def group_name(cls, attribute: str, code: int) -> str:
         return cls.attributes.get(attribute, {}).get(int(code), str(code))
@@ -153,3 +207,12 @@ class Dataset:
             raise DatasetError(f"unknown text source {source!r} for dataset {cls.name!r}; choose one of "
                                f"{', '.join(cls.text_sources)}")
         return source
+
+    @classmethod
+    def check_attributes(cls, attributes: list[str] | None) -> list[str]:
+        """`attributes`, or all of the dataset's when None; an unknown one is a DatasetError naming the valid ones."""
+        unknown = [a for a in attributes or [] if a not in cls.attributes]
+        if unknown:
+            raise DatasetError(f"unknown attribute {unknown[0]!r} for dataset {cls.name!r}; use one or more of "
+                               f"{', '.join(cls.attributes)}")
+        return list(attributes) if attributes else list(cls.attributes)

@@ -18,7 +18,7 @@ Edge cases, decided here:
 - Unknown attribute values (code −1, NaN, or strings like "", "unknown") are excluded from that
   attribute's metrics only, with a MetricWarning saying how many rows. The attribute's "auc" and
   "accuracy" are then computed on its known rows (hence the per-attribute copies); the top-level
-  ones always use every row. FairVLMed evaluation splits already drop such rows.
+  ones always use every row. A dataset's evaluation splits may already drop such rows.
 - A group with one class (including a group of size 1): its AUC is undefined → NaN with a
   MetricWarning, and the group is skipped in that attribute's ES-AUC sum and AUC std/range
   (FairCLIP's code would return NaN for the whole ES-AUC instead). Likewise its TPR (no positives)
@@ -33,10 +33,10 @@ Edge cases, decided here:
   scores, labels other than 0/1, length mismatches (both lengths named), empty input, non-integer
   numeric group codes, codes below −1.
 
-Group names: `group_names` maps attribute → {code: name}, merged over DEFAULT_GROUP_NAMES (FairVLMed's
-race/gender/ethnicity/language). Codes without a name are named by their code ("3"); pass
-{attr: {}} to name every group by its code. Strings equal to a known name (case-insensitive) map to
-that name's code, so integer-coded and name-coded files give the same result.
+Group names: `group_names` maps attribute → {code: name}, usually the dataset's `Dataset.attributes`;
+nothing is assumed without it. Codes without a name are named by their code ("3"). Strings equal to a
+known name (case-insensitive) map to that name's code, so integer-coded and name-coded files give the
+same result.
 """
 
 from fairbench.metrics.bootstrap import (
@@ -48,7 +48,7 @@ from fairbench.metrics.bootstrap import (
     resample_indices,
 )
 from fairbench.metrics.info import ATTRIBUTE_METRICS, GROUP_METRICS, METRICS, MetricInfo
-from fairbench.metrics.inputs import DEFAULT_GROUP_NAMES, UNKNOWN_CODE, MetricInputError
+from fairbench.metrics.inputs import UNKNOWN_CODE, MetricInputError
 from fairbench.metrics.suite import (
     AttributeMetrics,
     GroupMetrics,
@@ -58,7 +58,7 @@ from fairbench.metrics.suite import (
 )
 
 __all__ = [
-    "ATTRIBUTE_METRICS", "GROUP_METRICS", "METRICS", "DEFAULT_GROUP_NAMES", "UNKNOWN_CODE",
+    "ATTRIBUTE_METRICS", "GROUP_METRICS", "METRICS", "UNKNOWN_CODE",
     "AttributeMetrics", "BootstrapResult", "Difference", "GroupMetrics", "MetricInfo", "MetricInputError",
     "MetricSuite", "MetricWarning", "PairedBootstrapResult", "bootstrap", "evaluate", "paired_bootstrap",
     "resample_indices",

@@ -50,7 +50,7 @@ def _percentile_interval(x: np.ndarray, ci: float) -> tuple[float, float]:
 
 
 def _nest(values: Mapping[Key, Any]) -> dict[str, Any]:
-    """{("race", "es_auc"): v, ("auc",): w} → {"auc": w, "attributes": {"race": {"es_auc": v}}}."""
+    """{("sex", "es_auc"): v, ("auc",): w} → {"auc": w, "attributes": {"sex": {"es_auc": v}}}."""
     out: dict[str, Any] = {}
     for key, v in values.items():
         node = out if len(key) == 1 else out.setdefault("attributes", {})
@@ -69,13 +69,13 @@ class BootstrapResult:
     """Point estimate, per-metric bootstrap replicates and percentile intervals."""
 
     point: MetricSuite
-    samples: dict[Key, np.ndarray]  # key as in to_dict paths, e.g. ("race", "es_auc"); (B,) each
+    samples: dict[Key, np.ndarray]  # key as in to_dict paths, e.g. ("sex", "es_auc"); (B,) each
     n_resamples: int
     seed: int
     ci: float
 
     def interval(self, *key: str) -> tuple[float, float]:
-        """Percentile CI of one metric, e.g. interval("race", "groups", "Black", "auc")."""
+        """Percentile CI of one metric, e.g. interval("sex", "groups", "F", "auc")."""
         return _percentile_interval(self.samples[tuple(key)], self.ci)
 
     def intervals(self) -> dict[Key, tuple[float, float]]:
@@ -122,7 +122,7 @@ class PairedBootstrapResult:
     ci: float
 
     def difference(self, *key: str) -> Difference:
-        """E.g. difference("race", "es_auc"): CI and p-value of ES-AUC(A) − ES-AUC(B)."""
+        """E.g. difference("sex", "es_auc"): CI and p-value of ES-AUC(A) − ES-AUC(B)."""
         k = tuple(key)
         d = self.samples[k]
         d = d[~np.isnan(d)]

@@ -12,11 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fairbench.attributes import ATTRIBUTE_GROUPS
-from fairbench.attributes import UNKNOWN as UNKNOWN_CODE
-
-# FairVLMed attribute codes (DESIGN.md "Protocol facts"; FairCLIP's npz files).
-DEFAULT_GROUP_NAMES: dict[str, dict[int, str]] = ATTRIBUTE_GROUPS
+from fairbench.datasets.base import UNKNOWN as UNKNOWN_CODE
 
 # String values read as "unknown" (compared lower-case, stripped); numeric unknown is -1 or NaN.
 _MISSING_STRINGS = frozenset({"", "nan", "none", "null", "<na>", "na", "-1", "unknown"})
@@ -72,7 +68,7 @@ def check_labels(labels: Any) -> np.ndarray:
     bad = ~((arr == 0) | (arr == 1))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise MetricInputError.at("labels", row, arr[row], "labels must be 0 or 1 (binary glaucoma label)")
+        raise MetricInputError.at("labels", row, arr[row], "labels must be 0 or 1 (a binary label)")
     return arr.astype(np.int8)
 
 
@@ -102,8 +98,8 @@ def _group_sort_key(code: int | str) -> tuple[int, int | str]:
 def encode_attribute(name: str, values: Any, n: int, names: Mapping[int, str] | None) -> EncodedAttribute:
     """Map integer codes or group-name strings to dense group indices (unknown → -1).
 
-    Strings equal to a name in `names` (case-insensitive) become that name's code, so a CSV with
-    "Black" and one with 1 give the same groups; other strings are groups of their own.
+    Strings equal to a name in `names` (case-insensitive) become that name's code, so with names {1: "F"} a CSV
+    with "f" and one with 1 give the same groups; other strings are groups of their own.
     """
     names = dict(names or {})
     arr = np.asarray(values)

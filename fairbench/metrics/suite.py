@@ -12,7 +12,6 @@ import numpy as np
 
 from fairbench.metrics.info import ATTRIBUTE_METRICS, GROUP_RATE_METRICS
 from fairbench.metrics.inputs import (
-    DEFAULT_GROUP_NAMES,
     EncodedAttribute,
     MetricInputError,
     check_labels,
@@ -139,7 +138,7 @@ def prepare(labels: Any, scores: Any, attributes: Mapping[str, Any], *, threshol
     s = check_scores(scores, len(y), name=score_name)
     if not math.isfinite(threshold):
         raise MetricInputError(f"threshold must be finite, got {threshold}", field="threshold")
-    names = {**DEFAULT_GROUP_NAMES, **(group_names or {})}
+    names = dict(group_names or {})
     enc = tuple(encode_attribute(a, v, len(y), names.get(a)) for a, v in attributes.items())
     return Problem(y, s, enc, float(threshold), build_layout(y, s, threshold, enc))
 

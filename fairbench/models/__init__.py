@@ -1,4 +1,4 @@
-"""Model construction: CLIP backbones by arch name (and, in moe.py, the mixture-of-experts layers)."""
+"""Model construction: CLIP backbones by arch name (methods swap their own layers in through `Method.build`)."""
 
 from fairbench.models.backbones import ARCHS, Backbone, WeightsUnavailableError, create_backbone
 

@@ -44,7 +44,7 @@ class ArchSpec:
 
 ARCHS: dict[str, ArchSpec] = {
     # AdamW 1e-3, batch 64 reached zero-shot AUC 0.84–0.91 in 4 epochs on synthetic data (the feasibility study
-    # behind the synthetic FairVLMed). A short warm-up keeps the random-init text tower from collapsing to one
+    # behind the built-in synthetic dataset). A short warm-up keeps the random-init text tower from collapsing to one
     # embedding in the first steps.
     "tiny": ArchSpec("fairbench-tiny", None, "random-init CLIP, 64 px, 3+3 layers, width 128 (CPU demos/tests)",
                      train_defaults={"epochs": 4, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,

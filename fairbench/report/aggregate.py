@@ -13,16 +13,16 @@ from typing import Any
 
 import pandas as pd
 
-from fairbench.attributes import ATTRIBUTES
+from fairbench.protocols import protocol_of
 from fairbench.results import SELECTION_LABELS
 
 OVERALL = "overall"
 # Columns of the tidy frame, in order. `group` is "" for attribute-level metrics; `value` is raw (0–1), not × 100.
 LONG_COLUMNS = (
-    "dataset", "synthetic", "selection", "method", "arch", "variant", "config_hash", "train_attribute",
+    "dataset", "synthetic", "selection", "protocol", "method", "arch", "variant", "config_hash", "train_attribute",
     "eval_attribute", "group", "metric", "value", "seed", "run_id",
 )
-ROW_KEYS = ("dataset", "synthetic", "selection", "method", "arch", "variant")
+ROW_KEYS = ("dataset", "synthetic", "selection", "protocol", "method", "arch", "variant")
 _SKIP_CONFIG_KEYS = frozenset({"seed", "seeds", "out", "output", "attribute", "attr"})
 _MAX_VARIANT_KEYS = 3
 
@@ -56,7 +56,7 @@ def variant_labels(records: Iterable[dict[str, Any]]) -> dict[str, str]:
     """
     by_group: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for rec in records:
-        key = (rec["dataset"].get("tag"), rec["selection"].get("rule"), rec["method"], rec["arch"],
+        key = (rec["dataset"].get("tag"), rec["selection"].get("rule"), protocol_of(rec), rec["method"], rec["arch"],
                rec.get("attribute"))
         by_group[key][rec["config_hash"]] = _flatten(rec.get("config") or {})
     labels_by_hash: dict[tuple, str] = {}
@@ -77,8 +77,8 @@ def variant_labels(records: Iterable[dict[str, Any]]) -> dict[str, str]:
                 labels_by_hash[key + (cfg_hash,)] = ", ".join(
                     f"{n}={_fmt_setting(cfg.get(k, '∅'))}" for n, k in zip(names, differing, strict=True))
     return {
-        rec["_dir"]: labels_by_hash[(rec["dataset"].get("tag"), rec["selection"].get("rule"), rec["method"],
-                                     rec["arch"], rec.get("attribute"), rec["config_hash"])]
+        rec["_dir"]: labels_by_hash[(rec["dataset"].get("tag"), rec["selection"].get("rule"), protocol_of(rec),
+                                     rec["method"], rec["arch"], rec.get("attribute"), rec["config_hash"])]
         for rec in records
     }
 
@@ -98,7 +98,7 @@ def long_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows: list[tuple] = []
     for rec in records:
         base = (rec["dataset"].get("tag", "?"), bool(rec["dataset"].get("synthetic", False)),
-                rec["selection"].get("rule", "?"), rec["method"], rec["arch"], labels[rec["_dir"]],
+                rec["selection"].get("rule", "?"), protocol_of(rec), rec["method"], rec["arch"], labels[rec["_dir"]],
                 rec["config_hash"], rec.get("attribute") or "")
         tail = (int(rec["seed"]), rec.get("run_id") or rec["_dir"])
         suite = rec["metrics"]["test"] or {}
@@ -120,10 +120,8 @@ def long_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def eval_attributes(frame: pd.DataFrame) -> list[str]:
-    """Evaluation attributes present, in the papers' order first."""
-    order = list(ATTRIBUTES)
-    present = [a for a in frame["eval_attribute"].unique() if a != OVERALL]
-    return sorted(present, key=lambda a: (order.index(a) if a in order else len(order), a))
+    """Evaluation attributes present, in the order the result files list them (their dataset's order)."""
+    return [a for a in dict.fromkeys(frame["eval_attribute"]) if a != OVERALL]
 
 
 def for_attribute(frame: pd.DataFrame, attr: str) -> pd.DataFrame:

@@ -106,10 +106,12 @@ def _protocol(records: list[dict[str, Any]]) -> list[str]:
     for (tag, rule), recs in sorted(by_key.items(), key=lambda kv: (kv[1][0]["dataset"].get("synthetic", False),
                                                                       kv[0][0], kv[0][1] != "val")):
         ds = recs[0]["dataset"]
-        out.append(f"<h3>dataset <code>{esc(tag)}</code> · selection: {esc(selection_label(rule))}</h3>")
+        name = ds.get("name") or tag
+        what = f"<code>{esc(tag)}</code>" + (f" ({esc(name)})" if name != tag else "")
+        out.append(f"<h3>dataset {what} · selection: {esc(selection_label(rule))}</h3>")
         if any(r["dataset"].get("synthetic") for r in recs):
-            out.append('<div class="banner">SYNTHETIC DATA — generated images and notes, not Harvard-FairVLMed. '
-                       "These numbers test the pipeline; they say nothing about real glaucoma detection.</div>")
+            out.append(f'<div class="banner">SYNTHETIC DATA — generated images and texts standing in for {esc(name)}. '
+                       "These numbers test the pipeline; they say nothing about the real task.</div>")
         if rule == "test":
             out.append('<div class="banner optimistic">Epochs chosen by best TEST AUC (the papers\' rule): '
                        "optimistic, because the test set picked the model.</div>")

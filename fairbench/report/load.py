@@ -50,8 +50,23 @@ def _malformed(rec: dict[str, Any]) -> str:
     return ""
 
 
+def dataset_name(record: dict[str, Any]) -> str:
+    """The registry name of the dataset a run used; v0.1 result files carry only its tag, so the name is the
+    registered dataset owning that tag (else the tag itself)."""
+    from fairbench.registry import dataset_for_tag
+
+    block = record.get("dataset") or {}
+    if block.get("name"):
+        return str(block["name"])
+    tag = str(block.get("tag", "?"))
+    owner = dataset_for_tag(tag)
+    return owner.name if owner is not None else tag
+
+
 def load_results(out: Path) -> Loaded:
-    """Collect result.json files under `out`; unreadable or malformed ones become problems, not crashes."""
+    """Collect result.json files under `out`; unreadable or malformed ones become problems, not crashes.
+
+    Every kept record's `dataset` block has a `name` (filled in for v0.1 files, see `dataset_name`)."""
     found = collect_results(Path(out))
     records, problems = [], list(found.problems)
     for rec in found.records:
@@ -59,10 +74,19 @@ def load_results(out: Path) -> Loaded:
         if why:
             problems.append(f"skipped {rec['_dir']}/result.json: {why}; delete it or rerun that run")
         else:
+            rec["dataset"].setdefault("name", dataset_name(rec))
             records.append(rec)
     if not records and not problems:
         problems.append(f"no finished runs (result.json) under {out}; run `fairbench run` first or pass --out")
     return Loaded(records, long_frame(records), problems, found.unfinished)
+
+
+def select_dataset(loaded: Loaded, dataset: str | None) -> Loaded:
+    """Only the runs on `dataset`: a registry name (all its data: real and synthetic) or a results tag."""
+    if dataset is None:
+        return loaded
+    keep = [r for r in loaded.records if dataset in (r["dataset"].get("name"), r["dataset"].get("tag"))]
+    return Loaded(keep, long_frame(keep), loaded.problems)
 
 
 def load_predictions(record: dict[str, Any], split: str = "test") -> tuple[pd.DataFrame | None, str]:

@@ -3,6 +3,8 @@
 The CSV lives in the repository's results/paper/ (see its README for the source and caveats); the build
 copies that folder into the package as `fairbench/reference/`, so an installed fairbench finds it without
 the repository. Values are × 100 as printed; `std` is NaN where the paper prints none (Tables 4–6).
+Its `dataset` column is the results tag of the data the paper measured, so comparisons with runs on
+other data are flagged.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ if TYPE_CHECKING:
 PAPER_FILE = "fair-moe-tables.csv"
 PAPER_CITATION = "Wang, Tong, Liu, Liu (2025), Fair-MoE, Tables 1–6"
 PAPER_SELECTION = "test"  # the released code keeps the epoch with the best test AUC (DESIGN.md)
-PAPER_DATASET = "fairvlmed"
 _REQUIRED = ("table", "attribute", "method", "arch", "metric", "mean", "std")
 # The paper's backbone names ↔ fairbench arch names.
 ARCH_ALIASES = {"vit-b/16": "b16", "vitb16": "b16", "vit-l/14": "l14", "vitl14": "l14"}
@@ -77,6 +78,10 @@ class PaperTables:
         frame["table"] = frame["table"].astype(int)
         self.frame = frame.sort_values("table", kind="stable")
         self.source = source
+        tags = sorted(set(frame["dataset"].dropna().astype(str))) if "dataset" in frame.columns else []
+        if len(tags) > 1:
+            raise PaperTableError(f"{source}: rows name several datasets ({', '.join(tags)}); keep one per file")
+        self.dataset: str | None = tags[0] if tags else None  # results tag of the paper's data; None: not stated
         self._index: dict[tuple[str, str, str, str], PaperValue] = {}
         for row in self.frame.itertuples(index=False):
             key = (row.attribute, row.method, row.arch, row.metric)

@@ -180,15 +180,16 @@ def render_csv(tables: list[Table]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     metric_cols = ("mean", "std", "n", "best", "paper_mean", "paper_std", "paper_table", "diff")
     width = max((len(t.columns) for t in tables), default=0)
-    head = ["dataset", "synthetic", "selection", "layout", "attribute", "method", "arch", "variant", "n_seeds",
-            "seeds", "flag", "scale"]
+    head = ["dataset", "synthetic", "selection", "protocol", "layout", "attribute", "method", "arch", "variant",
+            "n_seeds", "seeds", "flag", "scale"]
     for i in range(width):
         head += [f"col{i + 1}"] + [f"col{i + 1}_{m}" for m in metric_cols]
     writer.writerow(head)
     for table in tables:
         for row in table.rows:
-            line = [table.dataset, table.synthetic, table.selection, table.layout, table.attribute or "",
-                    row.method, row.arch, row.variant, len(row.seeds), " ".join(map(str, row.seeds)), row.flag, 100]
+            line = [table.dataset, table.synthetic, table.selection, table.protocol, table.layout,
+                    table.attribute or "", row.method, row.arch, row.variant, len(row.seeds),
+                    " ".join(map(str, row.seeds)), row.flag, 100]
             for col in table.columns:
                 line += _csv_cell(col, row.cells.get(col.key))
             writer.writerow(line)

@@ -20,7 +20,7 @@ from fairbench.report.aggregate import (
     summarise,
     trained_on,
 )
-from fairbench.report.paper import PAPER_CITATION, PAPER_DATASET, PAPER_SELECTION, PaperTables, PaperValue
+from fairbench.report.paper import PAPER_CITATION, PAPER_SELECTION, PaperTables, PaperValue
 
 LAYOUTS = ("table1", "ablation")
 SCALE = 100.0  # the papers print these metrics × 100
@@ -100,12 +100,13 @@ class Table:
     notes: list[str] = field(default_factory=list)
     compare: bool = False
     spread: float = DEFAULT_SPREAD
+    protocol: str = ""
 
 
-def _title(layout: str, attribute: str | None, dataset: str, synthetic: bool, selection: str) -> str:
+def _title(layout: str, attribute: str | None, dataset: str, synthetic: bool, selection: str, protocol: str) -> str:
     what = f"Table 1 layout · attribute: {attribute}" if layout == "table1" else "Ablation layout · ES-AUC"
-    warn = "SYNTHETIC DATA (not FairVLMed) — " if synthetic else ""
-    return f"{warn}{what} · dataset: {dataset} · selection: {selection_label(selection)}"
+    warn = "SYNTHETIC DATA (not the real dataset) — " if synthetic else ""
+    return f"{warn}{what} · dataset: {dataset} · protocol: {protocol} · selection: {selection_label(selection)}"
 
 
 def _caption(layout: str, n_max: int, compare: bool, spread: float | None) -> str:
@@ -219,8 +220,8 @@ def _attach_paper(table: Table, paper: PaperTables) -> None:
         table.notes.append(f"paper: {PAPER_CITATION}; values from Table(s) {', '.join(map(str, sorted(used)))} "
                            "(Table 1 preferred where a number appears in several; the paper's Fair-MoE ES-AUC "
                            "differs between Table 1 and Tables 4–6).")
-    if table.synthetic or table.dataset != PAPER_DATASET:
-        table.notes.append("paper numbers are real Harvard-FairVLMed; these runs are "
+    if table.synthetic or table.dataset != paper.dataset:
+        table.notes.append(f"paper numbers are on real {paper.dataset or 'other'} data; these runs are "
                            f"{'SYNTHETIC' if table.synthetic else table.dataset!r} data, so Δ is not a "
                            "reproduction check.")
     if table.selection != PAPER_SELECTION:
@@ -231,8 +232,8 @@ def _attach_paper(table: Table, paper: PaperTables) -> None:
 def _absent_notes(table: Table, part: pd.DataFrame) -> list[str]:
     """Why methods that ran on this dataset have no row (table1) or no cell (ablation) here.
 
-    A method that trains on an attribute is evaluated only on that attribute, so after a race-only run
-    the gender table would otherwise show `clip` alone without saying where the others went.
+    A method that trains on an attribute is evaluated only on that attribute, so after a run on one attribute
+    another attribute's table would otherwise show an attribute-free method alone, without saying why.
     """
     trained = trained_on(part)
     wanted = [table.attribute] if table.layout == "table1" else [c.key for c in table.columns]
@@ -281,9 +282,9 @@ def _table1(frame: pd.DataFrame, key: tuple, attr: str, paper: PaperTables | Non
         return None
     summary = summarise(sub, ["method", "arch", "variant", "metric"])
     columns = [Column(m, METRICS[m].label, m) for m in TABLE1_METRICS]
-    dataset, synthetic, selection = key
-    table = Table(_title("table1", attr, dataset, synthetic, selection), "", "table1", dataset, synthetic,
-                  selection, attr, columns, _rows(summary, "metric"), spread=spread)
+    dataset, synthetic, selection, protocol = key
+    table = Table(_title("table1", attr, dataset, synthetic, selection, protocol), "", "table1", dataset, synthetic,
+                  selection, attr, columns, _rows(summary, "metric"), spread=spread, protocol=protocol)
     return _finish(table, paper, frame)
 
 
@@ -299,16 +300,17 @@ def _ablation(frame: pd.DataFrame, key: tuple, attrs: list[str], paper: PaperTab
     summary = summarise(sub, ["method", "arch", "variant", "eval_attribute"])
     present = [a for a in attrs if a in set(summary["eval_attribute"])]
     columns = [Column(a, f"ES-AUC {a}", "es_auc") for a in present]
-    dataset, synthetic, selection = key
-    table = Table(_title("ablation", None, dataset, synthetic, selection), "", "ablation", dataset, synthetic,
-                  selection, None, columns, _rows(summary, "eval_attribute"), spread=spread)
+    dataset, synthetic, selection, protocol = key
+    table = Table(_title("ablation", None, dataset, synthetic, selection, protocol), "", "ablation", dataset,
+                  synthetic, selection, None, columns, _rows(summary, "eval_attribute"), spread=spread,
+                  protocol=protocol)
     return _finish(table, paper, frame)
 
 
 def build_tables(frame: pd.DataFrame, layout: str = "table1", attrs: list[str] | None = None,
                  dataset: str | None = None, select: str | None = None,
                  paper: PaperTables | None = None, spread: float = DEFAULT_SPREAD) -> list[Table]:
-    """Tables for a tidy frame: one set per (dataset, synthetic, selection rule), never mixed.
+    """Tables for a tidy frame: one set per (dataset, synthetic, selection rule, protocol), never mixed.
 
     `spread`: flag ↑-metric cells whose std over seeds exceeds this share of their mean (0 = never).
     """
@@ -321,8 +323,9 @@ def build_tables(frame: pd.DataFrame, layout: str = "table1", attrs: list[str] |
     if select is not None:
         frame = frame[frame["selection"] == select]
     tables: list[Table] = []
-    keys = ["dataset", "synthetic", "selection"]
-    for key, part in sorted(frame.groupby(keys, sort=False), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2] != "val")):
+    keys = ["dataset", "synthetic", "selection", "protocol"]
+    for key, part in sorted(frame.groupby(keys, sort=False),
+                            key=lambda kv: (kv[0][1], kv[0][0], kv[0][2] != "val", kv[0][3])):
         wanted = [a for a in eval_attributes(part) if attrs is None or a in attrs]
         if layout == "table1":
             built = [_table1(part, key, a, paper, spread) for a in wanted]

@@ -10,28 +10,50 @@ group with a single draw is defined; a group with none adds nothing; unknown gro
 * "released": F = Σ_p (mean_j Var_all[j] − mean_j Var_p[j])² − λ · mean_j Var_all[j]  (the released code's form:
   variances averaged over experts before squaring, minus λ times the batch's variance)
 
-L_distance is FairCLIP's Sinkhorn term (methods.fairclip.fairclip_distance); it is added by the method.
+L_distance is FairCLIP's Sinkhorn term (`fairclip_distance` of the fairclip method module); it is added by the method.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from fairbench.models.moe import GateRecord
+from fairbench.precision import fp32_island
+
+from .layers import GateRecord
 
 FORMS = ("paper", "released")
 
-# Which FOL term regularises which MoE layer (layer names from fairbench.models.moe.MoECLIP.moe_layers).
+# Which FOL term regularises which MoE layer (layer names from `layers.MoECLIP.moe_layers`).
 LAYER_TERMS = {"image_embedding": "fol_ei", "text_embedding": "fol_et",
                "image_feature": "fol_fi", "text_feature": "fol_ft"}
 
 
+@dataclass
+class FOLConfig:
+    """FOL's weight per term (0 leaves the term out) and its form (see the module docstring)."""
+
+    ei: float = 1.0  # F_EI, image embedding MoE
+    et: float = 1.0  # F_ET, text embedding MoE
+    fi: float = 1.0  # F_FI, image feature MoE
+    ft: float = 1.0  # F_FT, text feature MoE
+    form: str = "paper"  # or "released"
+    released_lambda: float = 1.0  # λ of the released form's "− λ·Var(batch)"; its released value is unknown
+
+    def weights(self) -> dict[str, float]:
+        """The weights keyed by loss-term name, as `fol_terms` takes them."""
+        return {term: float(getattr(self, term.removeprefix("fol_"))) for term in LAYER_TERMS.values()}
+
+
+@fp32_island
 def group_variances(weights: torch.Tensor, groups: torch.Tensor, n_groups: int, *, valid: torch.Tensor | None = None,
                     population: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-expert population variance of gate weights over the population and over each group.
 
     weights (S, M) or (S, T, M); groups (S,) codes (−1 unknown); valid (S, T) token mask; population (S,) bool
-    (default: every sample). Returns (var (1 + P, M), draws (1 + P,)); row 0 is the population.
+    (default: every sample). Returns (var (1 + P, M), draws (1 + P,)); row 0 is the population. Runs in fp32
+    outside autocast: in bf16 the einsums move the F terms by ~3 %.
     """
     w = weights.float()
     if w.dim() == 2:

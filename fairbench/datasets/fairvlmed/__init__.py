@@ -1,7 +1,10 @@
 """Harvard-FairVLMed (Luo et al., CVPR 2024): glaucoma from SLO fundus images and clinical notes.
 
-Registered like any plugin's dataset. Without --data or $FAIRBENCH_DATA it falls back to a synthetic
-FairVLMed in the real on-disk format, generated once into the cache (see fairbench.data.synth).
+Registered like any plugin's dataset, and the default one. Without --data or $FAIRBENCH_DATA it falls
+back to a synthetic FairVLMed in the real on-disk format, generated once into the cache (see `synth`).
+Modules: `format` (the on-disk format), `load` (tensors via the core preprocessing cache), `check`
+(`fairbench data check`), `synth` (the synthetic stand-in). This module stays stdlib-only: the CLI
+imports it to list datasets.
 """
 
 from __future__ import annotations
@@ -9,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fairbench.datasets.base import DataIdentity, Dataset, LoadedDataset
+from fairbench.datasets.base import CheckReport, DataIdentity, Dataset, LoadedDataset
 from fairbench.registry import register_dataset
 
 
-@register_dataset("fairvlmed", description="Harvard-FairVLMed: glaucoma from SLO fundus images + clinical notes "
+@register_dataset("fairvlmed", default=True,
+                  description="Harvard-FairVLMed: glaucoma from SLO fundus images + clinical notes "
                   "(synthetic stand-in without --data)")
 class FairVLMed(Dataset):
     """Harvard-FairVLMed: 7000/1000/2000 patients, four protected attributes."""
@@ -22,7 +26,7 @@ class FairVLMed(Dataset):
     synthetic_tag = "synthetic"
     label = "glaucoma"
     classes = ("non-glaucoma", "glaucoma")
-    # Group codes as stored in the npz files (FairCLIP's data loader); −1 = unknown.
+    # Group codes as stored in the npz files (FairCLIP's data loader), in the papers' order; −1 = unknown.
     attributes = {
         "race": {0: "Asian", 1: "Black", 2: "White"},
         "gender": {0: "Female", 1: "Male"},
@@ -35,28 +39,28 @@ class FairVLMed(Dataset):
     env_var = "FAIRBENCH_DATA"
 
     def default_path(self, cache_dir: Path | None = None) -> Path:
-        from fairbench.data.synth import default_synthetic_dataset
+        from fairbench.datasets.fairvlmed.synth import default_synthetic_dataset
 
         return default_synthetic_dataset(cache_dir)
 
     def identify(self, root: Path, text_source: str) -> DataIdentity:
-        from fairbench.data.dataset import identify_fairvlmed
+        from fairbench.datasets.fairvlmed.load import identify_fairvlmed
 
-        return identify_fairvlmed(root)
+        return identify_fairvlmed(root, text_source)
 
     def load(self, root: Path, *, image_size: int, tokenize: Any, tokenizer_key: str, text_source: str,
              cache_dir: Path | None = None) -> LoadedDataset:
-        from fairbench.data.dataset import load_fairvlmed
+        from fairbench.datasets.fairvlmed.load import load_fairvlmed
 
         return load_fairvlmed(root, image_size=image_size, tokenize=tokenize, tokenizer_key=tokenizer_key,
                               text_source=text_source, cache_dir=cache_dir)
 
-    def check(self, root: Path) -> Any:
-        from fairbench.data.check import check_dataset
+    def check(self, root: Path) -> CheckReport:
+        from fairbench.datasets.fairvlmed.check import check_dataset
 
         return check_dataset(root)
 
     def synthesize(self, out: Path, **options: Any) -> Path:
-        from fairbench.data.synth import make_synthetic
+        from fairbench.datasets.fairvlmed.synth import make_synthetic
 
         return make_synthetic(out, **options)

@@ -8,9 +8,7 @@ import os
 
 import pytest
 import torch
-from torch import nn
-
-from fairbench.models.moe import (
+from fairbench_methods.fairmoe.layers import (
     EmbeddingMoE,
     FeatureMoE,
     MoEConfig,
@@ -23,6 +21,7 @@ from fairbench.models.moe import (
     text_layout,
     top_r_mask,
 )
+from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -1,7 +1,7 @@
-"""FairVLMed as tensors: what the trainer gets from `load_fairvlmed`.
+"""FairVLMed as tensors: what the trainer gets from `FairVLMed.load`.
 
 All validation (folders, keys, labels, codes, summaries, images) happens here, before training starts;
-images come from the preprocessing cache, so no epoch decodes an npz.
+images come from the core preprocessing cache (fairbench.datasets.cache), so no epoch decodes an npz.
 """
 
 from __future__ import annotations
@@ -9,68 +9,40 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fairbench.data.cache import SplitCache, cache_root, files_fingerprint, text_file_fingerprint
-from fairbench.data.format import (
+from fairbench.datasets.base import DataIdentity, LoadedDataset, SplitTensors
+from fairbench.datasets.cache import SplitCache, cache_root, files_fingerprint, text_file_fingerprint
+from fairbench.datasets.fairvlmed import FairVLMed
+from fairbench.datasets.fairvlmed.format import (
     ATTRIBUTES,
     SPLITS,
     TEXT_SOURCES,
     DatasetError,
+    Record,
     build_texts,
     find_summary_csv,
     keep_mask,
     list_split_files,
+    read_image,
+    read_split_records,
     require_layout,
     split_dir,
     truncate_text,
 )
-from fairbench.data.synth import default_synthetic_dataset, is_synthetic
-from fairbench.datasets.base import DataIdentity, LoadedDataset, SplitTensors
+from fairbench.datasets.fairvlmed.synth import is_synthetic
 
 log = logging.getLogger("fairbench.data")
-
-
-# The split and dataset types are the core's (fairbench.datasets.base); these names are FairVLMed's view of them.
-FairVLMedData = LoadedDataset
-
-
-def normalize_images(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
-                     std: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) → float (x/255 − mean)/std on the batch's device (mean/std per channel).
-
-    One fused multiply-add; a grayscale batch (C = 1, or 3 channels that are one expanded channel)
-    is converted to float once and broadcast to the channels of mean/std.
-    """
-    dev = images.device
-    m = torch.as_tensor(mean, dtype=torch.float32, device=dev).reshape(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=dev).reshape(1, -1, 1, 1)
-    if images.dim() == 4 and images.shape[1] > 1 and images.stride(1) == 0:
-        images = images[:, :1]
-    return torch.addcmul(-m / s, images.to(torch.float32), 1.0 / (255.0 * s))
-
-
-def resolve_dataset_path(data: str | os.PathLike[str] | None) -> Path:
-    """The dataset to use: an explicit path, else $FAIRBENCH_DATA, else the default synthetic one."""
-    chosen = data if data else os.environ.get("FAIRBENCH_DATA") or None
-    if chosen is None:
-        return default_synthetic_dataset()
-    path = Path(chosen).expanduser()
-    if not path.is_dir():
-        source = "FAIRBENCH_DATA" if not data else "--data"
-        raise DatasetError(f"{path}: dataset folder not found (from {source}); pass the folder holding "
-                           "Training/ Validation/ Test/")
-    return path.resolve()
 
 
 def load_fairvlmed(root: str | os.PathLike[str], *, image_size: int,
                    tokenize: Callable[[list[str]], torch.Tensor], tokenizer_key: str,
                    text_source: str = "gpt4", cache_dir: Path | None = None,
-                   progress: bool = False) -> FairVLMedData:
+                   progress: bool = False) -> LoadedDataset:
     """Validate, cache and load the three splits; raises DatasetError before any training on bad data."""
     if text_source not in TEXT_SOURCES:
         raise DatasetError(f"unknown text source {text_source!r}; choose one of {', '.join(TEXT_SOURCES)}")
@@ -81,13 +53,13 @@ def load_fairvlmed(root: str | os.PathLike[str], *, image_size: int,
     folders = {s: split_dir(root, s) for s in SPLITS}
     files = {s: list_split_files(folders[s]) for s in SPLITS}
     store = cache_root(cache_dir)
-    caches = {s: SplitCache(store, folders[s], s, files[s]) for s in SPLITS}
-    records = {s: caches[s].records() for s in SPLITS}
+    caches = {s: SplitCache(store, FairVLMed.name, folders[s], s, files[s]) for s in SPLITS}
+    records = {s: _records(caches[s]) for s in SPLITS}
     texts = {s: [truncate_text(t.strip()) for t in build_texts(root, files[s], records[s], text_source)]
              for s in SPLITS}
     out = {}
     for s in SPLITS:
-        images = caches[s].images(image_size, progress=progress)
+        images = caches[s].images(image_size, read_image, progress=progress)
         tokens = caches[s].tokens(texts[s], tokenize, tokenizer_key, text_source)
         out[s] = _split_tensors(s, images, tokens, records[s], files[s], texts[s])
         if out[s].n_dropped:
@@ -95,13 +67,20 @@ def load_fairvlmed(root: str | os.PathLike[str], *, image_size: int,
         if len(out[s]) == 0:
             raise DatasetError(f"{folders[s]}: every sample has an unknown (−1) attribute; nothing to evaluate")
     ident = _identity(root, [caches[s].fingerprint for s in SPLITS], len(files["train"]))
-    return LoadedDataset(name="fairvlmed", root=root, synthetic=ident.synthetic, tag=ident.tag,
+    return LoadedDataset(name=FairVLMed.name, root=root, synthetic=ident.synthetic, tag=ident.tag,
                          fingerprint=ident.fingerprint, text_source=text_source, **out)
 
 
-def identify_fairvlmed(root: str | os.PathLike[str]) -> DataIdentity:
+def _records(cache: SplitCache) -> list[Record]:
+    """Labels, attributes and notes of a split's files, from the cache's meta.json when it is current."""
+    rows = cache.meta(lambda: [rec.to_row() for rec in read_split_records(cache.files)])
+    return [Record.from_row(r) for r in rows]
+
+
+def identify_fairvlmed(root: str | os.PathLike[str], text_source: str = "gpt4") -> DataIdentity:
     """Tag and fingerprint of a FairVLMed folder from file names, sizes and npz CRCs: no image is decoded."""
     root = Path(root).expanduser().resolve()
+    require_layout(root, need_summaries=text_source == "gpt4")  # every missing piece in one message
     files = {s: list_split_files(split_dir(root, s)) for s in SPLITS}
     return _identity(root, [files_fingerprint(files[s]) for s in SPLITS], len(files["train"]))
 
@@ -109,7 +88,7 @@ def identify_fairvlmed(root: str | os.PathLike[str]) -> DataIdentity:
 def _identity(root: Path, split_fingerprints: list[str], n_train: int) -> DataIdentity:
     parts = [*split_fingerprints, text_file_fingerprint(find_summary_csv(root))]
     synthetic = is_synthetic(root)
-    return DataIdentity(root=root, synthetic=synthetic, tag="synthetic" if synthetic else "fairvlmed",
+    return DataIdentity(root=root, synthetic=synthetic, tag=FairVLMed.synthetic_tag if synthetic else FairVLMed.tag,
                         fingerprint=hashlib.sha256("|".join(parts).encode()).hexdigest()[:16], n_train=n_train)
 
 
@@ -119,7 +98,7 @@ def _split_tensors(split: str, images: np.ndarray, tokens: np.ndarray, records: 
     idx = np.flatnonzero(keep)
     img = torch.from_numpy(images)
     tok = torch.from_numpy(np.ascontiguousarray(tokens)).long()
-    labels = torch.tensor([r.glaucoma for r in records], dtype=torch.long)
+    labels = torch.tensor([r.glaucoma for r in records], dtype=torch.long)  # the label is FairVLMed.label
     attrs = {a: torch.tensor([r.attribute(a) for r in records], dtype=torch.long) for a in ATTRIBUTES}
     if not keep.all():
         sel = torch.from_numpy(idx)

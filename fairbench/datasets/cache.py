@@ -1,11 +1,12 @@
 """On-disk preprocessing cache: each image through CLIP's transform once, then memory-mapped uint8.
 
-Layout under the cache root (arg > $FAIRBENCH_CACHE > ~/.cache/fairbench):
+For datasets stored as one npz (zip) file per sample with a 2-D grayscale image in it. Layout under the
+cache root (arg > $FAIRBENCH_CACHE > ~/.cache/fairbench), per dataset namespace (its name):
 
-    fairvlmed/<split>-<fingerprint>/meta.json          file names, labels, attributes, notes
-    fairvlmed/<split>-<fingerprint>/images_<S>.npy     uint8 (N, 1, S, S), CLIP-transformed
-    fairvlmed/<split>-<fingerprint>/tokens_<key>.npy   int32 (N, L)
-    fairvlmed/index/<hash of split folder>.json        the fingerprint last cached for that folder
+    <namespace>/<split>-<fingerprint>/meta.json          file names and the dataset's per-file rows
+    <namespace>/<split>-<fingerprint>/images_<S>.npy     uint8 (N, 1, S, S), CLIP-transformed
+    <namespace>/<split>-<fingerprint>/tokens_<key>.npy   int32 (N, L)
+    <namespace>/index/<hash of split folder>.json        the fingerprint last cached for that folder
 
 Why the fingerprint is (name, size, CRC-32 of every npz member) and not (name, size, mtime_ns): a
 same-size rewrite whose mtime is preserved (cp -p, rsync -a, tar, coarse-mtime filesystems) would
@@ -15,8 +16,10 @@ key costs one small read at the end of each file. Entries are keyed by that fing
 entry can never be picked up; the per-folder index lets a changed folder be reported and its old
 entry removed. Every file is written to a temporary name and renamed, so readers never see half.
 
-Images are stored with one channel (FairVLMed is grayscale, CLIP's RGB conversion copies it three
-times) and exposed as a (N, 3, S, S) expanded view: a third of the disk and page cache.
+Images are stored with one channel (CLIP's RGB conversion of a grayscale image copies it three times)
+and exposed by the caller as a (N, 3, S, S) expanded view: a third of the disk and page cache. What a
+meta.json row holds (labels, attributes, notes) is the dataset's business: `SplitCache.meta` stores and
+returns the JSON rows the dataset builds.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import zipfile
@@ -35,14 +37,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fairbench.data.format import DatasetError, Record, _short, read_image, read_split_records
+from fairbench.datasets.base import DatasetError, short_error
 from fairbench.phases import phase
 from fairbench.results import atomic_path, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger("fairbench.data")
+log = logging.getLogger("fairbench.data")  # one logger for every dataset's loading and caching
 
 CACHE_VERSION = 1  # bump when the transform or the file layout changes
 TOKENS_VERSION = 1  # bump when text building or truncation changes
@@ -68,17 +70,32 @@ def file_signature(path: Path) -> str:
         with zipfile.ZipFile(path) as zf:
             members = sorted((i.filename, i.CRC, i.file_size) for i in zf.infolist())
     except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
-        raise DatasetError(f"{path}: unreadable npz, corrupt or truncated ({_short(exc)}); re-copy the file") from exc
+        raise DatasetError(f"{path}: unreadable npz, corrupt or truncated ({short_error(exc)}); "
+                           "re-copy the file") from exc
     body = ";".join(f"{n}:{c:08x}:{s}" for n, c, s in members)
     return f"{path.name}|{path.stat().st_size}|{body}"
 
 
 def files_fingerprint(files: list[Path]) -> str:
+    """Content key of npz files from their zip directories: one small read per file."""
     return _sha("\n".join(file_signature(p) for p in files))[:16]
 
 
 def text_file_fingerprint(path: Path | None) -> str:
     return "none" if path is None else hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def fingerprint_files(files: list[Path], relative_to: Path | None = None) -> str:
+    """Content key of any files: their names (relative to `relative_to`) and the SHA-256 of their bytes."""
+    digest = hashlib.sha256()
+    for path in files:
+        name = str(path.relative_to(relative_to)) if relative_to is not None else path.name
+        file_hash = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                file_hash.update(block)
+        digest.update(f"{name}\0{file_hash.hexdigest()}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -121,10 +138,10 @@ def _progress(total: int, label: str, enabled: bool) -> tuple[Callable[[], None]
 class SplitCache:
     """The cache entry of one split folder, valid for exactly the files it was built from."""
 
-    def __init__(self, root: Path, folder: Path, split: str, files: list[Path]) -> None:
+    def __init__(self, root: Path, namespace: str, folder: Path, split: str, files: list[Path]) -> None:
         self.folder, self.split, self.files = folder, split, files
         self.fingerprint = files_fingerprint(files)
-        base = root / "fairvlmed"
+        base = root / namespace
         self.dir = base / f"{split}-{self.fingerprint}-v{CACHE_VERSION}"
         self._retire_stale(base / "index" / f"{_sha(str(folder.resolve()))[:16]}.json")
 
@@ -142,27 +159,26 @@ class SplitCache:
         if previous != self.dir.name:
             write_json_atomic(index, {"folder": str(self.folder.resolve()), "dir": self.dir.name})
 
-    # -- labels, attributes, notes
-    def records(self) -> list[Record]:
+    # -- the dataset's per-file rows (labels, attributes, notes)
+    def meta(self, build: Callable[[], list[list]]) -> list[list]:
+        """One JSON row per file, from meta.json when it matches these files, else from `build()` (then stored)."""
         path = self.dir / "meta.json"
         names = [p.name for p in self.files]
         try:
             meta = json.loads(path.read_text())
             if meta["files"] == names and meta["fingerprint"] == self.fingerprint:
-                return [Record(*(math.nan if (i == 6 and v is None) else v for i, v in enumerate(r)))
-                        for r in meta["records"]]
+                return meta["records"]
             log.warning("cache %s does not match its files: rebuilding", path)
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        records = read_split_records(self.files)
-        rows = [[r.glaucoma, r.race, r.gender, r.ethnicity, r.language, r.maritalstatus,
-                 None if math.isnan(r.age) else r.age, r.note, r.note_extra] for r in records]
+        rows = build()
         write_json_atomic(path, {"fingerprint": self.fingerprint, "files": names, "records": rows})
-        return records
+        return rows
 
     # -- images
-    def images(self, size: int, progress: bool = False) -> np.ndarray:
-        """uint8 (N, 1, S, S), memory-mapped copy-on-write; built on first use."""
+    def images(self, size: int, read_image: Callable[[Path], np.ndarray], progress: bool = False) -> np.ndarray:
+        """uint8 (N, 1, S, S), memory-mapped copy-on-write; built on first use from `read_image(file)`, a 2-D
+        0–255 image."""
         path = self.dir / f"images_{size}.npy"
         want = (len(self.files), 1, size, size)
         if path.exists():
@@ -173,10 +189,10 @@ class SplitCache:
             except (OSError, ValueError):
                 pass
             log.warning("cache %s is damaged or of the wrong shape: rebuilding", path)
-        self._build_images(path, size, progress)
+        self._build_images(path, size, read_image, progress)
         return np.load(path, mmap_mode="c", allow_pickle=False)
 
-    def _build_images(self, path: Path, size: int, progress: bool) -> None:
+    def _build_images(self, path: Path, size: int, read_image: Callable[[Path], np.ndarray], progress: bool) -> None:
         advance, stop = _progress(len(self.files), f"caching {self.split} images", progress)
 
         def one(p: Path) -> np.ndarray:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fairbench.data.format import DatasetError
+from fairbench.datasets.base import DatasetError
 from fairbench.phases import phase
 
 GENERATOR_VERSION = 2
@@ -41,7 +41,7 @@ _SPLIT_FOLDERS = (("Training", "training"), ("Validation", "validation"), ("Test
 _BATCH = 64  # images generated together; fixed, so the random streams do not depend on memory
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
-# Population (fractions of patients); codes as in fairbench.data.format.ATTRIBUTE_GROUPS.
+# Population (fractions of patients); codes as in FairVLMed.attributes.
 RACE_P = (0.08, 0.15, 0.77)  # Asian, Black, White
 PREVALENCE = {0: 0.48, 1: 0.65, 2: 0.48}
 FEMALE_P = 0.56
@@ -243,7 +243,7 @@ def make_synthetic(out: str | os.PathLike[str], n_train: int = DEFAULTS["n_train
             write_npz_deterministic(out / _SPLIT_FOLDERS[use[i]][0] / names[i], arrays)
     _write_csvs(out, names, pop, notes, summaries, use)
     params = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size, "seed": seed}
-    marker = {"generator": "fairbench.data.synth", "version": GENERATOR_VERSION, "params": params,
+    marker = {"generator": "fairbench.datasets.fairvlmed.synth", "version": GENERATOR_VERSION, "params": params,
               "image_shape": [height, width], "note": "Synthetic data: results on it are not FairVLMed results."}
     (out / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return out
@@ -269,7 +269,7 @@ def _write_csvs(out: Path, names: list[str], pop: dict[str, np.ndarray], notes: 
 def default_synthetic_dataset(cache_dir: Path | None = None) -> Path:
     """The default synthetic dataset, generated once under the cache root, keyed by generator
     version and parameters; concurrent callers race safely (build in a temp folder, rename)."""
-    from fairbench.data.cache import cache_root
+    from fairbench.datasets.cache import cache_root
 
     key = hashlib.sha256(json.dumps([GENERATOR_VERSION, DEFAULTS], sort_keys=True).encode()).hexdigest()[:10]
     path = cache_root(cache_dir) / "synthetic" / f"fairvlmed-synth-v{GENERATOR_VERSION}-{key}"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from fairbench.fol import fol_terms, group_variances, variance_gap
-from fairbench.models.moe import GateRecord
+from fairbench_methods.fairmoe.layers import GateRecord
+from fairbench_methods.fairmoe.loss import fol_terms, group_variances, variance_gap
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,3 +98,21 @@ def test_fol_terms_assemble_batches_in_call_order():
 def test_bad_form_is_named():
     with pytest.raises(ValueError, match="FOL form"):
         variance_gap(torch.rand(3, 2), torch.zeros(3, dtype=torch.long), 1, form="loop")
+
+
+@pytest.mark.parametrize("form", ["paper", "released"])
+def test_fol_under_bf16_autocast_equals_fp32(form):
+    """FOL's statistics leave autocast (fairbench.precision): value and gradients equal the fp32 path."""
+    base, groups, valid, population = random_case(3, tokens=True)
+
+    def value_and_grad(autocast: bool):
+        weights = base.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            value = variance_gap(weights, groups, 3, valid=valid, population=population, form=form)
+        (grad,) = torch.autograd.grad(value, [weights])
+        return value.detach(), grad
+
+    (v32, g32), (vmix, gmix) = value_and_grad(False), value_and_grad(True)
+    assert vmix.dtype == torch.float32
+    torch.testing.assert_close(vmix, v32, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(gmix, g32, rtol=1e-4, atol=1e-9)

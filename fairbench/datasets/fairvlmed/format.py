@@ -11,15 +11,20 @@ deliberate difference: files are sorted, where FairCLIP uses unsorted `os.listdi
 from __future__ import annotations
 
 import csv
+import math
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fairbench.attributes import ATTRIBUTE_GROUPS, ATTRIBUTES, UNKNOWN  # noqa: F401 - re-exported
-from fairbench.datasets.base import DatasetError  # noqa: F401 - re-exported
+from fairbench.datasets.base import UNKNOWN, DatasetError
+from fairbench.datasets.base import short_error as _short
+from fairbench.datasets.fairvlmed import FairVLMed
+
+ATTRIBUTE_GROUPS: dict[str, dict[int, str]] = FairVLMed.attributes
+ATTRIBUTES: tuple[str, ...] = tuple(ATTRIBUTE_GROUPS)  # the papers' order
 
 # Published split folder names; the test split appears as `Test/` or, in some releases, `Testing/`.
 SPLIT_DIRS: dict[str, tuple[str, ...]] = {
@@ -65,6 +70,17 @@ class Record:
 
     def attribute(self, name: str) -> int:
         return int(getattr(self, name))
+
+    def to_row(self) -> list:
+        """The record as one JSON row of the preprocessing cache's meta.json (age NaN → null)."""
+        return [None if isinstance(v, float) and math.isnan(v) else v for v in astuple(self)]
+
+    @classmethod
+    def from_row(cls, row: list) -> Record:
+        return cls(*(math.nan if (i == _AGE and v is None) else v for i, v in enumerate(row)))
+
+
+_AGE = 6  # position of `age` in a Record row
 
 
 # ---------------------------------------------------------------- split folders and files
@@ -256,7 +272,8 @@ def read_split_records(files: list[Path]) -> list[Record]:
 
 def keep_mask(records: list[Record], split: str) -> np.ndarray:
     """Which samples a split keeps: evaluation splits drop any sample with an unknown (−1) attribute."""
-    codes = np.array([[r.attribute(a) for a in ATTRIBUTES] for r in records], dtype=np.int64).reshape(-1, 4)
+    codes = np.array([[r.attribute(a) for a in ATTRIBUTES] for r in records], dtype=np.int64)
+    codes = codes.reshape(-1, len(ATTRIBUTES))
     if split not in EVAL_SPLITS:
         return np.ones(len(records), dtype=bool)
     return (codes != UNKNOWN).all(axis=1)
@@ -335,8 +352,3 @@ def build_texts(root: Path, files: list[Path], records: list[Record], text_sourc
         note = rec.note.strip()
         texts.append(note if text_source == "note" else f"{demographics_phrase(rec)} {note}")
     return texts
-
-
-def _short(exc: BaseException) -> str:
-    msg = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {msg}"[:160]

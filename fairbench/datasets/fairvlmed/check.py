@@ -8,12 +8,11 @@ fairness metrics will mean anything.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from fairbench.data.format import (
+from fairbench.datasets.base import CheckReport, SplitReport
+from fairbench.datasets.fairvlmed.format import (
     ATTRIBUTES,
     IMAGE_KEY,
     READ_ERRORS,
@@ -30,28 +29,6 @@ from fairbench.data.format import (
     read_record,
     read_summaries,
 )
-
-
-@dataclass
-class SplitReport:
-    folder: str
-    n_files: int = 0
-    n_valid: int = 0
-    n_unknown: int = 0  # samples with any −1 attribute (dropped from evaluation splits)
-    # (attribute, code, label) → count; code −1 = unknown
-    counts: Counter = field(default_factory=Counter)
-    image_shapes: Counter = field(default_factory=Counter)
-
-
-@dataclass
-class CheckReport:
-    root: Path
-    splits: dict[str, SplitReport] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
 
 def _check_file(path: Path) -> tuple[Record | None, tuple[int, ...] | None, list[str]]:
@@ -72,8 +49,10 @@ def _check_file(path: Path) -> tuple[Record | None, tuple[int, ...] | None, list
 
 def check_dataset(root: str | os.PathLike[str]) -> CheckReport:
     """Validate every split folder, file and summary row under root."""
+    from fairbench.datasets.fairvlmed.synth import is_synthetic
+
     root = Path(root)
-    report = CheckReport(root=root)
+    report = CheckReport(root=root, synthetic=is_synthetic(root))
     if not root.is_dir():
         report.problems.append(f"{root}: dataset folder not found")
         return report
@@ -113,6 +92,7 @@ def check_dataset(root: str | os.PathLike[str]) -> CheckReport:
             if rec is None:
                 continue
             rep.n_valid += 1
+            rep.n_positive += rec.glaucoma
             codes = {a: rec.attribute(a) for a in ATTRIBUTES}
             rep.n_unknown += any(c == UNKNOWN for c in codes.values())
             for attr, code in codes.items():

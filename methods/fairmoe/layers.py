@@ -28,7 +28,7 @@ weighted sum of experts. Experts are residual MLPs x + T σ(W x + b) + c with T,
 equals the backbone (with renormalised weights). `feature_experts = 0` gives the released code's form: one
 expert per group of the training attribute; `feature_top_k = 0` a dense softmax.
 
-Gate weights are what FOL (fairbench.fol) regularises; `record_routing(model)` collects them per forward.
+Gate weights are what FOL (`loss.py` beside this module) regularises; `record_routing(model)` collects them per forward.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+TOWERS = ("image", "text")
 
 
 @dataclass
@@ -284,18 +286,18 @@ class FeatureMoE(nn.Module):
 class MoEConfig:
     """Where and how Fair-MoE's layers go into a CLIP (defaults: the released code's M = 10, k = 3, C = 0.8)."""
 
-    experts: int = 10
-    top_k: int = 3
-    capacity: float = 0.8
-    renormalize: bool = True
-    keep_pooled: bool = True
-    gate_hidden_ratio: float = 0.25
-    feature_experts: int = 10  # 0 = one per group of the training attribute (released code)
-    feature_top_k: int = 3  # 0 = dense softmax (released code)
+    experts: int = 10  # M, embedding-based MoE
+    top_k: int = 3  # k, Top_r per token
+    capacity: float = 0.8  # C, Top_c keeps α = ceil(C·(N+1)·k/M) tokens per expert and sample
+    renormalize: bool = True  # divide each token's Top_r weights by their sum
+    keep_pooled: bool = True  # the CLS/EOT token bypasses Top_c
+    gate_hidden_ratio: float = 0.25  # gate MLP hidden width / input width
+    feature_experts: int = 10  # M₂, feature-based MoE; 0 = one per group of the training attribute (released code)
+    feature_top_k: int = 3  # k₂; 0 = dense softmax (released code)
     feature_hidden_ratio: float = 1.0
     embedding_moe: bool = True
     feature_moe: bool = True
-    towers: tuple[str, ...] = field(default=("image", "text"))
+    towers: tuple[str, ...] = field(default=TOWERS)  # encoders that get FO-MoE (and so their FOL terms)
 
 
 def text_layout(text: torch.Tensor, pool_type: str, eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
