@@ -8,6 +8,8 @@ import typer
 
 from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, fail, load_dataset, split_list
 
+SLURM_PANEL = "SLURM (--launcher slurm)"
+
 
 def run(
     method: str = typer.Option(None, "--method", "-m", help="Method name(s): comma list and wildcards, e.g. "
@@ -39,7 +41,8 @@ def run(
                               ".toml file naming methods, archs, attributes, seeds, protocol, select, dataset and "
                               "settings; replaces --method/--arch/--attr/--seeds/--protocol/--select/--dataset."),
     launcher: str = typer.Option("local", "--launcher", help="Where jobs run: local (this machine: in this process, "
-                                 "or in worker processes with --workers/--gpus)."),
+                                 "or in worker processes with --workers/--gpus) or slurm (one SLURM job array "
+                                 "through submitit; --slurm-* options)."),
     workers: int = typer.Option(1, "--workers", "-w", help="Local launcher: run this many jobs at once, each in its "
                                 "own worker process (1: one after another in this process)."),
     gpus: str = typer.Option(None, "--gpus", help="Local launcher: one worker process per listed GPU, e.g. 0,1,2,3; "
@@ -48,6 +51,24 @@ def run(
                                      "models can share one)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List each job with its run folder and state "
                                  "(done / pending), and estimate the time left from finished runs; train nothing."),
+    slurm_partition: str = typer.Option(None, "--slurm-partition", rich_help_panel=SLURM_PANEL,
+                                        help="Partition to submit to (default: the cluster's)."),
+    slurm_time: str = typer.Option(None, "--slurm-time", rich_help_panel=SLURM_PANEL, help="Time limit of each "
+                                   "task: minutes or HH:MM:SS (default 60 min); a task that reaches it requeues "
+                                   "itself and resumes."),
+    slurm_gpus_per_task: int = typer.Option(None, "--slurm-gpus-per-task", rich_help_panel=SLURM_PANEL,
+                                            help="GPUs for each task (one run)."),
+    slurm_cpus_per_task: int = typer.Option(None, "--slurm-cpus-per-task", rich_help_panel=SLURM_PANEL,
+                                            help="CPUs for each task."),
+    slurm_mem: str = typer.Option(None, "--slurm-mem", rich_help_panel=SLURM_PANEL,
+                                  help="Memory for each task, e.g. 32G."),
+    slurm_account: str = typer.Option(None, "--slurm-account", rich_help_panel=SLURM_PANEL,
+                                      help="Account to charge."),
+    slurm_qos: str = typer.Option(None, "--slurm-qos", rich_help_panel=SLURM_PANEL, help="Quality of service."),
+    slurm_array_parallelism: int = typer.Option(None, "--slurm-array-parallelism", rich_help_panel=SLURM_PANEL,
+                                                help="At most this many tasks of the array at once."),
+    no_wait: bool = typer.Option(False, "--no-wait", rich_help_panel=SLURM_PANEL, help="Return once the array "
+                                 "is submitted (watch with `fairbench status`); rerun the command to repair runs."),
 ) -> None:
     """Train and evaluate methods; one result folder per (dataset, method, arch, attribute, config, seed)."""
     import time
@@ -104,8 +125,11 @@ def run(
     from fairbench.launchers import get_launcher
 
     local = {"workers": workers, "gpus": split_list(gpus), "runs_per_gpu": runs_per_gpu}
+    slurm = {"partition": slurm_partition, "time": slurm_time, "gpus_per_task": slurm_gpus_per_task,
+             "cpus_per_task": slurm_cpus_per_task, "mem": slurm_mem, "account": slurm_account, "qos": slurm_qos,
+             "array_parallelism": slurm_array_parallelism, "wait": not no_wait}
     try:
-        chosen = get_launcher(launcher, **(local if launcher == "local" else {}))
+        chosen = get_launcher(launcher, **_slurm_options(launcher, slurm), **(local if launcher == "local" else {}))
     except ValueError as exc:
         fail(str(exc))
     if launcher != "local" and (workers != 1 or gpus is not None or runs_per_gpu != 1):
@@ -141,6 +165,17 @@ def _load_study(name: str, **fixed):
         return load_study(name)
     except StudyError as exc:
         fail(str(exc))
+
+
+def _slurm_options(launcher: str, given: dict) -> dict:
+    """The --slurm-* options for the SLURM launcher; given to any other launcher they are an error."""
+    if launcher == "slurm":
+        return given
+    used = [f"--slurm-{k.replace('_', '-')}" for k, v in given.items() if k != "wait" and v is not None]
+    used += [] if given["wait"] else ["--no-wait"]
+    if used:
+        fail(f"{', '.join(used)} need --launcher slurm")
+    return {}
 
 
 def _check_archs(archs: list[str]) -> None:
@@ -237,7 +272,11 @@ def _run_all(console, launcher, planned, started: float) -> None:
             fail(f"{reporter.current or 'run'}: {exc}")
     if any(r.record and r.record["dataset"]["synthetic"] for r in results):
         console.print("[bold yellow]These results are on SYNTHETIC data, not the real dataset.[/]")
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "submitted")}
+    if counts["submitted"]:
+        console.print(f"Submitted {counts['submitted']} job(s) in {elapsed(started)}; {counts['skipped']} skipped "
+                      f"(already done). Results will appear under {out}/.")
+        return
     console.print(f"Finished in {elapsed(started)}: {counts['done']} trained, {counts['skipped']} skipped "
                   f"(already done), {counts['failed']} failed. Results under {out}/ — show them with "
                   f"`fairbench table --out {out}`.")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fairbench.launchers.base import Launcher, Reporter
 from fairbench.launchers.local import LocalLauncher, SequentialLauncher
+from fairbench.launchers.slurm import SlurmLauncher
 
-LAUNCHERS: dict[str, type[Launcher]] = {LocalLauncher.name: LocalLauncher}
+LAUNCHERS: dict[str, type[Launcher]] = {LocalLauncher.name: LocalLauncher, SlurmLauncher.name: SlurmLauncher}
 
 
 def get_launcher(name: str, **options) -> Launcher:
@@ -17,4 +18,4 @@ def get_launcher(name: str, **options) -> Launcher:
     return cls(**options)
 
 
-__all__ = ["LAUNCHERS", "Launcher", "LocalLauncher", "Reporter", "SequentialLauncher", "get_launcher"]
+__all__ = ["LAUNCHERS", "Launcher", "LocalLauncher", "Reporter", "SequentialLauncher", "SlurmLauncher", "get_launcher"]

@@ -1,0 +1,262 @@
+"""The SLURM launcher: the planned jobs that are not done go out as one job array through submitit.
+
+Each array task runs a `SlurmTask`, plain data (the planned job and a thread count) that pickles to the
+cluster. It loads the job's plugins and calls `fairbench.execute.execute`, as every launcher does, so claims,
+resume and result checks behave the same on a cluster. On a time limit or a preemption submitit calls its
+`checkpoint()`, which hands submitit the same task to requeue; the requeued task calls `execute` again, which
+continues from the run's last saved epoch. Submission files and logs live in `<out>/slurm/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fairbench.launchers.base import Launcher, Reporter
+
+if TYPE_CHECKING:
+    from fairbench.execute import JobResult
+    from fairbench.jobs import PlannedJob
+
+MISSING_SUBMITIT = "--launcher slurm needs submitit; install it with: pip install 'fairbench[slurm]'"
+DEFAULT_TIME_MIN = 60
+LOG_FOLDER = "slurm"  # under the results root
+# SLURM states after which a task will not run again (a requeued task passes through PENDING/REQUEUED).
+_FINAL = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT")
+
+
+def parse_time(value: str | int) -> int:
+    """A SLURM time limit (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in whole minutes, rounded up.
+
+    submitit needs minutes: it compares the elapsed time with the limit to tell a time-out from a preemption.
+    """
+    text = str(value).strip()
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not match:
+        raise ValueError(f"--slurm-time {text!r} is not a SLURM time; use minutes (90), HH:MM:SS (1:30:00) or "
+                         "D-HH:MM:SS (1-00:00:00)")
+    days, first, second, third = match.groups()
+    parts = [int(p) for p in (first, second, third) if p is not None]
+    if days is not None:  # D-HH[:MM[:SS]]
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+        seconds += ((int(days) * 24 + hours) * 60 + minutes) * 60
+    elif len(parts) == 3:  # HH:MM:SS
+        seconds = (parts[0] * 60 + parts[1]) * 60 + parts[2]
+    else:  # MM or MM:SS
+        seconds = parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)
+    if seconds <= 0:
+        raise ValueError(f"--slurm-time {text!r} must be longer than zero")
+    return -(-seconds // 60)
+
+
+def check_mem(value: str) -> str:
+    """A SLURM --mem value: a number with an optional K/M/G/T unit (megabytes without one)."""
+    if not re.fullmatch(r"\d+[KMGT]?", value.strip(), flags=re.IGNORECASE):
+        raise ValueError(f"--slurm-mem {value!r} is not a SLURM memory size; use e.g. 16G or 8000 (megabytes)")
+    return value.strip().upper()
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise ValueError(MISSING_SUBMITIT) from None
+    return submitit
+
+
+@dataclass
+class SlurmTask:
+    """One array task: execute one planned job with a fixed torch thread count.
+
+    The thread count is the submitting process's, so a task's CPU allocation does not change the numbers: CPU
+    results of `--launcher slurm` equal the local launcher's (`--set threads=N` still overrides both).
+    """
+
+    planned: PlannedJob
+    threads: int
+
+    def __call__(self) -> tuple[str, str, dict[str, Any] | None]:
+        import torch
+        from rich.console import Console
+
+        from fairbench.execute import execute
+        from fairbench.registry import load_plugins
+
+        console = Console(soft_wrap=True, highlight=False)  # a log file: whole lines, markup stripped
+        load_plugins(self.planned.plugins)
+        torch.set_num_threads(self.threads)
+        slurm_id = "_".join(filter(None, (os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
+                                          os.environ.get("SLURM_ARRAY_TASK_ID"))))
+        console.print(f"fairbench: {self.planned.label()} → {self.planned.run_dir} (SLURM job {slurm_id or '?'}, "
+                      f"{self.threads} torch threads)", markup=False)
+        epochs = self.planned.config["train"]["epochs"]
+
+        def on_epoch(record: dict[str, Any]) -> None:
+            auc = record.get("val_auc")
+            console.print(f"  epoch {record['epoch'] + 1}/{epochs}: loss {record.get('train', {}).get('loss', 0):.4g}"
+                          f", val AUC {'n/a' if auc is None or auc != auc else f'{auc:.3f}'}", markup=False)
+
+        result = execute(self.planned, log=console.print, on_epoch=on_epoch)
+        console.print(f"fairbench: {result.status} {self.planned.label()}"
+                      + (f": {result.message}" if result.message else ""), markup=False)
+        return result.status, result.message, result.record
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """Called by submitit on a time limit or preemption: requeue this same task. Nothing to save here, since
+        `execute` writes the training state after every epoch and the requeued task resumes from it."""
+        print(f"fairbench: {self.planned.label()} interrupted (time limit or preemption); asking submitit to "
+              "requeue it, it resumes from its last saved epoch", flush=True)
+        return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+class SlurmLauncher(Launcher):
+    """Submit every job that is not done as one SLURM job array; wait for it and report each task (or not)."""
+
+    name = "slurm"
+
+    def __init__(self, *, partition: str | None = None, time: str | int | None = None,
+                 gpus_per_task: int | None = None, cpus_per_task: int | None = None, mem: str | None = None,
+                 account: str | None = None, qos: str | None = None, array_parallelism: int | None = None,
+                 wait: bool = True, poll_s: float = 2.0, sync_s: float = 10.0) -> None:
+        _submitit()
+        if shutil.which("sbatch") is None or shutil.which("srun") is None:
+            raise ValueError("--launcher slurm: sbatch/srun are not on PATH; run on a SLURM login node (to try "
+                             "SLURM on this machine: sudo scripts/slurm_local.sh)")
+        for flag, number in (("--slurm-gpus-per-task", gpus_per_task), ("--slurm-cpus-per-task", cpus_per_task),
+                             ("--slurm-array-parallelism", array_parallelism)):
+            if number is not None and number < (0 if flag == "--slurm-gpus-per-task" else 1):
+                raise ValueError(f"{flag} {number} is out of range; use a positive number")
+        parameters: dict[str, Any] = {"job_name": "fairbench",
+                                      "time": parse_time(time) if time is not None else DEFAULT_TIME_MIN}
+        optional = {"partition": partition, "gpus_per_task": gpus_per_task or None, "cpus_per_task": cpus_per_task,
+                    "mem": check_mem(mem) if mem else None, "account": account, "qos": qos,
+                    "array_parallelism": array_parallelism}
+        parameters.update({k: v for k, v in optional.items() if v is not None})
+        self.parameters = parameters
+        self.wait = wait
+        self.poll_s = poll_s
+        self.sync_s = sync_s  # how often to ask sacct, which is how a cancelled or killed task is noticed
+
+    def launch(self, jobs: list[PlannedJob], reporter: Reporter) -> list[JobResult]:
+        import torch
+
+        from fairbench.execute import JobResult
+
+        submitit = _submitit()
+        results: dict[int, JobResult] = {}
+        todo = []
+        for index, planned in enumerate(jobs):
+            if planned.state() == "done":
+                results[index] = JobResult(planned, "skipped", "finished run with this config exists")
+                reporter.job_finished(results[index])
+            else:
+                todo.append(index)
+        if not todo:
+            return [results[i] for i in range(len(jobs))]
+        folder = Path(jobs[0].out).absolute() / LOG_FOLDER
+        executor = submitit.SlurmExecutor(folder=folder)
+        executor.update_parameters(**self.parameters)
+        threads = torch.get_num_threads()
+        try:
+            with executor.batch():
+                submitted = [executor.submit(SlurmTask(jobs[i], threads)) for i in todo]
+        except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedSubmissionError, OSError) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = next((line for line in lines if "error:" in line and "submission failed" not in line),
+                          lines[-1] if lines else type(exc).__name__)
+            raise ValueError(f"SLURM did not accept the job array ({reason}); check the --slurm-* options") from None
+        array_id = submitted[0].job_id.split("_")[0]
+        listing = folder / f"{array_id}_jobs.tsv"
+        _write_listing(listing, [jobs[i] for i in todo], submitted)
+        reporter.log(f"submitted {len(todo)} job(s) to SLURM as job {array_id} "
+                     f"({len(jobs) - len(todo)} already done, not submitted); which task trains which run: "
+                     f"{listing}")
+        if not self.wait:
+            out = jobs[0].out
+            reporter.log(f"not waiting (--no-wait). Watch with: fairbench status --out {out} · squeue -j {array_id}"
+                         f" · logs in {folder}/. Cancel with: scancel {array_id}. Rerun the same command to repair"
+                         " runs that did not finish.")
+            for i, job in zip(todo, submitted, strict=True):
+                results[i] = JobResult(jobs[i], "submitted", f"SLURM job {job.job_id}")
+            return [results[i] for i in range(len(jobs))]
+        try:
+            self._wait(jobs, dict(zip(todo, submitted, strict=True)), results, reporter)
+        except BaseException:  # Ctrl-C (or a signal) while waiting: the array itself is not touched
+            reporter.log(f"stopped waiting; the SLURM jobs keep running: squeue -j {array_id}, "
+                         f"scancel {array_id} to cancel them")
+            raise
+        return [results[i] for i in range(len(jobs))]
+
+    def _wait(self, jobs: list[PlannedJob], pending: dict[int, Any], results: dict[int, JobResult],
+              reporter: Reporter) -> None:
+        seen: dict[str, str] = {}
+        ran: set[str] = set()
+        last_sync = float("-inf")
+        while pending:
+            if time.monotonic() - last_sync >= self.sync_s:
+                next(iter(pending.values())).watcher.update()  # one sacct call for the whole array
+                last_sync = time.monotonic()
+            for index, job in list(pending.items()):
+                info = job.get_info(mode="cache")
+                state = (info.get("State") or "PENDING").split()[0]
+                before = seen.get(job.job_id)
+                if state != before:
+                    _report_state(reporter, job.job_id, jobs[index], before, state, info.get("NodeList"),
+                                  ran=job.job_id in ran)
+                    seen[job.job_id] = state
+                    if state == "RUNNING":
+                        ran.add(job.job_id)
+                if job.paths.result_pickle.exists() or state in _FINAL:
+                    results[index] = _outcome(jobs[index], job, state)
+                    reporter.job_finished(results[index])
+                    del pending[index]
+            if pending:
+                time.sleep(self.poll_s)
+
+
+def _report_state(reporter: Reporter, job_id: str, planned: PlannedJob, before: str | None, state: str,
+                  node: str | None, *, ran: bool) -> None:
+    """A line when a task starts running, and when a running task goes back to the queue (requeued)."""
+    if state == "RUNNING":
+        reporter.log(f"SLURM {job_id} running{' again' if ran else ''}{f' on {node}' if node else ''}: "
+                     f"{planned.label()}")
+    elif state in ("REQUEUED", "PREEMPTED") or (state == "PENDING" and before == "RUNNING"):
+        reporter.log(f"SLURM {job_id} requeued (time limit or preemption): {planned.label()}; it resumes from "
+                     "its last saved epoch when it runs again")
+
+
+def _outcome(planned: PlannedJob, job, state: str) -> JobResult:
+    """What one finished array task came to; a task that never returned names its SLURM state and its log."""
+    from fairbench.execute import JobResult
+
+    where = f"SLURM job {job.job_id}, log {job.paths.stderr}"
+    if not job.paths.result_pickle.exists():
+        time.sleep(1)  # the pickle is written just before the task ends; give a shared filesystem a moment
+    if not job.paths.result_pickle.exists():
+        return JobResult(planned, "failed", f"{state.lower()} before it finished ({where}); rerun the same "
+                                            "command to train it again")
+    try:
+        status, message, record = job.result()
+    except _submitit().core.utils.UncompletedJobError as exc:  # the task raised; its traceback ends with the error
+        lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("---")]
+        error = next((line for line in reversed(lines) if not line.startswith(("You can check", "or at paths",
+                                                                                "  - "))), "error")
+        return JobResult(planned, "failed", f"{error.strip()} ({where})")
+    return JobResult(planned, status, message, record)
+
+
+def _write_listing(path: Path, planned: list[PlannedJob], submitted: list) -> None:
+    """A table of SLURM task id → run, so `scancel`, `squeue` and a log can be matched to a run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t")
+        writer.writerow(["slurm_job", "run", "run_dir", "stdout", "stderr"])
+        writer.writerows([job.job_id, p.label(), str(p.run_dir), str(job.paths.stdout), str(job.paths.stderr)]
+                         for p, job in zip(planned, submitted, strict=True))
+
