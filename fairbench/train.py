@@ -269,8 +269,20 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
 
 
 def _unfrozen(parameters, model: nn.Module, frozen: tuple[str, ...]) -> list[nn.Parameter]:
-    """The method's trainable parameters minus those under the protocol's frozen top-level attributes."""
-    blocked = {id(p) for name, p in model.named_parameters() if name.split(".", 1)[0] in frozen}
+    """The method's trainable parameters minus those under the protocol's frozen attributes of the CLIP model.
+
+    The names are attributes of the CLIP module itself (the one holding `visual` and `logit_scale`), wherever a
+    method's wrapper puts it (Fair-MoE nests it as `clip.`); `visual.positional_embedding` is not the frozen
+    `positional_embedding`."""
+    prefixes = [name for name, module in model.named_modules()
+                if hasattr(module, "visual") and hasattr(module, "logit_scale")]
+    if frozen and not prefixes:
+        raise ValueError(f"the protocol freezes {', '.join(frozen)}, but the model has no CLIP module (one with "
+                         "`visual` and `logit_scale`); use a protocol without frozen parts")
+    roots = tuple(f"{prefix}." if prefix else "" for prefix in prefixes)
+    blocked = {id(p) for name, p in model.named_parameters()
+               if any(name.startswith(root + part) and name[len(root + part):len(root + part) + 1] in ("", ".")
+                      for root in roots for part in frozen)}
     return [p for p in parameters if id(p) not in blocked]
 
 

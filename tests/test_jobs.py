@@ -188,3 +188,22 @@ def test_group_batch_size_is_read_from_the_method(dataset, tmp_path):
           test_data=groups(data.test), normalize=lambda x: x.float() / 255, tokenize=lambda t: data.train.tokens[:2],
           prompts=("a", "b"), seed=0, device=torch.device("cpu"), auc=lambda y, s: 0.5)
     assert sizes and set(sizes) == {5}
+
+
+@pytest.mark.parametrize("name", ["clip", "fairmoe"])
+def test_protocol_freezes_the_clip_parts_wherever_a_method_nests_clip(name):
+    """FairCLIP's optimiser holds the towers only; Fair-MoE wraps CLIP as `clip.`, and must freeze the same parts."""
+    from fairbench.models import create_backbone
+    from fairbench.protocols import CLIP_FROZEN
+    from fairbench.registry import get_method, load_plugins
+    from fairbench.train import _unfrozen
+
+    load_plugins()
+    cls = get_method(name)
+    model = cls(cls.Settings(), "race", 3).build(create_backbone("tiny", pretrained=None).model)
+    kept = {id(p) for p in _unfrozen(model.parameters(), model, CLIP_FROZEN)}
+    frozen = sorted(n.removeprefix("clip.") for n, p in model.named_parameters() if id(p) not in kept)
+    assert frozen == sorted(["positional_embedding", "text_projection", "logit_scale", "token_embedding.weight",
+                             "ln_final.weight", "ln_final.bias"])
+    trained = {n for n, p in model.named_parameters() if id(p) in kept}
+    assert any("visual.positional_embedding" in n for n in trained)  # the vision tower trains whole
