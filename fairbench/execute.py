@@ -100,6 +100,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     from fairbench.datasets import normalize_images
     from fairbench.metrics import evaluate
     from fairbench.models import create_backbone
+    from fairbench.models.backbones import default_weights_built_here
     from fairbench.provenance import code_version
     from fairbench.train import SplitData, pick_device, seed_everything, train
 
@@ -116,6 +117,8 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
 
         pretrained_info = ensure_pretrained(planned.pretraining, planned.cache_dir)
         weights = pretrained_info["path"]
+    elif weights == "default" and default_weights_built_here(job.arch):
+        weights = None  # the dataset has no pretraining set: the arch starts from random init
     seed_everything(job.seed)  # the random init of `tiny` (and any new layers) depends on the seed
     backbone = create_backbone(job.arch, pretrained=weights, device="cpu")
     model = method.build(backbone.model)

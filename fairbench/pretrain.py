@@ -101,7 +101,7 @@ def ensure_pretrained(target: PretrainTarget, cache_dir: Path | None = None) -> 
         _build(target, tmp, cache_dir)
         os.rename(tmp, target.path)
     except OSError:
-        if read_provenance(target) is None:  # not a lost race with another process
+        if read_provenance(target) is None:  # unless another process finished it first
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

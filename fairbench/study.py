@@ -3,13 +3,13 @@ dataset, settings), so `fairbench run --study NAME` plans it and `table/report -
 
 A study file has these keys (all but `methods` optional):
 
-    name        = "fair-moe-paper"        # default: the file name without .toml
+    name        = "my-study"              # default: the file name without .toml
     description = "one line"
-    dataset     = "fairvlmed"             # a registered dataset; default: the registry's default dataset
+    dataset     = "mydata"                # a registered dataset; default: the registry's default dataset
     protocol    = "fairbench"             # the training protocol, as `--protocol`
-    methods     = ["clip", "fairmoe*"]    # names or wildcards, as `--method`
+    methods     = ["clip", "mymethod*"]   # names or wildcards, as `--method`
     archs       = ["b16", "l14"]          # default ["tiny"]
-    attributes  = ["race", "gender"]      # training attributes; default: all of the dataset's
+    attributes  = ["sex", "site"]         # training attributes; default: all of the dataset's
     seeds       = 3                       # 0..N-1, or an explicit list [0, 1, 2]
     select      = "test"                  # val | test; default: the protocol's rule
     [set]                                 # settings, as `--set key=value`
@@ -240,7 +240,7 @@ def study_records(study: Study, records: list[dict[str, Any]], jobs: list | None
 
 
 def missing_runs(study: Study, records: list[dict[str, Any]], jobs: list | None = None) -> list[str]:
-    """One line per (method, arch, attribute) short of the study's seeds, e.g. "fairmoe l14 race: 1 of 3 seeds"."""
+    """One line per (method, arch, attribute) short of the study's seeds, e.g. "mymethod l14 site: 1 of 3 seeds"."""
     jobs = jobs if jobs is not None else study_jobs(study)
     found: dict[tuple, set[int]] = defaultdict(set)
     for rec in study_records(study, records, jobs):

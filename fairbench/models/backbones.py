@@ -125,6 +125,12 @@ def input_spec(arch: str) -> InputSpec:
     return InputSpec(model_name, size, tokenizer, f"{type(tokenizer).__name__}-{context}")
 
 
+def default_weights_built_here(arch: str) -> bool:
+    """Whether `arch`'s default weights come from fairbench.pretrain (no hub has them)."""
+    spec = ARCHS.get(arch)
+    return spec is not None and spec.default_pretrained == PRETRAINED_HERE
+
+
 def create_backbone(arch: str, pretrained: str | None = "default", device: str | torch.device = "cpu") -> Backbone:
     """Build `arch` with weights `pretrained` ("default" = the arch's usual weights; None = random init)."""
     import open_clip
