@@ -156,7 +156,12 @@ def train_settings_for(arch: str, overrides: dict[str, str], epochs: int | None,
 
 
 def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
-    """Resolve every job's config, hash and run folder; raises SettingsError/DatasetError before anything runs."""
+    """Resolve every job's config, hash and run folder; raises SettingsError/DatasetError before anything runs.
+
+    Run-control trainer settings (`fairbench.train.RUN_CONTROL_SETTINGS`) are left out of the config: they
+    change no number, so they must not change the hash."""
+    from fairbench.train import RUN_CONTROL_SETTINGS
+
     methods = list(dict.fromkeys(j.method for j in jobs))
     method_overrides, train_overrides = split_overrides(methods, options.overrides)
     spec = get_dataset(options.dataset)()
@@ -172,6 +177,7 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
             raise SettingsError(f"dataset {spec.name!r} has no attribute {job.attribute!r}; use one of "
                                 f"{', '.join(spec.attributes)}")
         settings = train_settings_for(job.arch, train_overrides, options.epochs, options.select)
+        train_config = {k: v for k, v in settings_dict(settings).items() if k not in RUN_CONTROL_SETTINGS}
         config = {
             "method": job.method,
             "arch": job.arch,
@@ -179,7 +185,7 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
             "attribute": job.attribute,
             "text_source": text_source,
             "method_settings": settings_dict(method_settings),
-            "train": settings_dict(settings),
+            "train": train_config,
         }
         h = config_hash({**config, "dataset": {"tag": identity.tag, "fingerprint": identity.fingerprint}})
         planned.append(PlannedJob(

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import PLUGIN_HELP, fail, load_methods, split_list
+from fairbench.commands.common import PLUGIN_HELP, exits_on_signal, fail, load_methods, split_list
 
 
+@exits_on_signal
 def run(
     method: str = typer.Option(..., "--method", "-m", help="Method name(s): comma list and wildcards, e.g. "
                                "'clip,fairclip' or 'fairmoe*'. See `fairbench methods`."),
@@ -155,8 +156,11 @@ def _run_all(console, launcher, planned, started: float) -> None:
     if any(r.record and r.record["dataset"]["synthetic"] for r in results):
         console.print("[bold yellow]These results are on SYNTHETIC data, not the real dataset.[/]")
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    console.print(f"Finished in {elapsed(started)}: {counts['done']} trained, {counts['skipped']} skipped "
-                  f"(already done), {counts['failed']} failed. Results under {out}/ — show them with "
-                  f"`fairbench table --out {out}`.")
+    elsewhere = sum(r.holder is not None for r in results)
+    busy = f", {elsewhere} running elsewhere" if elsewhere else ""
+    watch = f" (progress: `fairbench status --out {out}`)" if elsewhere else ""
+    console.print(f"Finished in {elapsed(started)}: {counts['done']} trained, {counts['skipped'] - elsewhere} "
+                  f"skipped (already done){busy}, {counts['failed']} failed. Results under {out}/ — show them "
+                  f"with `fairbench table --out {out}`{watch}.")
     if counts["failed"]:
         raise typer.Exit(1)
