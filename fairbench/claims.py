@@ -196,16 +196,20 @@ def acquire(run_dir: Path, timeout: float | None = None) -> Claim:
     run_dir = Path(run_dir)
     for _ in range(5):
         mine = _new_info()
+        _HELD.add(mine.token)  # before the file exists: another thread of ours must never judge it left behind
         if _create(run_dir / CLAIM_FILE, mine):
             return _held(run_dir, mine, "claimed")
+        _HELD.discard(mine.token)
         current = read_claim(run_dir)
         if current is None:
             continue  # released between our attempt and the read: try again
         reason = is_dead(current, timeout)
         if not reason:
             raise ClaimedElsewhere(current)
+        _HELD.add(mine.token)
         if _take_over(run_dir, current, mine):
             return _held(run_dir, mine, f"took over from {current.owner()} ({reason})")
+        _HELD.discard(mine.token)
     current = read_claim(run_dir)
     raise ClaimedElsewhere(current or ClaimInfo(host="?", pid=0, started=0.0, heartbeat=time.time()))
 
@@ -220,7 +224,6 @@ def append_log(run_dir: Path, line: str) -> None:
 
 
 def _held(run_dir: Path, info: ClaimInfo, event: str) -> Claim:
-    _HELD.add(info.token)
     claim = Claim(run_dir, info)
     claim.log(event)
     return claim

@@ -30,17 +30,16 @@ from fairbench.jobs import PlannedJob
 from fairbench.registry import get_dataset
 from fairbench.results import (
     CONFIG_FILE,
+    FAILURE_FILE,
     HISTORY_FILE,
     PREDICTIONS_FILE,
     RESULT_FILE,
     RESULT_SCHEMA,
     SELECTION_LABELS,
+    STATE_FILE,
     atomic_path,
     write_json_atomic,
 )
-from fairbench.state import STATE_FILE, StateError, load_state, save_state
-
-FAILURE_FILE = "failure.json"  # why the last attempt at a run failed; removed when the run finishes
 
 Progress = Callable[[int, int], None]
 
@@ -118,6 +117,7 @@ def execute(planned: PlannedJob, *, data_cache: DataCache | None = None, log: Ca
         if planned.state() == "done":  # another process finished it between our check and our claim
             return JobResult(planned, "skipped", "finished run with this config exists")
         _set_aside_invalid_result(planned, log)
+        _remove_partial_writes(planned.run_dir)
         claim.start_heartbeat()
         data = (data_cache or DataCache()).get(planned)
         record = _train_and_write(planned, data, log, progress, on_epoch, claim, point)
@@ -173,6 +173,16 @@ def _remove_if_unused(run_dir: Path, created: Path | None) -> None:
         folder = folder.parent
 
 
+def _remove_partial_writes(run_dir: Path) -> None:
+    """Temp files a killed process left half-written (we hold the claim, so no one else is writing them; claim
+    temp files belong to contenders and stay)."""
+    from fairbench.claims import CLAIM_FILE
+
+    for tmp in run_dir.glob(".*.tmp"):
+        if not tmp.name.startswith(f".{CLAIM_FILE}."):
+            tmp.unlink(missing_ok=True)
+
+
 def _set_aside_invalid_result(planned: PlannedJob, log: Callable[[str], None]) -> None:
     """A result.json that does not load does not count as finished: keep it under another name and train again."""
     if planned.state() != "invalid":
@@ -195,6 +205,8 @@ def _write_failure(planned: PlannedJob, exc: BaseException, point: _Progress) ->
 
 
 def _load_resume_state(planned: PlannedJob, log: Callable[[str], None]):
+    from fairbench.state import StateError, load_state
+
     path = planned.run_dir / STATE_FILE
     if not path.exists():
         return None
@@ -215,6 +227,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     from fairbench.metrics import evaluate
     from fairbench.models import create_backbone
     from fairbench.provenance import code_version
+    from fairbench.state import save_state
     from fairbench.train import SplitData, pick_device, seed_everything, train
 
     job, path, config = planned.job, planned.run_dir, planned.config
@@ -244,12 +257,12 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
 
     def on_epoch(record: dict[str, Any]) -> None:
         history.append(record)
-        write_json_atomic(path / HISTORY_FILE, history)
         if epoch_hook:
             epoch_hook(record)
 
-    def on_epoch_state(state) -> None:
+    def on_epoch_state(state) -> None:  # the state first: history.json never counts an epoch the state lacks
         save_state(path / STATE_FILE, state, planned.config_hash)
+        write_json_atomic(path / HISTORY_FILE, history)
         point.epochs_done = state.epochs_done
         if not claim.beat(epoch=state.epochs_done):
             holder = claim.lost_to.owner() if claim.lost_to else "another process"

@@ -31,6 +31,8 @@ RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 PREDICTIONS_FILE = "predictions_{split}.csv"
+STATE_FILE = "train_state.pt"  # the training state after the last completed epoch (fairbench.state)
+FAILURE_FILE = "failure.json"  # why the last attempt at a run failed; removed when the run finishes
 NO_ATTRIBUTE = "none"
 
 SELECTION_LABELS = {

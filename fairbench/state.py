@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fairbench.results import atomic_path
+from fairbench.results import STATE_FILE, atomic_path
 
-STATE_FILE = "train_state.pt"
+__all__ = ["STATE_FILE", "StateError", "TrainState", "load_state", "rng_state", "save_state", "set_rng_state"]
 STATE_FORMAT = "fairbench.train_state/1"
 
 
