@@ -3,9 +3,10 @@
 A claim is `claim.json` in the run folder: host, pid, start time, a heartbeat and the last completed epoch.
 It is created atomically — written beside, then hard-linked into place, which fails if a claim exists — so a
 reader sees a whole claim or none. Its owner refreshes the heartbeat from a background thread. Another process
-skips a live claim ("running elsewhere") and takes over a dead one: a heartbeat older than the timeout, or an
-owner on this host whose process is gone. A take-over renames the dead claim away first (only one contender's
-rename can succeed) and checks that what it moved is the claim it judged dead before it creates its own.
+skips a live claim ("running elsewhere") and takes over a dead one: a heartbeat older than the timeout, an
+owner on this host whose process is gone, or an earlier start of this same (requeued) SLURM job. A take-over
+renames the dead claim away first (only one contender's rename can succeed) and checks that what it moved is
+the claim it judged dead before it creates its own.
 
 Every acquisition and release is appended to `claims.log` in the run folder, a human-readable audit trail.
 
@@ -73,6 +74,7 @@ class ClaimInfo:
     pid_ns: str = ""  # the owner's pid namespace: pids compare only within one
     pid_start: str = ""  # the owner's process start time (Linux), so a reused pid is not mistaken for it
     epoch: int = 0  # epochs completed so far
+    job: str = ""  # the owner's batch job, "slurm:<job id>:<restart count>": a requeued job's old claim is dead
     readable: bool = True
 
     def owner(self) -> str:
@@ -109,7 +111,7 @@ def read_claim_file(path: Path) -> ClaimInfo | None:
         return ClaimInfo(host=str(data["host"]), pid=int(data["pid"]), started=float(data["started"]),
                          heartbeat=float(data["heartbeat"]), token=str(data.get("token", "")),
                          pid_ns=str(data.get("pid_ns", "")), pid_start=str(data.get("pid_start", "")),
-                         epoch=int(data.get("epoch", 0)))
+                         epoch=int(data.get("epoch", 0)), job=str(data.get("job", "")))
     except (ValueError, KeyError, TypeError):
         return ClaimInfo(host="?", pid=0, started=mtime, heartbeat=mtime, readable=False)
 
@@ -117,6 +119,9 @@ def read_claim_file(path: Path) -> ClaimInfo | None:
 def is_dead(info: ClaimInfo, timeout: float | None = None, now: float | None = None) -> str:
     """Why the claim's owner is dead, or "" while it is alive."""
     timeout = claim_timeout() if timeout is None else timeout
+    mine = batch_job()
+    if info.job and mine and info.job.rpartition(":")[0] == mine.rpartition(":")[0] and info.job != mine:
+        return f"its batch job {info.job.split(':')[1]} was requeued"
     if info.readable and info.host == _HOST and info.pid_ns == _PID_NS:
         if info.pid == os.getpid() and info.pid_start == _process_start(info.pid) and info.token not in _HELD:
             return "left behind by this process"
@@ -279,7 +284,17 @@ def _write_temp(path: Path, info: ClaimInfo) -> Path:
 def _new_info() -> ClaimInfo:
     now = time.time()
     return ClaimInfo(host=_HOST, pid=os.getpid(), started=now, heartbeat=now, token=secrets.token_hex(8),
-                     pid_ns=_PID_NS, pid_start=_process_start(os.getpid()))
+                     pid_ns=_PID_NS, pid_start=_process_start(os.getpid()), job=batch_job())
+
+
+def batch_job() -> str:
+    """This process's SLURM job (array task) and restart count, or "" outside SLURM; a requeued job keeps its id
+    and counts up SLURM_RESTART_COUNT, so a claim of an earlier start of the same job is dead."""
+    env = os.environ
+    job = env.get("SLURM_JOB_ID", "")
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+    return f"slurm:{job}:{env.get('SLURM_RESTART_COUNT', '0')}" if job else ""
 
 
 def _process_start(pid: int) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 from fairbench import __version__
 from fairbench.claims import Claim, ClaimedElsewhere, ClaimInfo, acquire
-from fairbench.interrupt import Interrupted, StoppedRun
+from fairbench.interrupt import Interrupted, StoppedRun, uninterrupted
 from fairbench.jobs import PlannedJob
 from fairbench.registry import get_dataset
 from fairbench.results import (
@@ -261,9 +261,10 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
             epoch_hook(record)
 
     def on_epoch_state(state) -> None:  # the state first: history.json never counts an epoch the state lacks
-        save_state(path / STATE_FILE, state, planned.config_hash)
-        write_json_atomic(path / HISTORY_FILE, history)
-        point.epochs_done = state.epochs_done
+        with uninterrupted():  # a stop waits for the save, so the epoch is kept and reported exactly
+            save_state(path / STATE_FILE, state, planned.config_hash)
+            point.epochs_done = state.epochs_done
+            write_json_atomic(path / HISTORY_FILE, history)
         if not claim.beat(epoch=state.epochs_done):
             holder = claim.lost_to.owner() if claim.lost_to else "another process"
             raise ClaimLost(f"stopped after epoch {state.epochs_done}: {holder} took the run over (this process "

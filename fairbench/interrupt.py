@@ -3,7 +3,8 @@
 `catch_signals` turns the first SIGINT/SIGTERM into an `Interrupted` exception raised in the main thread;
 `fairbench.execute` notes on it which run stopped and how many epochs its saved state holds, and the command
 prints one line from it (`Interrupted.message`) and exits 128 + the signal number (130, 143). A second
-signal while unwinding exits at once.
+signal while unwinding exits at once. Inside `uninterrupted()` (saving an epoch's state and noting it) the
+first signal waits until the block ends, so a stop never throws away an epoch that was being saved.
 """
 
 from __future__ import annotations
@@ -55,6 +56,27 @@ class Interrupted(BaseException):
         return f"interrupted ({name}): {run.label}: {where}; continue with: {command}"
 
 
+class _Critical:
+    depth = 0
+    pending: int | None = None
+
+
+_critical = _Critical()
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Defer a first SIGINT/SIGTERM (under `catch_signals`) to the end of the block."""
+    _critical.depth += 1
+    try:
+        yield
+    finally:
+        _critical.depth -= 1
+        if not _critical.depth and _critical.pending is not None:
+            signum, _critical.pending = _critical.pending, None
+            raise Interrupted(signum)
+
+
 @contextmanager
 def catch_signals() -> Iterator[None]:
     """Within the block, SIGINT/SIGTERM raise `Interrupted` in the main thread (elsewhere: no change)."""
@@ -64,9 +86,12 @@ def catch_signals() -> Iterator[None]:
     fired: list[int] = []
 
     def handler(signum, _frame) -> None:
-        if fired:  # a second signal while unwinding: stop now
+        if fired:  # a second signal while unwinding (or while a save is deferring the first): stop now
             os._exit(128 + signum)
         fired.append(signum)
+        if _critical.depth:
+            _critical.pending = signum
+            return
         raise Interrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}

@@ -72,6 +72,20 @@ def test_a_dead_claim_is_taken_over(tmp_path, how):
     claim.release()
 
 
+def test_a_requeued_slurm_job_takes_over_the_claim_of_its_earlier_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "812")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    _fake_claim(tmp_path, job="slurm:812_2:0")  # another array task: alive
+    with pytest.raises(ClaimedElsewhere):
+        acquire(tmp_path, timeout=60)
+    _fake_claim(tmp_path, job="slurm:812_3:0")  # this task before its requeue, on another node
+    claim = acquire(tmp_path, timeout=60)
+    assert "its batch job 812_3 was requeued" in (tmp_path / "claims.log").read_text()
+    assert read_claim(tmp_path).job == "slurm:812_3:1"
+    claim.release()
+
+
 def test_a_dead_claim_is_taken_over_by_exactly_one_of_many(tmp_path):
     _fake_claim(tmp_path, heartbeat=time.time() - 120)
     start = threading.Barrier(8)

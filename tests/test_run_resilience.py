@@ -155,3 +155,18 @@ def test_two_processes_on_one_command_train_each_run_once(dataset, plugin, tmp_p
     trained = [int(re.search(r"(\d+) trained", s).group(1)) for s in summaries]
     assert sum(trained) == 4, summaries
     assert any("running elsewhere" in stdout for stdout, _ in outputs)
+
+
+def test_a_signal_during_a_state_save_waits_for_the_save():
+    from fairbench.interrupt import Interrupted, catch_signals, uninterrupted
+
+    before = signal.getsignal(signal.SIGTERM)
+    steps = []
+    with pytest.raises(Interrupted) as stopped, catch_signals():
+        with uninterrupted():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler has run by now
+            steps.append("saved")
+        steps.append("next epoch")
+    assert steps == ["saved"] and stopped.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
