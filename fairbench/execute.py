@@ -133,6 +133,9 @@ def execute(planned: PlannedJob, *, data_cache: DataCache | None = None, log: Ca
         event = f"released (interrupted by {exc}, {point.epochs_done} epoch(s) saved)"
         exc.run = StoppedRun(planned.label(), planned.run_dir, point.epochs_done, planned.train_settings().epochs)
         raise
+    except (KeyboardInterrupt, SystemExit) as exc:  # stopped, not failed: no failure.json
+        event = f"released (stopped: {type(exc).__name__})"
+        raise
     except BaseException as exc:
         event = f"released (failed: {type(exc).__name__})"
         _write_failure(planned, exc, point)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fairbench.results import STATE_FILE, atomic_path
+from fairbench.results import STATE_FILE, atomic_path, to_jsonable
 
 __all__ = ["STATE_FILE", "StateError", "TrainState", "load_state", "rng_state", "save_state", "set_rng_state"]
 STATE_FORMAT = "fairbench.train_state/1"
@@ -111,6 +111,8 @@ def load_state(path: Path, config_hash: str) -> TrainState:
 
 def _to_plain(state: TrainState) -> dict[str, Any]:
     out = dict(state.__dict__)
+    out["history"] = to_jsonable(state.history)  # as history.json has it: plain floats (a method's numpy scalars
+    # would not load with weights_only), NaN as None
     out["val_scores"] = torch.from_numpy(np.ascontiguousarray(state.val_scores))
     out["test_scores"] = torch.from_numpy(np.ascontiguousarray(state.test_scores))
     return out
