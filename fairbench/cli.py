@@ -46,6 +46,7 @@ _COMMANDS: list[tuple[str, str, str, str]] = [
     ("fairbench.commands.compare", "compare", "compare", "command"),
     ("fairbench.commands.plot", "plot", "plot", "command"),
     ("fairbench.commands.report", "report", "report", "command"),
+    ("fairbench.commands.status", "status", "status", "command"),
     ("fairbench.commands.data", "app", "data", "group"),
 ]
 

@@ -2,13 +2,19 @@
 
 Any process can call `execute` given a `PlannedJob` (a launcher's worker, a SLURM task, a test): it writes
 config, history, predictions and, last and atomically, result.json, so the presence of a valid result.json
-means the run finished.
+means the run finished. Everything that makes runs safe to launch from anywhere lives here, so every launcher
+gets it: the run is claimed first (`fairbench.claims`; a run another live process trains is skipped), a
+result.json that does not load is moved aside and the run trained again, the training state is saved after
+every epoch and a rerun resumes from it (`fairbench.state`), and a failure leaves `failure.json`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import platform
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -18,15 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from fairbench import __version__
+from fairbench.claims import Claim, ClaimedElsewhere, ClaimInfo, acquire
+from fairbench.interrupt import Interrupted, StoppedRun, uninterrupted
 from fairbench.jobs import PlannedJob
 from fairbench.registry import get_dataset
 from fairbench.results import (
     CONFIG_FILE,
+    FAILURE_FILE,
     HISTORY_FILE,
     PREDICTIONS_FILE,
     RESULT_FILE,
     RESULT_SCHEMA,
     SELECTION_LABELS,
+    STATE_FILE,
     atomic_path,
     write_json_atomic,
 )
@@ -42,6 +52,7 @@ class JobResult:
     status: str  # "done", "skipped", "failed"
     message: str = ""
     record: dict[str, Any] | None = None
+    holder: ClaimInfo | None = None  # set when skipped because another live process is training the run
 
     @property
     def path(self) -> Path:
@@ -78,23 +89,141 @@ class DataCache:
         return self.loaded[key]
 
 
+class ClaimLost(RuntimeError):
+    """Another process took this run's claim over (ours looked dead to it): stop, it continues the run."""
+
+
+@dataclass
+class _Progress:
+    epochs_done: int = 0
+
+
 def execute(planned: PlannedJob, *, data_cache: DataCache | None = None, log: Callable[[str], None] = print,
             progress: Progress | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
-    """Train and evaluate one job unless a valid result exists; a diverged run is reported, not raised."""
+    """Train and evaluate one job unless a valid result exists or another live process is training it; resume
+    from its saved state if an earlier attempt stopped. A diverged run is reported, not raised."""
     from fairbench.train import TrainingDiverged
 
     if planned.state() == "done":
         return JobResult(planned, "skipped", "finished run with this config exists")
-    data = (data_cache or DataCache()).get(planned)
+    created = _make_dirs(planned.run_dir)
     try:
-        record = _train_and_write(planned, data, log, progress, on_epoch)
+        claim = acquire(planned.run_dir)
+    except ClaimedElsewhere as exc:
+        return JobResult(planned, "skipped", str(exc), holder=exc.info)
+    point = _Progress()
+    event = "released"
+    try:
+        if planned.state() == "done":  # another process finished it between our check and our claim
+            return JobResult(planned, "skipped", "finished run with this config exists")
+        _set_aside_invalid_result(planned, log)
+        _remove_partial_writes(planned.run_dir)
+        claim.start_heartbeat()
+        data = (data_cache or DataCache()).get(planned)
+        record = _train_and_write(planned, data, log, progress, on_epoch, claim, point)
+        event = "released (done)"
     except TrainingDiverged as exc:
+        event = "released (failed: diverged)"
+        _write_failure(planned, exc, point)
         return JobResult(planned, "failed", f"{exc} (history so far kept in {planned.run_dir / HISTORY_FILE})")
+    except ClaimLost as exc:
+        event = "stopped (claim lost)"
+        return JobResult(planned, "skipped", str(exc))
+    except Interrupted as exc:
+        event = f"released (interrupted by {exc}, {point.epochs_done} epoch(s) saved)"
+        exc.run = StoppedRun(planned.label(), planned.run_dir, point.epochs_done, planned.train_settings().epochs)
+        raise
+    except (KeyboardInterrupt, SystemExit) as exc:  # stopped, not failed: no failure.json
+        event = f"released (stopped: {type(exc).__name__})"
+        raise
+    except BaseException as exc:
+        event = f"released (failed: {type(exc).__name__})"
+        _write_failure(planned, exc, point)
+        raise
+    finally:
+        claim.release(event)
+        _remove_if_unused(planned.run_dir, created)
     return JobResult(planned, "done", record=record)
 
 
+def _make_dirs(path: Path) -> Path | None:
+    """mkdir -p; returns the topmost folder this call created (None if `path` existed)."""
+    top = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        top = folder
+    path.mkdir(parents=True, exist_ok=True)
+    return top
+
+
+def _remove_if_unused(run_dir: Path, created: Path | None) -> None:
+    """A run that failed before writing its config leaves no folder (only the claim log was in it); folders are
+    removed only while empty, so a sibling run another process started in a shared parent is never touched."""
+    if created is None or (run_dir / CONFIG_FILE).exists():
+        return
+    from fairbench.claims import CLAIM_LOG
+
+    (run_dir / CLAIM_LOG).unlink(missing_ok=True)
+    folder = run_dir
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == created:
+            return
+        folder = folder.parent
+
+
+def _remove_partial_writes(run_dir: Path) -> None:
+    """Temp files a killed process left half-written (we hold the claim, so no one else is writing them; claim
+    temp files belong to contenders and stay)."""
+    from fairbench.claims import CLAIM_FILE
+
+    for tmp in run_dir.glob(".*.tmp"):
+        if not tmp.name.startswith(f".{CLAIM_FILE}."):
+            tmp.unlink(missing_ok=True)
+
+
+def _set_aside_invalid_result(planned: PlannedJob, log: Callable[[str], None]) -> None:
+    """A result.json that does not load does not count as finished: keep it under another name and train again."""
+    if planned.state() != "invalid":
+        return
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = planned.result_path.with_name(f"{RESULT_FILE}.invalid-{stamp}")
+    os.replace(planned.result_path, aside)
+    log(f"[yellow]warning[/]: {planned.label()}: {planned.result_path} did not load; moved it to {aside.name} "
+        "and training the run again")
+
+
+def _write_failure(planned: PlannedJob, exc: BaseException, point: _Progress) -> None:
+    if not (planned.run_dir / CONFIG_FILE).exists():
+        return
+    with contextlib.suppress(OSError):
+        write_json_atomic(planned.run_dir / FAILURE_FILE, {
+            "error": f"{type(exc).__name__}: {exc}", "epochs_done": point.epochs_done,
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def _load_resume_state(planned: PlannedJob, log: Callable[[str], None]):
+    from fairbench.state import StateError, load_state
+
+    path = planned.run_dir / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        state = load_state(path, planned.config_hash)
+    except StateError as exc:
+        log(f"[yellow]warning[/]: {planned.label()}: {exc}; training from the first epoch")
+        return None
+    log(f"resuming {planned.label()} after epoch {state.epochs_done} (state in {path})")
+    return state
+
+
 def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], progress: Progress | None,
-                     epoch_hook: Callable[[dict[str, Any]], None] | None) -> dict:
+                     epoch_hook: Callable[[dict[str, Any]], None] | None, claim: Claim, point: _Progress) -> dict:
     import torch
 
     from fairbench.datasets import normalize_images
@@ -102,6 +231,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     from fairbench.models import create_backbone
     from fairbench.models.backbones import default_weights_built_here
     from fairbench.provenance import code_version
+    from fairbench.state import save_state
     from fairbench.train import SplitData, pick_device, seed_everything, train
 
     job, path, config = planned.job, planned.run_dir, planned.config
@@ -122,9 +252,12 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     seed_everything(job.seed)  # the random init of `tiny` (and any new layers) depends on the seed
     backbone = create_backbone(job.arch, pretrained=weights, device="cpu")
     model = method.build(backbone.model)
-    path.mkdir(parents=True, exist_ok=True)  # only once the model exists: a failed build leaves no run folder
     write_json_atomic(path / CONFIG_FILE, {**config, "seed": job.seed, "config_hash": planned.config_hash,
                                            "dataset": _dataset_info(planned, data)})
+    resume = _load_resume_state(planned, log)
+    point.epochs_done = resume.epochs_done if resume else 0
+    claim.log(f"training from epoch {point.epochs_done + 1}" if point.epochs_done < settings.epochs
+              else "finishing (every epoch saved)")
     mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
     normalize = lambda x: normalize_images(x, mean, std)  # noqa: E731
@@ -133,18 +266,28 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
         groups = s.attributes[job.attribute] if job.attribute else None
         return SplitData(images=s.images, tokens=s.tokens, labels=s.labels, groups=groups)
 
-    history: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = list(resume.history) if resume else []
 
     def on_epoch(record: dict[str, Any]) -> None:
         history.append(record)
-        write_json_atomic(path / HISTORY_FILE, history)
         if epoch_hook:
             epoch_hook(record)
+
+    def on_epoch_state(state) -> None:  # the state first: history.json never counts an epoch the state lacks
+        with uninterrupted():  # a stop waits for the save, so the epoch is kept and reported exactly
+            save_state(path / STATE_FILE, state, planned.config_hash)
+            point.epochs_done = state.epochs_done
+            write_json_atomic(path / HISTORY_FILE, history)
+        if not claim.beat(epoch=state.epochs_done):
+            holder = claim.lost_to.owner() if claim.lost_to else "another process"
+            raise ClaimLost(f"stopped after epoch {state.epochs_done}: {holder} took the run over (this process "
+                            "looked dead to it) and continues it")
 
     outcome = train(method, model, settings, train_data=split(data.train), val_data=split(data.val),
                     test_data=split(data.test), normalize=normalize, tokenize=backbone.tokenize,
                     prompts=spec.prompts, label=spec.label, seed=job.seed, device=device, auc=_auc,
-                    on_epoch=on_epoch, progress=progress)
+                    on_epoch=on_epoch, progress=progress, resume=resume, on_epoch_state=on_epoch_state)
+    del resume
     for w in outcome.warnings:
         log(f"[yellow]warning[/]: {job.label()}: {w}")
     suites = {}
@@ -183,7 +326,12 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": files,
     }
+    if not claim.beat():
+        raise ClaimLost("stopped before writing result.json: another process took the run over")
     write_json_atomic(path / RESULT_FILE, record)  # last: its presence marks the run finished
+    (path / FAILURE_FILE).unlink(missing_ok=True)
+    if not settings.keep_state:
+        (path / STATE_FILE).unlink(missing_ok=True)
     return record
 
 

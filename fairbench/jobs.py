@@ -162,8 +162,12 @@ def train_settings_for(arch: str, overrides: dict[str, str], epochs: int | None,
 
 
 def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
-    """Resolve every job's config, hash and run folder; raises SettingsError/DatasetError before anything runs."""
+    """Resolve every job's config, hash and run folder; raises SettingsError/DatasetError before anything runs.
+
+    Run-control trainer settings (`fairbench.train.RUN_CONTROL_SETTINGS`) are left out of the config: they
+    change no number, so they must not change the hash."""
     from fairbench.protocols import get_protocol
+    from fairbench.train import RUN_CONTROL_SETTINGS
 
     try:
         get_protocol(options.protocol)
@@ -185,6 +189,7 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
             raise SettingsError(f"dataset {spec.name!r} has no attribute {job.attribute!r}; use one of "
                                 f"{', '.join(spec.attributes)}")
         settings = train_settings_for(job.arch, train_overrides, options.epochs, options.select, options.protocol)
+        train_config = {k: v for k, v in settings_dict(settings).items() if k not in RUN_CONTROL_SETTINGS}
         config = {
             "protocol": options.protocol,
             "method": job.method,
@@ -193,7 +198,7 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
             "attribute": job.attribute,
             "text_source": text_source,
             "method_settings": settings_dict(method_settings),
-            "train": settings_dict(settings),
+            "train": train_config,
         }
         target = targets.get(job.arch)
         if target is not None:  # the checkpoint's key (recipe, data, torch) makes a new pretraining a new run folder

@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +32,8 @@ RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 PREDICTIONS_FILE = "predictions_{split}.csv"
+STATE_FILE = "train_state.pt"  # the training state after the last completed epoch (fairbench.state)
+FAILURE_FILE = "failure.json"  # why the last attempt at a run failed; removed when the run finishes
 NO_ATTRIBUTE = "none"
 
 SELECTION_LABELS = {
@@ -73,16 +75,27 @@ def to_jsonable(obj: Any) -> Any:
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds, so readers never see
-    half a file."""
+    half a file. The file gets the ordinary mode (0666 less the umask), as `open` would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = new_temp_file(path)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def new_temp_file(path: Path) -> Path:
+    """Create an empty, uniquely named hidden file beside `path` (0666 less the umask, unlike mkstemp's 0600)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

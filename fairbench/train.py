@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fairbench.method import Batch, Method
+from fairbench.state import TrainState, rng_state, set_rng_state
 from fairbench.zeroshot import zero_shot_scores
 
 SELECT_RULES = ("val", "test")
@@ -50,6 +51,7 @@ class TrainSettings:
     max_steps_per_epoch: int = 0  # 0 = full epochs; small values make smoke tests fast
     checkpoint: bool = False  # save the selected epoch's weights as checkpoint.pt
     threads: int = 0  # torch CPU threads; 0 = leave as is
+    keep_state: bool = False  # keep train_state.pt (the resume point) after the run finishes; run control only
 
     def __post_init__(self) -> None:
         from fairbench.method import SettingsError
@@ -64,6 +66,11 @@ class TrainSettings:
             raise SettingsError(f"ties must be one of {', '.join(TIE_RULES)}, got {self.ties!r}")
         if self.epochs < 1 or self.batch_size < 2:
             raise SettingsError("epochs must be ≥ 1 and batch_size ≥ 2")
+
+
+# Trainer settings that change how a run is executed but no number it produces: they stay out of the config
+# hash (and config.json), so setting them never turns an existing run into a new one.
+RUN_CONTROL_SETTINGS = ("keep_state",)
 
 
 def default_train_settings(arch: str) -> dict[str, Any]:
@@ -133,30 +140,44 @@ class GroupSampler:
             self.pos[g] += take
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        """Each group's current shuffled order and position (the generator is saved by the trainer)."""
+        return {"order": dict(self.order), "pos": dict(self.pos)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order = dict(state["order"])
+        self.pos = dict(state["pos"])
+
 
 def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_data: SplitData, val_data: SplitData,
           test_data: SplitData, normalize: Callable[[torch.Tensor], torch.Tensor],
           tokenize: Callable[[list[str]], torch.Tensor], prompts: tuple[str, str], seed: int, device: torch.device,
           auc: Callable[[np.ndarray, np.ndarray], float],
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          progress: Callable[[int, int], None] | None = None, label: str = "the positive class") -> TrainOutcome:
+          progress: Callable[[int, int], None] | None = None, label: str = "the positive class",
+          resume: TrainState | None = None,
+          on_epoch_state: Callable[[TrainState], None] | None = None) -> TrainOutcome:
     """Train `model` with `method`'s loss terms and return the selected epoch's val/test scores.
 
     `prompts` are the dataset's zero-shot prompts of class 0 and class 1; `label` names class 1 in warnings.
+    `resume` continues after the epochs a previous call completed (same arguments otherwise); `on_epoch_state`
+    receives the state after every epoch (after `on_epoch`), between epochs, to save it for such a resume.
     """
     from fairbench.precision import native_numerics
 
     with native_numerics(not settings.fp32_numerics):
         return _train(method, model, settings, train_data=train_data, val_data=val_data, test_data=test_data,
                       normalize=normalize, tokenize=tokenize, prompts=prompts, seed=seed, device=device, auc=auc,
-                      on_epoch=on_epoch, progress=progress, label=label)
+                      on_epoch=on_epoch, progress=progress, label=label, resume=resume,
+                      on_epoch_state=on_epoch_state)
 
 
 def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_data: SplitData, val_data: SplitData,
            test_data: SplitData, normalize: Callable[[torch.Tensor], torch.Tensor],
            tokenize: Callable[[list[str]], torch.Tensor], prompts: tuple[str, str], seed: int, device: torch.device,
            auc: Callable[[np.ndarray, np.ndarray], float], on_epoch: Callable[[dict[str, Any]], None] | None,
-           progress: Callable[[int, int], None] | None, label: str) -> TrainOutcome:
+           progress: Callable[[int, int], None] | None, label: str, resume: TrainState | None,
+           on_epoch_state: Callable[[TrainState], None] | None) -> TrainOutcome:
     seed_everything(seed)
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -193,10 +214,15 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
     outcome = TrainOutcome(best_epoch=-1, val_scores=np.zeros(0), test_scores=np.zeros(0))
     best_key = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
+    keep_best = settings.select == "val" or settings.checkpoint
+    first_epoch = 0
+    if resume is not None:
+        first_epoch, best_key, best_state = _restore(resume, model, optimizer, scheduler, generator, sampler,
+                                                     outcome, keep_best)
     score = lambda data: zero_shot_scores(  # noqa: E731 - a local shorthand
         model, data.images, tokenize, prompts, normalize, device, settings.eval_batch_size, autocast=use_bf16,
         half=half_weights)
-    for epoch in range(settings.epochs):
+    for epoch in range(first_epoch, settings.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(n_train, generator=generator)
         sums: dict[str, float] = {}
@@ -246,13 +272,22 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
             outcome.val_scores = val_scores
             if test_scores is not None:
                 outcome.test_scores = test_scores
-            if settings.select == "val" or settings.checkpoint:
+            if keep_best:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         outcome.eval_seconds += time.perf_counter() - t1
         record["eval_seconds"] = time.perf_counter() - t1
         outcome.history.append(record)
         if on_epoch:
             on_epoch(record)
+        if on_epoch_state:
+            on_epoch_state(TrainState(
+                epochs_done=epoch + 1, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(), generator=generator.get_state(), rng=rng_state(),
+                sampler=sampler.state_dict() if sampler else None, history=list(outcome.history),
+                best_epoch=outcome.best_epoch, best_key=best_key, val_scores=outcome.val_scores,
+                test_scores=outcome.test_scores, best_is_current=keep_best and outcome.best_epoch == epoch,
+                best_weights=best_state if keep_best and outcome.best_epoch != epoch else None,
+                train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds))
     if settings.select == "val":  # test data is scored once, with the selected weights
         t1 = time.perf_counter()
         model.load_state_dict(best_state)
@@ -303,6 +338,27 @@ def fp32_optimizer_step(optimizer: torch.optim.Optimizer) -> None:
         p.data = p.data.half()
         if p.grad is not None:
             p.grad = p.grad.half()
+
+
+def _restore(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+             generator: torch.Generator, sampler: GroupSampler | None, outcome: TrainOutcome,
+             keep_best: bool) -> tuple[int, float, dict[str, torch.Tensor] | None]:
+    """Put every piece of `state` back; returns the first epoch to run, the best key and the best weights."""
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    scheduler.load_state_dict(state.scheduler)
+    generator.set_state(state.generator)
+    if sampler is not None and state.sampler is not None:
+        sampler.load_state_dict(state.sampler)
+    set_rng_state(state.rng)
+    outcome.history = list(state.history)
+    outcome.best_epoch = state.best_epoch
+    outcome.val_scores, outcome.test_scores = state.val_scores, state.test_scores
+    outcome.train_seconds, outcome.eval_seconds = state.train_seconds, state.eval_seconds
+    best = state.best_weights
+    if keep_best and state.best_is_current:
+        best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return state.epochs_done, state.best_key, best if keep_best else None
 
 
 def _make_optimizer(parameters, s: TrainSettings) -> torch.optim.Optimizer:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+import functools
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 import typer
+
+F = TypeVar("F", bound=Callable)
 
 PLUGIN_HELP = ("A plugin registering methods or datasets: path to a .py file or an importable module (repeatable; "
                "also $FAIRBENCH_PLUGINS).")
@@ -117,3 +121,24 @@ def _restrict_to_study(loaded, study, jobs):
     if not records and loaded.records:
         typer.echo(f"warning: none of the {len(loaded.records)} finished runs belongs to study {study.name}", err=True)
     return Loaded(records, long_frame(records), loaded.problems, loaded.unfinished)
+
+
+def exits_on_signal(command: F) -> F:
+    """Make a command end on SIGINT/SIGTERM with one line (which run stopped, where it resumes, the command to
+    continue) and exit 130/143, no traceback; claims are released and every file is whole (fairbench.interrupt)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        import shlex
+        import sys
+
+        from fairbench.interrupt import Interrupted, catch_signals
+
+        with catch_signals():
+            try:
+                return command(*args, **kwargs)
+            except Interrupted as exc:
+                typer.echo(exc.message(shlex.join(["fairbench", *sys.argv[1:]])), err=True)
+                raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]

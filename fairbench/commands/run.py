@@ -6,11 +6,12 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, fail, load_dataset, split_list
+from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, exits_on_signal, fail, load_dataset, split_list
 
 SLURM_PANEL = "SLURM (--launcher slurm)"
 
 
+@exits_on_signal
 def run(
     method: str = typer.Option(None, "--method", "-m", help="Method name(s): comma list and wildcards, e.g. "
                                "'clip,fairclip' or 'fairmoe*'. See `fairbench methods`. Required unless --study."),
@@ -277,8 +278,11 @@ def _run_all(console, launcher, planned, started: float) -> None:
         console.print(f"Submitted {counts['submitted']} job(s) in {elapsed(started)}; {counts['skipped']} skipped "
                       f"(already done). Results will appear under {out}/.")
         return
-    console.print(f"Finished in {elapsed(started)}: {counts['done']} trained, {counts['skipped']} skipped "
-                  f"(already done), {counts['failed']} failed. Results under {out}/ — show them with "
-                  f"`fairbench table --out {out}`.")
+    elsewhere = sum(getattr(r, "holder", None) is not None for r in results)
+    busy = f", {elsewhere} running elsewhere" if elsewhere else ""
+    watch = f" (progress: `fairbench status --out {out}`)" if elsewhere else ""
+    console.print(f"Finished in {elapsed(started)}: {counts['done']} trained, {counts['skipped'] - elsewhere} "
+                  f"skipped (already done){busy}, {counts['failed']} failed. Results under {out}/ — show them "
+                  f"with `fairbench table --out {out}`{watch}.")
     if counts["failed"]:
         raise typer.Exit(1)
