@@ -29,8 +29,7 @@ class _ConsoleHandler(logging.Handler):
 def console_logging(console) -> None:
     """Route the `fairbench` logger's phase lines (data generation, cache builds, warnings) to `console`."""
     logger = logging.getLogger("fairbench")
-    logger.handlers = [h for h in logger.handlers if h.name != _PHASE_HANDLER]
-    logger.addHandler(_ConsoleHandler(console))
+    logger.handlers = [h for h in logger.handlers if h.name != _PHASE_HANDLER] + [_ConsoleHandler(console)]
     logger.setLevel(logging.INFO)
 
 
