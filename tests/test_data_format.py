@@ -279,3 +279,41 @@ def test_run_and_data_check_list_every_missing_piece(tmp_path):
         assert result.exit_code != 0 and all(piece in text for piece in ALL_PIECES), text
         assert "Traceback" not in result.output
     assert " ".join(check.output.split()).count("missing") == 1  # one problem line, not one per piece
+
+
+def test_summary_columns_are_read_by_header_name_in_any_order(tmp_path):
+    """A CSV whose named columns come in another order must not make the note the summary."""
+    root = build_dataset(tmp_path / "ds")
+    csv_path = root / "gpt4_summarized_notes.csv"
+    with open(csv_path, newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    order = [2, 0, 1]  # gpt4_summary, filename, note
+    with open(csv_path, "w", newline="") as fh:
+        csv.writer(fh).writerows([[header[i] for i in order], *[[r[i] for i in order] for r in rows]])
+    texts = load(root, tmp_path).train.texts
+    assert all(t.startswith("summary of") for t in texts), texts
+    with open(csv_path, "w", newline="") as fh:  # an unnamed header falls back to the published positions
+        csv.writer(fh).writerows([["a", "b", "c"], *rows])
+    assert all(t.startswith("summary of") for t in load(root, tmp_path / "again").train.texts)
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_broken_symlinks_are_named_errors_in_run_and_data_check(tmp_path, kind):
+    from typer.testing import CliRunner
+
+    from fairbench.cli import app
+
+    root = build_dataset(tmp_path / "ds")
+    link = root / "Training" / "data_09999.npz"
+    if kind == "dangling":
+        link.symlink_to(root / "Training" / "missing.npz")
+    else:
+        link.symlink_to(link)
+    words = "dangling symlink" if kind == "dangling" else "symlink loop"
+    with pytest.raises(DatasetError, match=words):
+        load(root, tmp_path)
+    check = CliRunner().invoke(app, ["data", "check", str(root)])
+    assert check.exit_code == 1 and words in check.output and "data_09999.npz" in check.output
+    run = CliRunner().invoke(app, ["run", "--method", "clip", "--seeds", "1", "--data", str(root), "--text-source",
+                                   "note", "--out", str(tmp_path / "out")])
+    assert run.exit_code == 2 and words in run.output and "Traceback" not in run.output

@@ -22,6 +22,7 @@ from fairbench.datasets.fairvlmed.format import (
     DatasetError,
     Record,
     _short,
+    broken_links,
     find_split_dir,
     find_summary_csv,
     image_problems,
@@ -76,6 +77,7 @@ def check_dataset(root: str | os.PathLike[str]) -> CheckReport:
             report.problems.append(str(exc))
     for split, folder in folders.items():
         rep = report.splits[split] = SplitReport(folder=folder.name)
+        report.problems += broken_links(folder)
         files = sorted(p for p in folder.iterdir() if p.suffix == ".npz" and p.is_file())
         rep.n_files = len(files)
         if not files:

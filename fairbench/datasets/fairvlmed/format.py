@@ -149,8 +149,29 @@ def require_layout(root: Path, need_summaries: bool = True) -> None:
         raise DatasetError(problem)
 
 
+def broken_links(folder: Path) -> list[str]:
+    """One problem per `*.npz` entry that is a symlink loop or a dangling symlink (sorted): a silently dropped
+    sample would change the split without a word."""
+    problems = []
+    for path in sorted(p for p in Path(folder).iterdir() if p.suffix == ".npz" and p.is_symlink()):
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a loop this way
+            problems.append(f"{path}: symlink loop; replace it with the file it should point to")
+        except OSError as exc:
+            kind = "symlink loop" if "loop" in str(exc).lower() or getattr(exc, "errno", None) == 40 else \
+                "dangling symlink (its target does not exist)"
+            problems.append(f"{path}: {kind}; replace it with the file it should point to")
+    return problems
+
+
 def list_split_files(folder: Path) -> list[Path]:
-    """All `*.npz` files of a split folder in sorted (deterministic) order; an empty split is an error."""
+    """All `*.npz` files of a split folder in sorted (deterministic) order; an empty split or a broken symlink is
+    an error."""
+    broken = broken_links(folder)
+    if broken:
+        more = f" (and {len(broken) - 1} more; `fairbench data check` lists them)" if len(broken) > 1 else ""
+        raise DatasetError(broken[0] + more)
     files = sorted(p for p in Path(folder).iterdir() if p.suffix == ".npz" and p.is_file())
     if not files:
         raise DatasetError(f"{folder}: empty split (no .npz files)")
@@ -285,6 +306,20 @@ def find_summary_csv(root: Path) -> Path | None:
     return next((root / n for n in SUMMARY_CSVS if (root / n).is_file()), None)
 
 
+FILE_NAME_HEADERS = frozenset({"filename", "file_name", "file", "name"})
+
+
+def summary_columns(header: list[str]) -> tuple[int, int]:
+    """(file-name column, summary column): by header name when the header names both (any order; the summary is
+    the first column whose name contains "summar"), else by position as published (0 and 2)."""
+    names = [h.strip().lower() for h in header]
+    name_col = next((i for i, h in enumerate(names) if h in FILE_NAME_HEADERS), None)
+    summary_col = next((i for i, h in enumerate(names) if "summar" in h), None)
+    if name_col is None or summary_col is None:
+        return 0, 2
+    return name_col, summary_col
+
+
 def read_summaries(root: Path) -> dict[str, str]:
     """File name → GPT-4 summary from the summary CSV (column 0 file name, column 2 summary)."""
     path = find_summary_csv(root)
@@ -298,10 +333,12 @@ def read_summaries(root: Path) -> dict[str, str]:
             header = next(rows, None)
             if header is None or len(header) < 3:
                 raise DatasetError(f"{path}: expected at least 3 columns (file name, note, summary)")
+            name_col, summary_col = summary_columns(header)
+            need = max(name_col, summary_col) + 1
             for line, row in enumerate(rows, start=2):
-                if len(row) < 3:
-                    raise DatasetError(f"{path}: line {line} has {len(row)} columns, expected ≥ 3")
-                out[row[0].strip()] = row[2].strip()
+                if len(row) < need:
+                    raise DatasetError(f"{path}: line {line} has {len(row)} columns, expected ≥ {need}")
+                out[row[name_col].strip()] = row[summary_col].strip()
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path}: unreadable CSV ({_short(exc)})") from exc
     return out
