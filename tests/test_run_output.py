@@ -26,7 +26,8 @@ def test_a_log_file_gets_a_line_per_phase_before_any_run_finishes(dataset, tmp_p
     out = tmp_path / "out"
     env = {**os.environ, "FAIRBENCH_CACHE": str(tmp_path / "fresh-cache"), "HF_HUB_OFFLINE": "1",
            "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).parents[1])}
-    cmd = [sys.executable, "-m", "fairbench.cli", "run", "--method", "clip", "--seeds", "2", "--data",
+    cmd = [sys.executable, "-m", "fairbench.cli", "run", "--method", "clip", "--seeds", "2", "--pretrained", "none",
+           "--data",
            str(dataset), "--out", str(out), *FAST]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     first = proc.stdout.readline()

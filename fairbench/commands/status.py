@@ -28,7 +28,7 @@ def status(
     pretrained: str = typer.Option("default", "--pretrained", help="As for `fairbench run` (with --method)."),
     text_source: str = typer.Option(None, "--text-source", help="As for `fairbench run` (with --method)."),
     plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
-    dataset: str = typer.Option("fairvlmed", "--dataset", help="As for `fairbench run` (with --method)."),
+    dataset: str = typer.Option(None, "--dataset", help="As for `fairbench run` (with --method)."),
 ) -> None:
     """Per run: pending / running (host, pid, epochs, heartbeat age) / done / failed / stale, and totals."""
     from fairbench.status import status_of, totals
