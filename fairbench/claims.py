@@ -197,8 +197,31 @@ class Claim:
 
 
 def acquire(run_dir: Path, timeout: float | None = None) -> Claim:
-    """Claim `run_dir` (which must exist) for this process; ClaimedElsewhere when a live process holds it."""
+    """Claim `run_dir` (which must exist) for this process; ClaimedElsewhere when a live process holds it.
+
+    Contenders on one host are serialised by an flock on the run folder itself: without it, one contender could
+    move a fresh take-over aside while a third created its own claim in the gap, and two would train the run."""
     run_dir = Path(run_dir)
+    with _host_lock(run_dir):
+        return _acquire(run_dir, timeout)
+
+
+@contextlib.contextmanager
+def _host_lock(run_dir: Path):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the rename protocol alone
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _acquire(run_dir: Path, timeout: float | None) -> Claim:
     for _ in range(5):
         mine = _new_info()
         _HELD.add(mine.token)  # before the file exists: another thread of ours must never judge it left behind
