@@ -42,3 +42,19 @@ class Launcher(ABC):
     @abstractmethod
     def launch(self, jobs: list[PlannedJob], reporter: Reporter) -> list[JobResult]:
         """Run every job (skipping finished ones) and return one result per job, in order."""
+
+
+def set_aside_finished(jobs: list[PlannedJob], reporter: Reporter) -> tuple[dict[int, JobResult], list[int]]:
+    """Report every job that already has a valid result as skipped; return those results by index and the
+    indices of the jobs still to run (what a launcher hands to its workers or its cluster)."""
+    from fairbench.execute import JobResult
+
+    results: dict[int, JobResult] = {}
+    pending: list[int] = []
+    for index, planned in enumerate(jobs):
+        if planned.state() == "done":
+            results[index] = JobResult(planned, "skipped", "finished run with this config exists")
+            reporter.job_finished(results[index])
+        else:
+            pending.append(index)
+    return results, pending

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fairbench.launchers.base import Launcher, Reporter
+from fairbench.launchers.base import Launcher, Reporter, set_aside_finished
 
 if TYPE_CHECKING:
     from fairbench.execute import JobResult
@@ -149,14 +149,7 @@ class SlurmLauncher(Launcher):
         from fairbench.execute import JobResult
 
         submitit = _submitit()
-        results: dict[int, JobResult] = {}
-        todo = []
-        for index, planned in enumerate(jobs):
-            if planned.state() == "done":
-                results[index] = JobResult(planned, "skipped", "finished run with this config exists")
-                reporter.job_finished(results[index])
-            else:
-                todo.append(index)
+        results, todo = set_aside_finished(jobs, reporter)
         if not todo:
             return [results[i] for i in range(len(jobs))]
         folder = Path(jobs[0].out).absolute() / LOG_FOLDER

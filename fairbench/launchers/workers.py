@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fairbench.launchers.base import Launcher, Reporter
+from fairbench.launchers.base import Launcher, Reporter, set_aside_finished
 
 if TYPE_CHECKING:
     from fairbench.execute import JobResult
@@ -74,16 +74,7 @@ class WorkerPoolLauncher(Launcher):
         self.threads = threads  # torch CPU threads per worker; None: this process's count (as a sequential run)
 
     def launch(self, jobs: list[PlannedJob], reporter: Reporter) -> list[JobResult]:
-        from fairbench.execute import JobResult
-
-        results: dict[int, JobResult] = {}
-        pending: list[int] = []
-        for i, planned in enumerate(jobs):
-            if planned.state() == "done":
-                results[i] = JobResult(planned, "skipped", "finished run with this config exists")
-                reporter.job_finished(results[i])
-            else:
-                pending.append(i)
+        results, pending = set_aside_finished(jobs, reporter)
         if pending:
             _Pool(self, jobs, pending, results, reporter).run()
         return [results[i] for i in range(len(jobs))]
