@@ -68,12 +68,12 @@ def pretraining_target(arch: str, dataset: str, cache_dir: Path | None = None) -
     import torch
 
     from fairbench.datasets.cache import cache_root
-    from fairbench.models.backbones import ARCHS, PRETRAINED_HERE
+    from fairbench.models.backbones import ARCHS, default_weights_built_here
     from fairbench.registry import get_dataset
 
-    spec = ARCHS.get(arch)
-    if spec is None or spec.default_pretrained != PRETRAINED_HERE:
+    if not default_weights_built_here(arch):
         return None
+    spec = ARCHS[arch]
     ds = get_dataset(dataset)()
     root = ds.pretraining_data(cache_dir)
     if root is None:
