@@ -60,7 +60,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-resume-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "FAIRBENCH_CACHE": str(work / "cache")}
     sys.path.insert(0, str(ROOT))
-    from fairbench.data import make_synthetic
+    from fairbench.datasets.fairvlmed.synth import make_synthetic
 
     data = make_synthetic(work / "data", n_train=args.n_train, n_val=48, n_test=64, size=64)
     timed(command(data, work / "warm", 1), env)  # builds the image cache, warms the page cache
