@@ -121,7 +121,9 @@ class SpreadMonitor:
         self.count: torch.Tensor | None = None
 
     def add(self, over: torch.Tensor) -> None:
-        self.count = over.long() if self.count is None else self.count + over
+        """Count the True entries of `over` (one per Sinkhorn call), on the device."""
+        over = over.long().sum()
+        self.count = over if self.count is None else self.count + over
 
     def pop(self, method: str) -> dict[str, float]:
         """{"sinkhorn/over_bound": calls} since the last pop, with one warning, or {} when none went over."""
@@ -139,7 +141,8 @@ def fairclip_distance(model: nn.Module, batch: Batch, group_batches: dict[int, B
                       blur: float = 1e-6, features: tuple[torch.Tensor, torch.Tensor] | None = None,
                       group_features: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
                       monitor: SpreadMonitor | None = None) -> torch.Tensor:
-    """Σ over groups of Sinkhorn(batch similarities, group similarities), without host reads.
+    """Σ over groups of Sinkhorn(batch similarities, group similarities), without host reads; group batches of
+    one size (the usual case) share one batched Sinkhorn loop, each pair still with its own schedule.
 
     `features` / `group_features` reuse encodings the caller already made (see `encode_groups`); `monitor`
     counts the calls whose values spread beyond `similarity_spread_bound`.
@@ -149,14 +152,20 @@ def fairclip_distance(model: nn.Module, batch: Batch, group_batches: dict[int, B
         group_features = encode_groups(model, group_batches, form)
     batch_sims = pair_similarities(model, image, text, form, group_side=False)
     bound = similarity_spread_bound(form, batch_sims.shape[0])
-    total = batch_sims.new_zeros(())
-    for g_image, g_text in group_features.values():  # one extra batch per group (≤ 3)
-        group_sims = pair_similarities(model, g_image, g_text, form, group_side=True)
-        total = total + sinkhorn_distance(batch_sims[:, None], group_sims[:, None], blur=blur, max_diameter=bound)
-        if monitor is not None:
-            with torch.no_grad():
-                monitor.add(cloud_diameter(batch_sims[:, None], group_sims[:, None].to(batch_sims.dtype)) > bound)
-    return total
+    group_sims = [pair_similarities(model, g_image, g_text, form, group_side=True)
+                  for g_image, g_text in group_features.values()]  # one extra batch per group (≤ 3)
+    if not group_sims:
+        return batch_sims.new_zeros(())
+    x = batch_sims[:, None]
+    if len({s.shape[0] for s in group_sims}) == 1:  # equal group batches, the usual case: one batched loop
+        pairs = [(x.expand(len(group_sims), -1, -1), torch.stack(group_sims)[..., None])]
+    else:
+        pairs = [(x, s[:, None]) for s in group_sims]
+    distances = torch.cat([sinkhorn_distance(a, b, blur=blur, max_diameter=bound).reshape(-1) for a, b in pairs])
+    if monitor is not None:
+        with torch.no_grad():
+            monitor.add(torch.cat([cloud_diameter(a, b.to(a.dtype)).reshape(-1) for a, b in pairs]) > bound)
+    return distances.sum()
 
 
 @register_method("fairclip", description="FairCLIP: CLIP + lambda * Sinkhorn distance between batch and group "

@@ -35,10 +35,12 @@ def _batch(backbone, n: int, seed: int, group: int | None = None) -> Batch:
                  labels=torch.randint(0, 2, (n,), generator=g), groups=groups)
 
 
-def _inputs(backbone):
-    # Unequal group batch sizes, in a dict order that is not sorted, so a wrong split or order shows.
-    return _batch(backbone, 7, 1), {2: _batch(backbone, 3, 2, 2), 0: _batch(backbone, 5, 3, 0),
-                                    1: _batch(backbone, 2, 4, 1)}
+def _inputs(backbone, sizes=(3, 5, 2)):
+    # A dict order that is not sorted, so a wrong split or order shows; unequal sizes take the per-pair Sinkhorn,
+    # equal ones the batched one.
+    codes = (2, 0, 1)
+    return _batch(backbone, 7, 1), {g: _batch(backbone, n, 2 + i, g)
+                                    for i, (g, n) in enumerate(zip(codes, sizes, strict=True))}
 
 
 def _reference_distance(method, model, batch, features, group_features):
@@ -97,14 +99,15 @@ CASES = [("fairclip", {"form": "published"}), ("fairclip", {"form": "aligned", "
          ("fairmoe", {"moe.form": "v0.1", "form": "aligned"})]
 
 
+@pytest.mark.parametrize("sizes", [(3, 5, 2), (4, 4, 4)])
 @pytest.mark.parametrize("name,overrides", CASES)
-def test_one_group_forward_equals_encoding_each_group(backbone, name, overrides):
+def test_one_group_forward_equals_encoding_each_group(backbone, name, overrides, sizes):
     import copy
 
     cls = get_method(name)
     method = cls(cls.settings_from(overrides), attribute="race", n_groups=3)
     model = method.build(copy.deepcopy(backbone.model)).train()
-    batch, group_batches = _inputs(backbone)
+    batch, group_batches = _inputs(backbone, sizes)
     reference = _reference_fairmoe if name == "fairmoe" else _reference_fairclip
     want, want_grads = _terms_and_grads(reference, method, model, batch, group_batches)
     got, got_grads = _terms_and_grads(lambda m, *a: m.loss_terms(*a), method, model, batch, group_batches)
@@ -133,14 +136,15 @@ def test_encode_groups_splits_back_in_dict_order(backbone):
     assert encode_groups(backbone.model, {}, "published") == {}
 
 
+@pytest.mark.parametrize("sizes", [(3, 5, 2), (4, 4, 4)])
 @pytest.mark.parametrize("name", ["fairclip", "fairmoe"])
-def test_a_training_step_reads_nothing_back(backbone, name, monkeypatch):
+def test_a_training_step_reads_nothing_back(backbone, name, monkeypatch, sizes):
     import copy
 
     cls = get_method(name)
     method = cls(cls.Settings(), attribute="race", n_groups=3)
     model = method.build(copy.deepcopy(backbone.model)).train()
-    batch, group_batches = _inputs(backbone)
+    batch, group_batches = _inputs(backbone, sizes)
 
     def host_read(*args, **kwargs):
         raise AssertionError("host read in a training step")
@@ -154,14 +158,15 @@ def test_a_training_step_reads_nothing_back(backbone, name, monkeypatch):
     assert "sinkhorn/over_bound" not in method.step_stats(model)
 
 
-def test_values_beyond_the_bound_are_counted_and_reported_once(backbone, caplog):
+@pytest.mark.parametrize("sizes", [(3, 5, 2), (4, 4, 4)])
+def test_values_beyond_the_bound_are_counted_and_reported_once(backbone, caplog, sizes):
     import copy
     import math
 
     cls = get_method("fairclip")
     method = cls(cls.Settings(), attribute="race", n_groups=3)
     model = copy.deepcopy(backbone.model)
-    batch, group_batches = _inputs(backbone)
+    batch, group_batches = _inputs(backbone, sizes)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1e4))  # 100× CLIP's cap: the published similarities outgrow the bound
     for _ in range(2):

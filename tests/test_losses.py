@@ -122,18 +122,41 @@ def test_bounded_sinkhorn_never_reads_the_device(monkeypatch):
     assert torch.isfinite(loss)
 
 
-def test_bounded_sinkhorn_compiles_to_one_graph():
+@pytest.mark.parametrize("pairs", [0, 3])
+def test_bounded_sinkhorn_compiles_to_one_graph(pairs):
     x, y = _clouds(1.0, dtype=torch.float32)
+    if pairs:
+        x, y = x.expand(pairs, -1, -1), torch.stack([y * (i + 1) for i in range(pairs)])
     torch._dynamo.reset()
-    compiled = torch.compile(lambda a, b: sinkhorn_distance(a, b, blur=1e-6, max_diameter=2.0), fullgraph=True,
+    compiled = torch.compile(lambda a, b: sinkhorn_distance(a, b, blur=1e-6, max_diameter=10.0), fullgraph=True,
                              backend="eager")
-    got = compiled(x.detach(), y.detach())
-    assert got.item() == pytest.approx(sinkhorn_distance(x, y, blur=1e-6).item(), rel=1e-6)
+    got = compiled(x.detach(), y.detach())  # pair diameters ≈ 1 to 3.2
+    torch.testing.assert_close(got, sinkhorn_distance(x, y, blur=1e-6).detach(), rtol=1e-6, atol=0)
     torch._dynamo.reset()
     unbounded = torch.compile(lambda a, b: sinkhorn_distance(a, b, blur=1e-6), fullgraph=True, backend="eager")
     with pytest.raises(Exception, match="(?i)data-dependent|graph break|Unsupported"):  # the host read breaks the graph
         unbounded(x.detach(), y.detach())
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("max_diameter", [None, 50.0])
+@pytest.mark.parametrize("debias", [True, False])
+def test_batched_pairs_equal_separate_calls(max_diameter, debias):
+    # Three pairs with diameters 1e-7, 1 and 40: each keeps its own schedule in the shared loop.
+    pairs = [_clouds(spread, seed=i) for i, spread in enumerate((1e-7, 1.0, 40.0))]
+    xs = torch.stack([x.detach() for x, _ in pairs]).requires_grad_(True)
+    ys = torch.stack([y.detach() for _, y in pairs]).requires_grad_(True)
+    got = sinkhorn_distance(xs, ys, blur=1e-4, debias=debias, max_diameter=max_diameter)
+    assert got.shape == (3,)
+    got.sum().backward()
+    for i, (x, y) in enumerate(pairs):
+        want = sinkhorn_distance(x, y, blur=1e-4, debias=debias, max_diameter=max_diameter)
+        ref = geomloss.SamplesLoss("sinkhorn", p=2, blur=1e-4, debias=debias)(x, y)
+        assert got[i].item() == pytest.approx(want.item(), rel=1e-12, abs=1e-300)
+        assert got[i].item() == pytest.approx(ref.item(), rel=1e-10, abs=1e-300)
+        gx, gy = torch.autograd.grad(want, [x, y])
+        torch.testing.assert_close(xs.grad[i], gx, rtol=1e-10, atol=1e-300)
+        torch.testing.assert_close(ys.grad[i], gy, rtol=1e-10, atol=1e-300)
 
 
 def test_degenerate_clouds_give_zero_or_nan_not_garbage():
