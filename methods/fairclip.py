@@ -17,18 +17,25 @@ This module also registers the `fairclip` training protocol: the released fine-t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from fairbench.losses import clip_contrastive_loss, sinkhorn_distance
+from fairbench.losses import clip_contrastive_loss, cloud_diameter, sinkhorn_distance
 from fairbench.method import Batch, Method, encode_batch
 from fairbench.precision import fp32_island
 from fairbench.protocols import CLIP_FROZEN, Protocol, register_protocol
 from fairbench.registry import register_method
 
 FORMS = ("published", "aligned")
+# CLIP caps exp(logit_scale) at 100 (OpenAI's and open_clip's training clamp it there) and both protocols freeze
+# it; a larger scale can only make `similarity_spread_bound` too small, which `SpreadMonitor` reports.
+LOGIT_SCALE_BOUND = 100.0
+
+log = logging.getLogger("fairbench.methods")
 
 
 @register_method("clip", description="CLIP fine-tuning: symmetric contrastive loss on image-note pairs")
@@ -71,27 +78,94 @@ def pair_similarities(model: nn.Module, image: torch.Tensor, text: torch.Tensor,
 
 
 def encode_groups(model: nn.Module, group_batches: dict[int, Batch], form: str) -> dict[int, tuple[torch.Tensor, ...]]:
-    """Features of each group batch; the published form computes them without gradients."""
+    """Features of each group batch, from ONE forward of all of them joined in dict order (the split sizes are
+    the batches' lengths, so nothing is read back); the published form computes them without gradients.
+
+    Every encoder here works per sample (the MoE's Top_c ranks tokens within a sample), so the split equals
+    encoding each batch on its own; an MoE recording its gates sees one call covering the groups in dict order.
+    """
+    if not group_batches:
+        return {}
+    batches = list(group_batches.values())
     with torch.set_grad_enabled(torch.is_grad_enabled() and form != "published"):
-        return {g: encode_batch(model, gb) for g, gb in group_batches.items()}
+        image, text = encode_batch(model, join_batches(batches))
+    sizes = [gb.images.shape[0] for gb in batches]
+    return dict(zip(group_batches, zip(image.split(sizes), text.split(sizes), strict=True), strict=True))
+
+
+def join_batches(batches: list[Batch]) -> Batch:
+    """The batches' pairs as one batch, in order (a single batch is returned as it is)."""
+    if len(batches) == 1:
+        return batches[0]
+    groups = [b.groups for b in batches]
+    return Batch(images=torch.cat([b.images for b in batches]), tokens=torch.cat([b.tokens for b in batches]),
+                 labels=torch.cat([b.labels for b in batches]),
+                 groups=None if any(g is None for g in groups) else torch.cat(groups))
+
+
+def similarity_spread_bound(form: str, batch_size: int) -> float:
+    """An upper bound on the diameter of the values FairCLIP's Sinkhorn compares, known without reading them, so
+    the Sinkhorn runs a fixed number of steps and never syncs: cosines lie in [−1, 1]; a published batch value
+    Σ_j L_ij·L_ji with |L| ≤ scale lies within ±batch_size·scale², and a group's (divided by the group's sum)
+    within [0, 1] when its values are positive, as CLIP's logits practically always are."""
+    if form == "aligned":
+        return 2.0
+    return 2.0 * batch_size * LOGIT_SCALE_BOUND**2
+
+
+class SpreadMonitor:
+    """Counts, on the device, the Sinkhorn calls whose inputs spread beyond `similarity_spread_bound` (they anneal
+    from the bound instead of their own diameter: geomloss with `diameter=bound`); `pop` reads the count once."""
+
+    def __init__(self) -> None:
+        self.count: torch.Tensor | None = None
+
+    def add(self, over: torch.Tensor) -> None:
+        """Count the True entries of `over` (one per Sinkhorn call), on the device."""
+        over = over.long().sum()
+        self.count = over if self.count is None else self.count + over
+
+    def pop(self, method: str) -> dict[str, float]:
+        """{"sinkhorn/over_bound": calls} since the last pop, with one warning, or {} when none went over."""
+        count, self.count = self.count, None
+        n = int(count) if count is not None else 0
+        if not n:
+            return {}
+        log.warning("%s: %d Sinkhorn call(s) saw similarity values spread beyond the bound the annealing was "
+                    "sized for (logit scale above %g?); they annealed from the bound, not their diameter", method, n,
+                    LOGIT_SCALE_BOUND)
+        return {"sinkhorn/over_bound": float(n)}
 
 
 def fairclip_distance(model: nn.Module, batch: Batch, group_batches: dict[int, Batch], *, form: str = "published",
                       blur: float = 1e-6, features: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      group_features: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
-    """Σ over groups of Sinkhorn(batch similarities, group similarities).
+                      group_features: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                      monitor: SpreadMonitor | None = None) -> torch.Tensor:
+    """Σ over groups of Sinkhorn(batch similarities, group similarities), without host reads; group batches of
+    one size (the usual case) share one batched Sinkhorn loop, each pair still with its own schedule.
 
-    `features` / `group_features` reuse encodings the caller already made (see `encode_groups`).
+    `features` / `group_features` reuse encodings the caller already made (see `encode_groups`); `monitor`
+    counts the calls whose values spread beyond `similarity_spread_bound`.
     """
     image, text = features if features is not None else encode_batch(model, batch)
     if group_features is None:
         group_features = encode_groups(model, group_batches, form)
     batch_sims = pair_similarities(model, image, text, form, group_side=False)
-    total = batch_sims.new_zeros(())
-    for g_image, g_text in group_features.values():  # one extra batch per group (≤ 3)
-        group_sims = pair_similarities(model, g_image, g_text, form, group_side=True)
-        total = total + sinkhorn_distance(batch_sims[:, None], group_sims[:, None], blur=blur)
-    return total
+    bound = similarity_spread_bound(form, batch_sims.shape[0])
+    group_sims = [pair_similarities(model, g_image, g_text, form, group_side=True)
+                  for g_image, g_text in group_features.values()]  # one extra batch per group (≤ 3)
+    if not group_sims:
+        return batch_sims.new_zeros(())
+    x = batch_sims[:, None]
+    if len({s.shape[0] for s in group_sims}) == 1:  # equal group batches, the usual case: one batched loop
+        pairs = [(x.expand(len(group_sims), -1, -1), torch.stack(group_sims)[..., None])]
+    else:
+        pairs = [(x, s[:, None]) for s in group_sims]
+    distances = torch.cat([sinkhorn_distance(a, b, blur=blur, max_diameter=bound).reshape(-1) for a, b in pairs])
+    if monitor is not None:
+        with torch.no_grad():
+            monitor.add(torch.cat([cloud_diameter(a, b.to(a.dtype)).reshape(-1) for a, b in pairs]) > bound)
+    return distances.sum()
 
 
 @register_method("fairclip", description="FairCLIP: CLIP + lambda * Sinkhorn distance between batch and group "
@@ -103,17 +177,25 @@ class FairCLIP(Method):
     group_batches = True
     Settings = FairCLIPSettings
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spread = SpreadMonitor()
+
     def group_batch_size(self) -> int:
         return self.settings.group_batch_size
 
     def loss_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch]) -> dict[str, torch.Tensor]:
         image, text = encode_batch(model, batch)
         s = self.settings
-        distance = fairclip_distance(model, batch, group_batches, form=s.form, blur=s.blur, features=(image, text))
+        distance = fairclip_distance(model, batch, group_batches, form=s.form, blur=s.blur, features=(image, text),
+                                     monitor=self.spread)
         return {
             "contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp()),
             "sinkhorn": s.fair_lambda * distance,
         }
+
+    def step_stats(self, model: nn.Module) -> dict[str, float]:
+        return self.spread.pop(self.name)
 
 
 # FairCLIP's released fine-tuning (FairCLIP/finetune_FairCLIP.py at HEAD, caedce4), which Fair-MoE's release follows:

@@ -18,6 +18,7 @@ from fairbench_methods.fairmoe.layers import (
     record_routing,
     route_tokens,
     routing_stats,
+    static_slots,
     text_layout,
     top_r_mask,
 )
@@ -79,6 +80,13 @@ def test_capacity_rounds_up_and_clips():
     assert int(capacity_slots(5, 0.01, 3, 10)) == 1  # never zero
     assert int(capacity_slots(4, 10.0, 3, 3)) == 4  # never more than the tokens
     assert capacity_slots(torch.tensor([65, 10]), 0.8, 3, 10).tolist() == [16, 3]
+
+
+def test_static_slots_equal_capacity_slots_without_a_tensor():
+    for n in (0, 1, 4, 5, 10, 65, 77, 197, 257):
+        for capacity in (0.01, 0.5, 0.8, 1.0, 1.25, 10.0):
+            for top_k, experts in ((1, 4), (3, 10), (2, 3), (3, 3)):
+                assert static_slots(n, capacity, top_k, experts) == int(capacity_slots(n, capacity, top_k, experts))
 
 
 def test_top_r_keeps_k_largest_per_token():

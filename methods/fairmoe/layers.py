@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -100,6 +101,13 @@ def capacity_slots(n_tokens: torch.Tensor | int, capacity: float, top_k: int, n_
     return torch.minimum(alpha.clamp_min(1), n.long().clamp_min(1))
 
 
+def static_slots(n_tokens: int, capacity: float, top_k: int, n_experts: int) -> int:
+    """`capacity_slots` for a host int, in the same float64 arithmetic but without a tensor (nothing to read back,
+    no torch.compile graph break)."""
+    alpha = math.ceil(n_tokens * capacity * top_k / n_experts - 1e-9)
+    return min(max(alpha, 1), max(n_tokens, 1))
+
+
 def top_r_mask(probs: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the k largest entries of the last dimension (ties: lowest index first)."""
     idx = probs.topk(k, dim=-1).indices
@@ -133,7 +141,7 @@ def route_tokens(probs: torch.Tensor, top_k: int, capacity: float, valid: torch.
     else:
         alpha = capacity_slots(valid.sum(1), capacity, top_k, M).to(probs.device)  # (B,)
         # A static slot count (α of a full-length sample) avoids a device sync; short texts leave slots unused.
-        n_slots = int(capacity_slots(T, capacity, top_k, M))
+        n_slots = static_slots(T, capacity, top_k, M)
     scores = torch.where(candidates, probs.detach(), torch.full_like(probs, -1.0))
     top = scores.topk(n_slots, dim=1)  # per sample and expert, over its tokens
     rank = torch.arange(n_slots, device=probs.device)[None, :, None]
@@ -574,4 +582,4 @@ def routing_stats(model: nn.Module) -> dict[str, float]:
 
 __all__ = ["FORMS", "EmbeddingMoE", "FeatureMoE", "GateRecord", "MoECLIP", "MoEConfig", "Routing", "StackedExperts",
            "build_fair_moe", "capacity_slots", "moe_layers", "record_routing", "release_slots", "route_tokens",
-           "routing_stats", "text_layout", "top_r_mask"]
+           "routing_stats", "static_slots", "text_layout", "top_r_mask"]

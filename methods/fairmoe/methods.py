@@ -22,7 +22,7 @@ from fairbench.losses import clip_contrastive_loss
 from fairbench.method import Batch, Method, SettingsError, encode_batch
 from fairbench.registry import register_method
 
-from ..fairclip import FairCLIPSettings, encode_groups, fairclip_distance
+from ..fairclip import FairCLIPSettings, SpreadMonitor, encode_groups, fairclip_distance
 from .layers import TOWERS, MoEConfig, build_fair_moe, record_routing, routing_stats
 from .loss import FORMS as FOL_FORMS
 from .loss import FOLConfig, fol_terms
@@ -65,6 +65,10 @@ class FairMoE(Method):
     group_batches = True
     Settings = FairMoESettings
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spread = SpreadMonitor()
+
     def group_batch_size(self) -> int:
         return self.settings.group_batch_size
 
@@ -74,21 +78,24 @@ class FairMoE(Method):
     def loss_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch]) -> dict[str, torch.Tensor]:
         s = self.settings
         # One encoding per batch serves the contrastive loss, L_distance and FOL: the MoE layers record their
-        # gate weights for the main batch, then for each group batch in dict order (matching `codes` below).
+        # gate weights for the main batch, then for all group batches in one call (joined in dict order, as
+        # `encode_groups` encodes them), so `codes` holds the main batch's codes and the groups' joined alike.
         with record_routing(model) as records:
             image, text = encode_batch(model, batch)
             group_features = encode_groups(model, group_batches, s.form)
         distance = fairclip_distance(model, batch, group_batches, form=s.form, blur=s.blur, features=(image, text),
-                                     group_features=group_features)
+                                     group_features=group_features, monitor=self.spread)
         terms = {"contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp()),
                  "sinkhorn": s.fair_lambda * distance}
-        codes = [_codes(batch, -1)] + [_codes(gb, g) for g, gb in group_batches.items()]
+        codes = [_codes(batch, -1)]
+        if group_batches:
+            codes.append(torch.cat([_codes(gb, g) for g, gb in group_batches.items()]))
         terms.update(fol_terms(records, codes, self.n_groups, s.fol.weights(), form=s.fol.form,
                                released_lambda=s.fol.released_lambda))
         return terms
 
     def step_stats(self, model: nn.Module) -> dict[str, float]:
-        return routing_stats(model)
+        return {**routing_stats(model), **self.spread.pop(self.name)}
 
 
 def _codes(batch: Batch, fallback: int) -> torch.Tensor:
