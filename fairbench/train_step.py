@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from fairbench.method import Batch, Method
 
 COMPILE_MODES = ("auto", "off", "on", "cudagraphs")
+COMPILE_BACKEND: Any = None  # torch.compile's backend for TrainStep; None = inductor (tests swap in a cheap one)
 
 
 class TrainingDiverged(RuntimeError):
@@ -48,13 +49,18 @@ class TrainStep:
 
     The forward and loss run compiled when `mode` is set (static shapes: one graph per batch shape), except for
     batches marked not `static` (an epoch's last, partial batch), which run the same code eagerly so that no epoch
-    compiles a second graph. `backend` is torch.compile's (None = inductor; tests use "aot_eager").
+    compiles a second graph. `backend` is torch.compile's (None = COMPILE_BACKEND, by default inductor with `mode`).
+
+    FairCLIP's released loader keeps the last partial batch (finetune_FairCLIP.py in
+    github.com/Harvard-Ophthalmology-AI-Lab/FairCLIP, `train_dataloader = DataLoader(..., drop_last=False)`,
+    lines 104-105), and so does the trainer; running it eagerly keeps its numbers those of the published
+    protocol instead of padding it.
     """
 
     def __init__(self, method: Method, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, *,
                  device: torch.device, compute: torch.dtype, mixed: bool,
                  optimizer_step: Callable[[torch.optim.Optimizer], None] | None = None, mode: str | None = None,
-                 backend: str | None = None) -> None:
+                 backend: Any = None) -> None:
         self.method, self.model, self.optimizer, self.scheduler = method, model, optimizer, scheduler
         self.device, self.compute, self.mixed = device, compute, mixed
         self.optimizer_step = optimizer_step or (lambda opt: opt.step())
@@ -62,6 +68,7 @@ class TrainStep:
         self.compiled = None
         if mode is not None:
             kwargs: dict[str, Any] = {"dynamic": False}
+            backend = backend if backend is not None else COMPILE_BACKEND
             if backend is not None:
                 kwargs["backend"] = backend
             else:
