@@ -51,10 +51,9 @@ class TrainStep:
     batches marked not `static` (an epoch's last, partial batch), which run the same code eagerly so that no epoch
     compiles a second graph. `backend` is torch.compile's (None = COMPILE_BACKEND, by default inductor with `mode`).
 
-    FairCLIP's released loader keeps the last partial batch (finetune_FairCLIP.py in
-    github.com/Harvard-Ophthalmology-AI-Lab/FairCLIP, `train_dataloader = DataLoader(..., drop_last=False)`,
-    lines 104-105), and so does the trainer; running it eagerly keeps its numbers those of the published
-    protocol instead of padding it.
+    FairCLIP's released loader keeps the last partial batch (FairCLIP/finetune_FairCLIP.py at HEAD caedce4,
+    `train_dataloader = DataLoader(..., drop_last=False)`, lines 104-105), and so does the trainer; running it
+    eagerly keeps its numbers those of the published protocol, where padding it would change them.
     """
 
     def __init__(self, method: Method, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, *,
