@@ -107,9 +107,12 @@ class Feeder:
             return Batch(images=self.normalize(images), tokens=d.tokens[idx], labels=d.labels[idx], groups=groups)
         if self.placement == "pinned":
             move = lambda t: t.pin_memory().to(dev, non_blocking=True)  # noqa: E731
+            images = move(compact_images(d.images)[idx])  # one channel of a grayscale image crosses the bus
+            if self.expanded:
+                images = images.expand(-1, 3, -1, -1)
             groups = move(d.groups[idx]) if d.groups is not None else None
-            return Batch(images=self.normalize(move(d.images[idx])), tokens=move(d.tokens[idx]),
-                         labels=move(d.labels[idx]), groups=groups)
+            return Batch(images=self.normalize(images), tokens=move(d.tokens[idx]), labels=move(d.labels[idx]),
+                         groups=groups)
         groups = d.groups[idx].to(dev) if d.groups is not None else None
         return Batch(images=self.normalize(d.images[idx].to(dev, non_blocking=True)), tokens=d.tokens[idx].to(dev),
                      labels=d.labels[idx].to(dev), groups=groups)

@@ -66,6 +66,9 @@ class TrainStep:
         self.mode = mode
         self.compiled = None
         if mode is not None:
+            # a process that trains job after job would otherwise hit dynamo's per-function recompile limit (and
+            # silently fall back to eager) after a few jobs: each job's step starts from an empty cache
+            torch._dynamo.reset()
             kwargs: dict[str, Any] = {"dynamic": False}
             backend = backend if backend is not None else COMPILE_BACKEND
             if backend is not None:
