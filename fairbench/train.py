@@ -19,8 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from fairbench.device_data import Feeder, choose_placement, device_data_fraction, split_nbytes
 from fairbench.method import Batch, Method
 from fairbench.state import TrainState, rng_state, set_rng_state
+from fairbench.train_step import (
+    COMPILE_MODES,
+    EpochMeter,
+    TrainingDiverged,  # noqa: F401 - raised by train(); callers import it here
+    TrainStep,
+    resolve_compile,
+)
 from fairbench.zeroshot import zero_shot_scores
 
 SELECT_RULES = ("val", "test")
@@ -52,6 +60,13 @@ class TrainSettings:
     checkpoint: bool = False  # save the selected epoch's weights as checkpoint.pt
     threads: int = 0  # torch CPU threads; 0 = leave as is
     keep_state: bool = False  # keep train_state.pt (the resume point) after the run finishes; run control only
+    # auto = torch.compile on CUDA, eager elsewhere; on / cudagraphs = torch.compile's default / reduce-overhead
+    # mode; off = eager. Compiled kernels round differently from eager ones, so this is part of the config.
+    compile: str = "auto"
+    # share of the free GPU memory the training split may take to live on the GPU for the whole job (gathered and
+    # normalised there); otherwise pinned host memory, copied one step ahead. 0 = always on the host. Run control.
+    device_data: float = 0.5
+
 
     def __post_init__(self) -> None:
         from fairbench.method import SettingsError
@@ -64,13 +79,18 @@ class TrainSettings:
             raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.ties not in TIE_RULES:
             raise SettingsError(f"ties must be one of {', '.join(TIE_RULES)}, got {self.ties!r}")
+        if self.compile not in COMPILE_MODES:
+            raise SettingsError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if not 0.0 <= self.device_data <= 1.0:
+            raise SettingsError(f"device_data must be a fraction between 0 and 1 (0 = keep the training data on "
+                                f"the host), got {self.device_data!r}")
         if self.epochs < 1 or self.batch_size < 2:
             raise SettingsError("epochs must be ≥ 1 and batch_size ≥ 2")
 
 
 # Trainer settings that change how a run is executed but no number it produces: they stay out of the config
 # hash (and config.json), so setting them never turns an existing run into a new one.
-RUN_CONTROL_SETTINGS = ("keep_state",)
+RUN_CONTROL_SETTINGS = ("keep_state", "device_data")
 
 
 def default_train_settings(arch: str) -> dict[str, Any]:
@@ -78,10 +98,6 @@ def default_train_settings(arch: str) -> dict[str, Any]:
     from fairbench.models.backbones import arch_train_defaults
 
     return arch_train_defaults(arch)
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss term became NaN or infinite."""
 
 
 @dataclass
@@ -205,11 +221,11 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
         size = method.group_batch_size() or settings.batch_size
         sampler = GroupSampler(train_data.groups, method.n_groups, size, generator)
 
-    def batch_at(data: SplitData, idx: torch.Tensor) -> Batch:
-        images = normalize(data.images[idx].to(device, non_blocking=True))
-        groups = data.groups[idx].to(device) if data.groups is not None else None
-        return Batch(images=images, tokens=data.tokens[idx].to(device), labels=data.labels[idx].to(device),
-                     groups=groups)
+    placement = choose_placement(split_nbytes(train_data), device, device_data_fraction(settings.device_data))
+    feeder = Feeder(train_data, device, normalize, placement)
+    run_step = TrainStep(method, model, optimizer, scheduler, device=device, compute=compute, mixed=mixed,
+                         optimizer_step=fp32_optimizer_step if half_weights else None,
+                         mode=resolve_compile(settings.compile, device, half_weights))
 
     outcome = TrainOutcome(best_epoch=-1, val_scores=np.zeros(0), test_scores=np.zeros(0))
     best_key = -math.inf
@@ -225,38 +241,30 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
     for epoch in range(first_epoch, settings.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(n_train, generator=generator)
-        sums: dict[str, float] = {}
-        for step in range(steps):
-            idx = order[step * settings.batch_size:(step + 1) * settings.batch_size]
-            if idx.numel() < 2:  # a contrastive loss needs two pairs
-                continue
-            batch = batch_at(train_data, idx)
-            groups = {g: batch_at(train_data, gi) for g, gi in sampler.next().items()} if sampler else {}
-            with torch.autocast(device.type, dtype=compute, enabled=mixed):
-                terms = method.loss_terms(model, batch, groups)
-            loss = sum(t.float() for t in terms.values())
-            if not torch.isfinite(loss):
-                bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                raise TrainingDiverged(f"loss is not finite at epoch {epoch}, step {step} ({bad}); "
-                                       "lower the learning rate or the method's loss weights")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if half_weights:
-                fp32_optimizer_step(optimizer)
-            else:
-                optimizer.step()
-            scheduler.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            if progress:
-                progress(epoch * steps + step + 1, settings.epochs * steps)
+        meter = EpochMeter(device)
+        plan = EpochPlan(order, steps, settings.batch_size, sampler, feeder)
+        try:
+            batches = plan.batches(0)
+            for i, step in enumerate(plan.steps):
+                batch, groups = batches
+                terms, loss = run_step(batch, groups, static=batch.labels.shape[0] == settings.batch_size)
+                meter.add(step, terms, loss)
+                del terms, loss
+                if i + 1 < len(plan.steps):  # gathered and copied while the device runs this step
+                    batches = plan.batches(i + 1)
+                if progress:
+                    progress(epoch * steps + step + 1, settings.epochs * steps)
+        except Exception:  # a step after a non-finite loss may fail on NaNs: report the divergence
+            if meter.bad_step() is not None:
+                meter.check(epoch)
+            raise
+        meter.check(epoch)
         train_s = time.perf_counter() - t0
         outcome.train_seconds += train_s
         t1 = time.perf_counter()
         val_scores = score(val_data)
         val_auc = auc(val_data.labels.numpy(), val_scores)
-        record: dict[str, Any] = {"epoch": epoch, "train": {k: v / max(steps, 1) for k, v in sums.items()},
+        record: dict[str, Any] = {"epoch": epoch, "train": meter.means(steps),
                                   "val_auc": val_auc, "train_seconds": train_s}
         test_scores = None
         if settings.select == "test":
@@ -301,6 +309,27 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
             f"{prompts[0]!r} / {prompts[1]!r} may be inverted for this text source; check that the training texts "
             "use the prompts' wording)")
     return outcome
+
+
+class EpochPlan:
+    """The steps an epoch runs and their batches: the shuffled order, and every group batch of the epoch drawn up
+    front in step order (the same draws as one `GroupSampler.next()` per step), moved where the data lives once."""
+
+    def __init__(self, order: torch.Tensor, steps: int, batch_size: int, sampler: GroupSampler | None,
+                 feeder: Feeder) -> None:
+        self.feeder = feeder
+        self.batch_size = batch_size
+        # a contrastive loss needs two pairs: a last batch of one is skipped
+        self.steps = [s for s in range(steps) if order[s * batch_size:(s + 1) * batch_size].numel() >= 2]
+        self.order = feeder.indices(order)
+        draws = [sampler.next() for _ in self.steps] if sampler else []
+        self.groups = {g: feeder.indices(torch.stack([d[g] for d in draws])) for g in draws[0]} if draws else {}
+
+    def batches(self, i: int) -> tuple[Batch, dict[int, Batch]]:
+        """The i-th step's batch and group batches on the training device."""
+        s = self.steps[i]
+        batch = self.feeder.batch(self.order[s * self.batch_size:(s + 1) * self.batch_size])
+        return batch, {g: self.feeder.batch(idx[i]) for g, idx in self.groups.items()}
 
 
 def _unfrozen(parameters, model: nn.Module, frozen: tuple[str, ...]) -> list[nn.Parameter]:
