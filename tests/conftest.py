@@ -61,3 +61,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _fairbench_logger_as_found():
+    """`fairbench run` owns its process's console: it stops the `fairbench` logger propagating to root handlers.
+    In-process CLI tests would leave it so for later tests, whose `caplog` listens at the root."""
+    import logging
+
+    logger = logging.getLogger("fairbench")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    logger.handlers, logger.propagate = handlers, propagate
+    logger.setLevel(level)

@@ -46,6 +46,20 @@ def test_a_log_file_gets_a_line_per_phase_before_any_run_finishes(dataset, tmp_p
     assert lines[-1].startswith("Finished in ") and "2 trained, 0 skipped" in lines[-1]
 
 
+def test_each_phase_line_prints_once_even_with_a_root_log_handler(dataset, tmp_path):
+    """open_clip's `logging.info` installs a root handler (basicConfig); phase lines must not print twice."""
+    env = {**os.environ, "FAIRBENCH_CACHE": str(tmp_path / "fresh-cache"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+    wrapper = ("import logging, sys; logging.basicConfig(); from fairbench.cli import main; "
+               "sys.argv[0] = 'fairbench'; main()")
+    cmd = [sys.executable, "-c", wrapper, "run", "--method", "clip", "--seeds", "1", "--pretrained", "none",
+           "--data", str(dataset), "--out", str(tmp_path / "out"), *FAST]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "building the 64-px image cache" in proc.stdout
+    assert "INFO:" not in proc.stderr and "image cache" not in proc.stderr, proc.stderr
+
+
 def test_unavailable_weights_fail_before_any_run_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "out"

@@ -31,6 +31,9 @@ def console_logging(console) -> None:
     logger = logging.getLogger("fairbench")
     logger.handlers = [h for h in logger.handlers if h.name != _PHASE_HANDLER] + [_ConsoleHandler(console)]
     logger.setLevel(logging.INFO)
+    # The console shows these lines; a root handler would print each again as "INFO:fairbench:…" on stderr, and one
+    # appears uninvited: open_clip's module-level `logging.info` calls `logging.basicConfig()`.
+    logger.propagate = False
 
 
 class ConsoleReporter:
