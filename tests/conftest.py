@@ -64,13 +64,13 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
-def _fairbench_logger_as_found():
+def _fairbench_logger_propagates():
     """`fairbench run` owns its process's console: it stops the `fairbench` logger propagating to root handlers.
-    In-process CLI tests would leave it so for later tests, whose `caplog` listens at the root."""
+    In-process CLI runs (module fixtures included) would leave it so for later tests, whose `caplog` listens at the
+    root: every test starts with the logger as a fresh process has it."""
     import logging
 
     logger = logging.getLogger("fairbench")
-    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    logger.handlers, logger.propagate = [], True
+    logger.setLevel(logging.NOTSET)
     yield
-    logger.handlers, logger.propagate = handlers, propagate
-    logger.setLevel(level)
