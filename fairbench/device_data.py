@@ -97,22 +97,17 @@ class Feeder:
     def batch(self, idx: torch.Tensor) -> Batch:
         from fairbench.method import Batch
 
-        d, dev = self.data, self.device
         if self.placement == "device":
             idx = self.indices(idx)
-            images = d.images[idx]
-            if self.expanded:
-                images = images.expand(-1, 3, -1, -1)
-            groups = d.groups[idx] if d.groups is not None else None
-            return Batch(images=self.normalize(images), tokens=d.tokens[idx], labels=d.labels[idx], groups=groups)
-        if self.placement == "pinned":
-            move = lambda t: t.pin_memory().to(dev, non_blocking=True)  # noqa: E731
-            images = move(compact_images(d.images)[idx])  # one channel of a grayscale image crosses the bus
-            if self.expanded:
-                images = images.expand(-1, 3, -1, -1)
-            groups = move(d.groups[idx]) if d.groups is not None else None
-            return Batch(images=self.normalize(images), tokens=move(d.tokens[idx]), labels=move(d.labels[idx]),
-                         groups=groups)
-        groups = d.groups[idx].to(dev) if d.groups is not None else None
-        return Batch(images=self.normalize(d.images[idx].to(dev, non_blocking=True)), tokens=d.tokens[idx].to(dev),
-                     labels=d.labels[idx].to(dev), groups=groups)
+            move = lambda t: t  # noqa: E731 - already there
+        elif self.placement == "pinned":
+            move = lambda t: t.pin_memory().to(self.device, non_blocking=True)  # noqa: E731
+        else:
+            move = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
+        d = self.data
+        images = move(compact_images(d.images)[idx])  # one channel of a grayscale image is gathered and moved
+        if self.expanded:
+            images = images.expand(-1, 3, -1, -1)
+        groups = move(d.groups[idx]) if d.groups is not None else None
+        return Batch(images=self.normalize(images), tokens=move(d.tokens[idx]), labels=move(d.labels[idx]),
+                     groups=groups)

@@ -67,7 +67,6 @@ class TrainSettings:
     # normalised there); otherwise pinned host memory, copied one step ahead. 0 = always on the host. Run control.
     device_data: float = 0.5
 
-
     def __post_init__(self) -> None:
         from fairbench.method import SettingsError
 
