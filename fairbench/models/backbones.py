@@ -53,7 +53,7 @@ ARCHS: dict[str, ArchSpec] = {
     "tiny": ArchSpec("fairbench-tiny", PRETRAINED_HERE,
                      "CLIP, 64 px, 3+3 layers, width 128, pretrained once on the dataset's pretraining set "
                      "(CPU demos/tests)",
-                     train_defaults={"epochs": 3, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
+                     train_defaults={"epochs": 2, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
                                      "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.1, "warmup_steps": 30,
                                      "eval_batch_size": 512}),
     "b16": ArchSpec("ViT-B-16-quickgelu", "openai", "OpenAI CLIP ViT-B/16 (QuickGELU)", step_tflop_b32=3.96),
