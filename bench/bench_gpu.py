@@ -1,5 +1,6 @@
 """GPU throughput of the trainer's step: ms/step, FLOPs, TFLOP/s and MFU per method and arch, eager against
-compiled; an epoch of the real trainer loop against its steps alone; and the projected GPU-hours of a study.
+compiled; an epoch of the real trainer loop against its steps alone; the aggregate throughput of 1, 2 and 4
+processes sharing the device (`--runs-per-gpu`); and the projected GPU-hours of a study.
 
 Each method trains at the protocol's batch (32 pairs, and one group batch of 32 per group of a 3-group attribute
 for methods with group batches), random-init weights (no download), bf16 autocast on CUDA (fp32 on a CPU, as
@@ -85,10 +86,10 @@ def build(arch: str, name: str, device: torch.device, seed: int = 0):
     return method, model, backbone, train_settings_for(arch, {}, None, None)
 
 
-def bench_step(arch: str, name: str, device: torch.device, mode: str | None, batch: int, group_batch: int,
-               warmup: int, reps: int) -> StepResult:
-    from torch.utils.flop_counter import FlopCounterMode
-
+def prepare_step(arch: str, name: str, device: torch.device, mode: str | None, batch: int, group_batch: int
+                 ) -> Callable[[], None]:
+    """One training step of `name` on `arch` as a call: the trainer's TrainStep on a fixed batch (and group
+    batches), data already on the device."""
     from fairbench.datasets import normalize_images
     from fairbench.device_data import Feeder
     from fairbench.train import _make_optimizer, _unfrozen
@@ -109,7 +110,14 @@ def bench_step(arch: str, name: str, device: torch.device, mode: str | None, bat
     if method.group_batches:
         size = method.group_batch_size() or group_batch
         groups = {g: feeder.batch(torch.nonzero(data.groups == g).flatten()[:size]) for g in range(N_GROUPS)}
-    run = lambda: step(main, groups)  # noqa: E731
+    return lambda: step(main, groups)
+
+
+def bench_step(arch: str, name: str, device: torch.device, mode: str | None, batch: int, group_batch: int,
+               warmup: int, reps: int) -> StepResult:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    run = prepare_step(arch, name, device, mode, batch, group_batch)
     compile_s = 0.0
     if mode is not None:
         sync(device)
@@ -123,6 +131,56 @@ def bench_step(arch: str, name: str, device: torch.device, mode: str | None, bat
             run()
         flops = float(counter.get_total_flops())
     return StepResult(ms=timed(run, device, warmup, reps), flops=flops, compile_s=compile_s)
+
+
+def _concurrent_worker(arch: str, name: str, device: str, mode: str | None, batch: int, group_batch: int,
+                       warmup: int, steps: int, threads: int, barrier, queue) -> None:
+    """One of K processes sharing a device: warm up, wait for the others, then time `steps` steps."""
+    try:
+        from fairbench.registry import load_plugins
+
+        torch.set_num_threads(threads)
+        load_plugins()
+        dev = torch.device(device)
+        run = prepare_step(arch, name, dev, mode, batch, group_batch)
+        for _ in range(warmup):
+            run()
+        sync(dev)
+        barrier.wait(timeout=600)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            run()
+        sync(dev)
+        queue.put(("ok", time.perf_counter() - t0))
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent, which must not wait forever
+        barrier.abort()
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def bench_runs_per_device(arch: str, name: str, device: torch.device, mode: str | None, batch: int,
+                          group_batch: int, warmup: int, steps: int, k: int) -> float:
+    """Aggregate steps per second of `k` processes training on one device at once (`--runs-per-gpu k`): each
+    process warms up alone, all start timing together, the slowest one's time counts."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(k), ctx.Queue()
+    threads = max(1, torch.get_num_threads() // k) if device.type == "cpu" else torch.get_num_threads()
+    procs = [ctx.Process(target=_concurrent_worker, args=(arch, name, str(device), mode, batch, group_batch, warmup,
+                                                          steps, threads, barrier, queue)) for _ in range(k)]
+    for proc in procs:
+        proc.start()
+    try:
+        outcomes = [queue.get(timeout=900) for _ in range(k)]
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+    errors = [msg for status, msg in outcomes if status != "ok"]
+    if errors:
+        raise RuntimeError(f"{k} processes on {device}: {errors[0]}")
+    return k * steps / max(seconds for _, seconds in outcomes)
 
 
 def bench_epoch(arch: str, name: str, device: torch.device, compile_setting: str, batch: int, steps: int
@@ -175,13 +233,17 @@ def main() -> None:
     parser.add_argument("--project-from", default=None,
                         help="use this measured arch's times for every arch of the study (checks the projection's "
                              "arithmetic on a CPU; the hours it prints are then not a projection)")
+    parser.add_argument("--runs-per-gpu", default=None,
+                        help="process counts to compare on one device, e.g. 1,2,4 (default on CUDA; off on a CPU)")
+    parser.add_argument("--concurrent-steps", type=int, default=None, help="timed steps per process (30; 3 on CPU)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--budget-s", type=float, default=200.0,
                         help="skip measurements that would start later (a compile can take a minute past it)")
     args = parser.parse_args()
     cpu_default = args.device == "cpu"
     for key, gpu, cpu in (("batch", 32, 8), ("group_batch", 32, 8), ("warmup", 3, 1), ("reps", 10, 3),
-                          ("epoch_steps", 24, 3), ("compile", "off,on", "off")):
+                          ("epoch_steps", 24, 3), ("compile", "off,on", "off"), ("runs_per_gpu", "1,2,4", ""),
+                          ("concurrent_steps", 30, 3)):
         if getattr(args, key) is None:
             setattr(args, key, cpu if cpu_default else gpu)
     if args.threads:
@@ -235,9 +297,34 @@ def main() -> None:
             print(f"{arch:5} {method:9} {setting:10} trainer epoch of {args.epoch_steps} steps {epoch_s:.2f} s vs "
                   f"steps alone {steps_s:.2f} s: x{epoch_s / steps_s:.2f}", flush=True)
             results[(arch, method, f"epoch:{setting}")] = StepResult(ms=epoch_s / steps_s, flops=0.0)
+    if args.runs_per_gpu:
+        concurrent(args, archs[0], device, results, left, skipped)
     project(args, archs, modes, results)
     print(f"total {time.perf_counter() - t_start:.0f} s" + (f"; skipped (over --budget-s): {', '.join(skipped)}"
                                                              if skipped else ""))
+
+
+def concurrent(args: argparse.Namespace, arch: str, device: torch.device,
+               results: dict[tuple[str, str, str], StepResult], left: Callable[[], float], skipped: list[str]) -> None:
+    """Aggregate throughput of 1..K processes per device, for the group-batch method (the study's bulk) in the
+    fastest compile mode measured above: does `--runs-per-gpu K` pay after the single-process work?"""
+    from fairbench.train_step import resolve_compile
+
+    methods = args.methods.split(",")
+    method = "fairclip" if "fairclip" in methods else methods[0]
+    measured = {m: r.ms for (a, n, m), r in results.items() if a == arch and n == method and ":" not in m}
+    setting = min(measured, key=measured.get) if measured else "off"
+    base = None
+    for k in (int(x) for x in args.runs_per_gpu.split(",")):
+        if left() <= 0:
+            skipped.append(f"{k} processes {arch}/{method}/{setting}")
+            continue
+        rate = bench_runs_per_device(arch, method, device, resolve_compile(setting, device), args.batch,
+                                     args.group_batch, args.warmup, args.concurrent_steps, k)
+        base = base or (rate if k == 1 else None)
+        ratio = f" = x{rate / base:.2f} of one process" if base else ""
+        print(f"{arch:5} {method:9} {setting:10} {k} process(es) on one device: {rate:.1f} steps/s in all{ratio}",
+              flush=True)
 
 
 def project(args: argparse.Namespace, archs: list[str], modes: list[str],

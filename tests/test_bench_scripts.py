@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,33 @@ def test_the_check_sees_a_broken_import(tmp_path: Path) -> None:
     (module, name), = fairbench_imports(script)
     with pytest.raises(ImportError):
         importlib.import_module(module)
+
+
+def _run_script(name: str, *args: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parent), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_bench_gpu_cpu_mode_prints_steps_epoch_and_processes_per_device() -> None:
+    """The GPU bench's CPU mode runs the same code paths a GPU session will (only the device differs)."""
+    out = _run_script("bench_gpu.py", "--device", "cpu", "--arch", "tiny", "--methods", "clip,fairclip",
+                      "--runs-per-gpu", "1,2", "--concurrent-steps", "2", "--threads", "1")
+    for method in ("clip", "fairclip"):
+        assert re.search(rf"^tiny\s+{method}\s+off\s+\d+\.\d\s+\d+\.\d", out, re.M), out
+    assert re.search(r"trainer epoch of 3 steps [\d.]+ s vs steps alone [\d.]+ s: x[\d.]+", out), out
+    assert re.search(r"1 process\(es\) on one device: [\d.]+ steps/s in all = x1\.00", out), out
+    assert re.search(r"2 process\(es\) on one device: [\d.]+ steps/s in all = x[\d.]+", out), out
+
+
+def test_gpu_check_cpu_mode_compares_every_method_in_bf16_and_fp32() -> None:
+    out = _run_script("gpu_check.py", "--samples", "64")
+    for method in ("clip", "fairclip", "fairmoe"):
+        assert re.search(rf"^{method}\s+scores: max \|Δp\| ", out, re.M), out
+        assert re.search(rf"^{method}\s+race eod\s", out, re.M), out
