@@ -60,8 +60,18 @@ def test_bench_gpu_cpu_mode_prints_steps_epoch_and_processes_per_device() -> Non
     assert re.search(r"2 process\(es\) on one device: [\d.]+ steps/s in all = x[\d.]+", out), out
 
 
-def test_gpu_check_cpu_mode_compares_every_method_in_bf16_and_fp32() -> None:
-    out = _run_script("gpu_check.py", "--samples", "64")
+def test_gpu_session_runs_both_checks_and_writes_their_outputs(tmp_path: Path) -> None:
+    """bench/gpu_session.sh is the one call a session with a GPU makes; here it runs the CPU modes."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OUT": str(tmp_path)}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "--methods", "clip"], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    check = (tmp_path / "gpu_check.txt").read_text()
     for method in ("clip", "fairclip", "fairmoe"):
-        assert re.search(rf"^{method}\s+scores: max \|Δp\| ", out, re.M), out
-        assert re.search(rf"^{method}\s+race eod\s", out, re.M), out
+        assert re.search(rf"^{method}\s+scores: max \|Δp\| ", check, re.M), check
+        assert re.search(rf"^{method}\s+race eod\s", check, re.M), check
+    assert re.search(r"^tiny\s+clip\s+off\s+\d", (tmp_path / "bench_gpu.txt").read_text(), re.M)
+    assert "torch" in (tmp_path / "machine.txt").read_text()
