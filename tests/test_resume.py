@@ -195,7 +195,8 @@ def _toy_split(n: int, seed: int):
                      groups=torch.arange(n) % 2)
 
 
-def _toy_train(select: str, epochs: int, keys: list[float], resume=None, on_epoch_state=None, stop_after=None):
+def _toy_train(select: str, epochs: int, keys: list[float], resume=None, on_epoch_state=None, stop_after=None,
+               **overrides):
     """`keys` scripts the selection metric per epoch (the val AUC, or the test AUC under test selection)."""
     from fairbench.train import TrainSettings, seed_everything, train
 
@@ -218,7 +219,7 @@ def _toy_train(select: str, epochs: int, keys: list[float], resume=None, on_epoc
     seed_everything(7)
     model = ToyCLIP()
     settings = TrainSettings(epochs=epochs, batch_size=6, lr=1e-2, betas=(0.9, 0.99), warmup_steps=5,
-                             select=select, checkpoint=True, max_steps_per_epoch=3)
+                             select=select, checkpoint=True, max_steps_per_epoch=3, **overrides)
     try:
         return train(_toy_method(), model, settings, train_data=_toy_split(20, 1), val_data=_toy_split(10, 2),
                      test_data=_toy_split(12, 3), normalize=lambda x: x.float() / 255,
