@@ -1,6 +1,7 @@
-"""FairCLIP and Fair-MoE encode all group batches in one forward and split it: every loss term and gradient must
-equal the per-group path (written out below as the reference, with the unbounded, host-reading Sinkhorn), and a
-training step's loss must read nothing back from the device."""
+"""FairCLIP and Fair-MoE encode all group batches in one forward and split it (on accelerators; one group at a
+time on a CPU, where that is faster): on both paths every loss term and gradient must equal the per-group
+reference (written out below, with the unbounded, host-reading Sinkhorn), and a training step's loss must read
+nothing back from the device."""
 
 from __future__ import annotations
 
@@ -14,6 +15,18 @@ from fairbench.method import Batch, encode_batch
 from fairbench.registry import get_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(params=["joined", "separate"])
+def group_forward(request, monkeypatch) -> str:
+    """Both group-forward paths on this CPU: the accelerator's joined one and the CPU's one group at a time."""
+    import fairbench_methods.fairclip as fairclip
+    import fairbench_methods.fairmoe.methods as fairmoe
+
+    joined = request.param == "joined"
+    for module in (fairclip, fairmoe):
+        monkeypatch.setattr(module, "joins_group_forward", lambda device: joined)
+    return request.param
 
 NOTES = ["glaucoma with a large cup and thin rim", "non-glaucoma", "healthy optic nerve, no glaucoma", "glaucoma",
          "suspected glaucoma: follow up in six months with visual field testing"]  # ragged: padding differs
@@ -101,7 +114,7 @@ CASES = [("fairclip", {"form": "published"}), ("fairclip", {"form": "aligned", "
 
 @pytest.mark.parametrize("sizes", [(3, 5, 2), (4, 4, 4)])
 @pytest.mark.parametrize("name,overrides", CASES)
-def test_one_group_forward_equals_encoding_each_group(backbone, name, overrides, sizes):
+def test_one_group_forward_equals_encoding_each_group(backbone, name, overrides, sizes, group_forward):
     import copy
 
     cls = get_method(name)
@@ -127,18 +140,35 @@ def test_encode_groups_splits_back_in_dict_order(backbone):
 
     _, group_batches = _inputs(backbone)
     with torch.no_grad():
-        got = encode_groups(backbone.model, group_batches, "aligned")
         want = _encode_each(backbone.model, group_batches, "aligned")
-    assert list(got) == list(group_batches)
-    for g in want:
-        for a, b in zip(got[g], want[g], strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for join in (True, False, None):
+            got = encode_groups(backbone.model, group_batches, "aligned", join=join)
+            assert list(got) == list(group_batches)
+            for g in want:
+                for a, b in zip(got[g], want[g], strict=True):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert encode_groups(backbone.model, {}, "published") == {}
+
+
+def test_group_batches_join_on_accelerators_only(backbone, monkeypatch):
+    from fairbench_methods.fairclip import encode_groups, joins_group_forward
+
+    assert not joins_group_forward(torch.device("cpu"))
+    assert joins_group_forward(torch.device("cuda")) and joins_group_forward(torch.device("mps"))
+    _, group_batches = _inputs(backbone)
+    calls = []
+    monkeypatch.setattr("fairbench_methods.fairclip.encode_batch",
+                        lambda model, b: calls.append(len(b.labels)) or (torch.zeros(len(b.labels), 2),) * 2)
+    encode_groups(backbone.model, group_batches, "published")  # CPU tensors: one forward per group
+    assert calls == [3, 5, 2]
+    calls.clear()
+    encode_groups(backbone.model, group_batches, "published", join=True)
+    assert calls == [10]
 
 
 @pytest.mark.parametrize("sizes", [(3, 5, 2), (4, 4, 4)])
 @pytest.mark.parametrize("name", ["fairclip", "fairmoe"])
-def test_a_training_step_reads_nothing_back(backbone, name, monkeypatch, sizes):
+def test_a_training_step_reads_nothing_back(backbone, name, monkeypatch, sizes, group_forward):
     import copy
 
     cls = get_method(name)
