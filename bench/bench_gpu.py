@@ -72,6 +72,15 @@ def synthetic_split(backbone, n: int, seed: int = 0):
                      groups=torch.arange(n) % N_GROUPS)
 
 
+def normalizer(backbone, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The backbone's uint8 → normalised float step, with mean/std already on `device` (no copy per batch)."""
+    from fairbench.datasets import normalize_images
+
+    mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
+    return lambda x: normalize_images(x, mean, std)
+
+
 def build(arch: str, name: str, device: torch.device, seed: int = 0):
     """The method, its model on `device` and the trainer settings of `arch` (random init)."""
     from fairbench.jobs import train_settings_for
@@ -90,7 +99,6 @@ def prepare_step(arch: str, name: str, device: torch.device, mode: str | None, b
                  ) -> Callable[[], None]:
     """One training step of `name` on `arch` as a call: the trainer's TrainStep on a fixed batch (and group
     batches), data already on the device."""
-    from fairbench.datasets import normalize_images
     from fairbench.device_data import Feeder
     from fairbench.train import _make_optimizer, _unfrozen
     from fairbench.train_step import TrainStep
@@ -102,9 +110,7 @@ def prepare_step(arch: str, name: str, device: torch.device, mode: str | None, b
     step = TrainStep(method, model, optimizer, scheduler, device=device, compute=torch.bfloat16, mixed=cuda,
                      mode=mode)
     data = synthetic_split(backbone, max(batch, group_batch) * N_GROUPS, seed=1)
-    mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
-    feeder = Feeder(data, device, lambda x: normalize_images(x, mean, std), "device" if cuda else "host")
+    feeder = Feeder(data, device, normalizer(backbone, device), "device" if cuda else "host")
     main = feeder.batch(torch.arange(batch))
     groups = {}
     if method.group_batches:
@@ -186,18 +192,15 @@ def bench_runs_per_device(arch: str, name: str, device: torch.device, mode: str 
 def bench_epoch(arch: str, name: str, device: torch.device, compile_setting: str, batch: int, steps: int
                 ) -> float:
     """Seconds of the second epoch of `steps` steps through the real trainer loop (the first compiles)."""
-    from fairbench.datasets import normalize_images
     from fairbench.train import train
 
     method, model, backbone, settings = build(arch, name, device)
     settings.epochs, settings.batch_size, settings.max_steps_per_epoch = 2, batch, steps
     settings.compile, settings.eval_batch_size = compile_setting, 64
-    mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
     train_split = synthetic_split(backbone, batch * steps, seed=2)
     small = synthetic_split(backbone, 64, seed=3)
     out = train(method, model, settings, train_data=train_split, val_data=small, test_data=small,
-                normalize=lambda x: normalize_images(x, mean, std), tokenize=backbone.tokenize, prompts=("no", "yes"),
+                normalize=normalizer(backbone, device), tokenize=backbone.tokenize, prompts=("no", "yes"),
                 seed=0, device=device, auc=lambda labels, scores: 0.5)
     return out.history[1]["train_seconds"]
 
