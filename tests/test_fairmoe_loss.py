@@ -95,6 +95,26 @@ def test_fol_terms_assemble_batches_in_call_order():
         fol_terms(records, [groups], 3, {"fol_ei": 1.0})
 
 
+def test_fol_terms_read_group_records_joined_or_one_per_batch_alike():
+    """Group batches encoded in one forward leave one record for several codes tensors: same terms; only the
+    population must be a record of its own, and the sample counts must add up."""
+    weights, groups, valid, _ = random_case(4, True)
+    main, g1, g2 = slice(0, 6), slice(6, 10), slice(10, 14)
+    codes = [groups[main], groups[g1], groups[g2]]
+    separate = {"image_embedding": [GateRecord(weights[s], valid[s]) for s in (main, g1, g2)]}
+    joined = {"image_embedding": [GateRecord(weights[main], valid[main]),
+                                  GateRecord(weights[6:14], valid[6:14])]}
+    want = fol_terms(separate, codes, 3, {"fol_ei": 1.0})["fol_ei"]
+    torch.testing.assert_close(fol_terms(joined, codes, 3, {"fol_ei": 1.0})["fol_ei"], want, rtol=0, atol=0)
+    torch.testing.assert_close(want, loop_fol(weights, groups, 3, valid, torch.arange(14) < 6))
+    population_joined = {"image_embedding": [GateRecord(weights[0:10], valid[0:10]),
+                                             GateRecord(weights[g2], valid[g2])]}
+    with pytest.raises(RuntimeError, match="encode each batch exactly once"):
+        fol_terms(population_joined, codes, 3, {"fol_ei": 1.0})
+    with pytest.raises(RuntimeError, match="encode each batch exactly once"):
+        fol_terms(joined, codes[:2], 3, {"fol_ei": 1.0})
+
+
 def test_bad_form_is_named():
     with pytest.raises(ValueError, match="FOL form"):
         variance_gap(torch.rand(3, 2), torch.zeros(3, dtype=torch.long), 1, form="loop")

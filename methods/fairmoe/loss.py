@@ -91,8 +91,10 @@ def fol_terms(records: dict[str, list[GateRecord]], groups: list[torch.Tensor], 
               released_lambda: float = 1.0) -> dict[str, torch.Tensor]:
     """Weighted F_EI/F_ET/F_FI/F_FT from recorded gate weights.
 
-    `records[layer]` holds one record per encoded batch, in the order of `groups` (one codes tensor per batch);
-    the first batch is the population ("all sampled data"). Terms with weight 0 are left out.
+    `records[layer]` holds the gate weights of the encoded batches in the order of `groups` (one codes tensor per
+    batch); the first batch, the population ("all sampled data"), is a record of its own, while the later ones may
+    come one record each or joined into fewer (group batches encoded in one forward). Terms with weight 0 are left
+    out.
     """
     out: dict[str, torch.Tensor] = {}
     for layer, recs in records.items():  # ≤ 4 layers
@@ -100,9 +102,10 @@ def fol_terms(records: dict[str, list[GateRecord]], groups: list[torch.Tensor], 
         if term is None or not weights.get(term):
             continue
         sizes = [r.weights.shape[0] for r in recs]
-        if sizes != [g.shape[0] for g in groups]:
+        wanted = [g.shape[0] for g in groups]
+        if not sizes or sizes[0] != wanted[0] or sum(sizes) != sum(wanted):
             raise RuntimeError(f"FOL: layer {layer!r} saw batches of sizes {sizes} but {len(groups)} batches of sizes "
-                               f"{[g.shape[0] for g in groups]} were encoded; encode each batch exactly once while "
+                               f"{wanted} were encoded; encode each batch exactly once while "
                                "recording")
         w = torch.cat([r.weights for r in recs])
         valid = torch.cat([r.valid for r in recs]) if recs[0].valid is not None else None

@@ -22,7 +22,7 @@ from fairbench.losses import clip_contrastive_loss
 from fairbench.method import Batch, Method, SettingsError, encode_batch
 from fairbench.registry import register_method
 
-from ..fairclip import FairCLIPSettings, SpreadMonitor, encode_groups, fairclip_distance, joins_group_forward
+from ..fairclip import FairCLIPSettings, SpreadMonitor, encode_groups, fairclip_distance
 from .layers import TOWERS, MoEConfig, build_fair_moe, record_routing, routing_stats
 from .loss import FORMS as FOL_FORMS
 from .loss import FOLConfig, fol_terms
@@ -78,18 +78,16 @@ class FairMoE(Method):
     def loss_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch]) -> dict[str, torch.Tensor]:
         s = self.settings
         # One encoding per batch serves the contrastive loss, L_distance and FOL: the MoE layers record their
-        # gate weights for the main batch, then for the group batches as `encode_groups` encodes them (joined in
-        # dict order, or one call per group), so `codes` follows the same calls.
-        joined = joins_group_forward(batch.images.device)
+        # gate weights for the main batch, then for the group batches in dict order (one call, or one per group:
+        # FOL reads them joined either way), matching `codes` below.
         with record_routing(model) as records:
             image, text = encode_batch(model, batch)
-            group_features = encode_groups(model, group_batches, s.form, join=joined)
+            group_features = encode_groups(model, group_batches, s.form)
         distance = fairclip_distance(model, batch, group_batches, form=s.form, blur=s.blur, features=(image, text),
                                      group_features=group_features, monitor=self.spread)
         terms = {"contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp()),
                  "sinkhorn": s.fair_lambda * distance}
-        group_codes = [_codes(gb, g) for g, gb in group_batches.items()]
-        codes = [_codes(batch, -1)] + ([torch.cat(group_codes)] if joined and group_codes else group_codes)
+        codes = [_codes(batch, -1)] + [_codes(gb, g) for g, gb in group_batches.items()]
         terms.update(fol_terms(records, codes, self.n_groups, s.fol.weights(), form=s.fol.form,
                                released_lambda=s.fol.released_lambda))
         return terms
