@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,8 @@ def clip_contrastive_loss(image_features: torch.Tensor, text_features: torch.Ten
 
 @fp32_island(always=True)
 def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, blur: float = 1e-4, p: int = 2, scaling: float = 0.5,
-                      debias: bool = True, max_iter: int = 200, *, max_diameter: float | None = None) -> torch.Tensor:
+                      debias: bool = True, max_iter: int = 200, *, max_diameter: float | None = None,
+                      over_bound: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Entropic OT between uniform point clouds x (N, D) and y (M, D), as geomloss's
     `SamplesLoss("sinkhorn", p=p, blur=blur, scaling=scaling, debias=debias)`.
 
@@ -36,8 +38,9 @@ def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, blur: float = 1e-4, p: i
     free of host reads (no device sync, no torch.compile graph break): the schedule then has the fixed length
     `annealing_length(max_diameter, ...)` and the steps a smaller diameter does not need are masked out, so the
     result still equals geomloss's. A diameter above the bound anneals from the bound instead, i.e. equals
-    geomloss with `diameter=max_diameter`; callers that pass a bound check `cloud_diameter(x, y) > max_diameter`
-    on the device and report it later. Without a bound the diameter is read once per call (one host sync).
+    geomloss with `diameter=max_diameter`; `over_bound`, if given, receives `cloud_diameter(x, y) > max_diameter`
+    (a bool tensor on the device, 0-dim or (G,)) so a caller can count those calls and report them later without
+    computing the diameter again. Without a bound the diameter is read once per call (one host sync).
     """
     batched = x.dim() == 3
     if x.dim() == 1:
@@ -51,6 +54,8 @@ def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, blur: float = 1e-4, p: i
         diameter = cloud_diameter(x, y)
     if max_diameter is None:
         max_diameter = float(diameter.max())  # the one host read of the unbounded form
+    elif over_bound is not None:
+        over_bound(diameter > max_diameter if batched else diameter[0] > max_diameter)
     length = annealing_length(max_diameter, blur, p, scaling)
     eps0, eps_steps, active = annealing_schedule(diameter.clamp(max=max_diameter), blur, p, scaling, length,
                                                  max_iter, dtype=x.dtype)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fairbench.losses import clip_contrastive_loss, cloud_diameter, sinkhorn_distance
+from fairbench.losses import clip_contrastive_loss, sinkhorn_distance
 from fairbench.method import Batch, Method, encode_batch
 from fairbench.precision import fp32_island
 from fairbench.protocols import CLIP_FROZEN, Protocol, register_protocol
@@ -175,11 +175,10 @@ def fairclip_distance(model: nn.Module, batch: Batch, group_batches: dict[int, B
         pairs = [(x.expand(len(group_sims), -1, -1), torch.stack(group_sims)[..., None])]
     else:
         pairs = [(x, s[:, None]) for s in group_sims]
-    distances = torch.cat([sinkhorn_distance(a, b, blur=blur, max_diameter=bound).reshape(-1) for a, b in pairs])
-    if monitor is not None:
-        with torch.no_grad():
-            monitor.add(torch.cat([cloud_diameter(a, b.to(a.dtype)).reshape(-1) for a, b in pairs]) > bound)
-    return distances.sum()
+    report = monitor.add if monitor is not None else None
+    distances = [sinkhorn_distance(a, b, blur=blur, max_diameter=bound, over_bound=report).reshape(-1)
+                 for a, b in pairs]
+    return torch.cat(distances).sum()
 
 
 @register_method("fairclip", description="FairCLIP: CLIP + lambda * Sinkhorn distance between batch and group "

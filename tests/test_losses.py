@@ -165,3 +165,14 @@ def test_degenerate_clouds_give_zero_or_nan_not_garbage():
     assert sinkhorn_distance(same, same.clone(), blur=1e-6).item() == pytest.approx(0.0, abs=1e-12)
     nan = torch.tensor([[0.0], [float("nan")]])
     assert torch.isnan(sinkhorn_distance(nan, same, blur=1e-6, max_diameter=2.0))
+
+
+def test_over_bound_receives_each_pairs_diameter_check():
+    pairs = [_clouds(spread, seed=i) for i, spread in enumerate((1.0, 10.0, 1.5))]
+    xs, ys = torch.stack([x.detach() for x, _ in pairs]), torch.stack([y.detach() for _, y in pairs])
+    seen: list[torch.Tensor] = []
+    sinkhorn_distance(xs, ys, blur=1e-3, max_diameter=2.0, over_bound=seen.append)
+    sinkhorn_distance(pairs[1][0].detach(), pairs[1][1].detach(), blur=1e-3, max_diameter=2.0, over_bound=seen.append)
+    assert [t.tolist() for t in seen] == [(cloud_diameter(xs, ys) > 2.0).tolist(), True] == [[False, True, False], True]
+    sinkhorn_distance(xs, ys, blur=1e-3, over_bound=seen.append)  # unbounded: nothing can be over
+    assert len(seen) == 2
