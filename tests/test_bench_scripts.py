@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,10 +41,6 @@ def test_the_check_sees_a_broken_import(tmp_path: Path) -> None:
 
 
 def _run_script(name: str, *args: str) -> str:
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "PYTHONPATH": str(BENCH.parent), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True, env=env,
                           timeout=600)
@@ -62,9 +61,6 @@ def test_bench_gpu_cpu_mode_prints_steps_epoch_and_processes_per_device() -> Non
 
 def test_gpu_session_runs_both_checks_and_writes_their_outputs(tmp_path: Path) -> None:
     """bench/gpu_session.sh is the one call a session with a GPU makes; here it runs the CPU modes."""
-    import os
-    import subprocess
-
     env = {**os.environ, "OUT": str(tmp_path)}
     proc = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "--methods", "clip"], capture_output=True,
                           text=True, env=env, timeout=600)
