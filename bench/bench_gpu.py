@@ -4,7 +4,7 @@ processes sharing the device (`--runs-per-gpu`); and the projected GPU-hours of 
 
 Each method trains at the protocol's batch (32 pairs, and one group batch of 32 per group of a 3-group attribute
 for methods with group batches), random-init weights (no download), bf16 autocast on CUDA (fp32 on a CPU, as
-the trainer does). The step is the trainer's own (`fairbench.train_step.TrainStep`); FLOPs are counted once per
+the trainer does). The step is the trainer's own (`fairbench.training.step.TrainStep`); FLOPs are counted once per
 step by torch.utils.flop_counter on the eager step (forward + backward; the optimiser step is not counted).
 
     PYTHONPATH=. python bench/bench_gpu.py                               # CUDA: b16 and l14, < 5 min on one H200
@@ -60,7 +60,7 @@ def timed(fn: Callable[[], None], device: torch.device, warmup: int, reps: int) 
 
 def synthetic_split(backbone, n: int, seed: int = 0):
     """n random grayscale images (stored as the FairVLMed cache stores them), notes, labels and 3 groups."""
-    from fairbench.train import SplitData
+    from fairbench.training.trainer import SplitData
 
     g = torch.Generator().manual_seed(seed)
     size = backbone.image_size
@@ -83,9 +83,9 @@ def normalizer(backbone, device: torch.device) -> Callable[[torch.Tensor], torch
 
 def build(arch: str, name: str, device: torch.device, seed: int = 0):
     """The method, its model on `device` and the trainer settings of `arch` (random init)."""
-    from fairbench.jobs import train_settings_for
     from fairbench.models import create_backbone
     from fairbench.registry import get_method
+    from fairbench.runs.jobs import train_settings_for
 
     cls = get_method(name)
     method = cls(cls.Settings(), "race" if cls.uses_attribute else None, N_GROUPS if cls.uses_attribute else 0)
@@ -99,9 +99,9 @@ def prepare_step(arch: str, name: str, device: torch.device, mode: str | None, b
                  ) -> Callable[[], None]:
     """One training step of `name` on `arch` as a call: the trainer's TrainStep on a fixed batch (and group
     batches), data already on the device."""
-    from fairbench.device_data import Feeder
-    from fairbench.train import _make_optimizer, _unfrozen
-    from fairbench.train_step import TrainStep
+    from fairbench.training.feeder import Feeder
+    from fairbench.training.step import TrainStep
+    from fairbench.training.trainer import _make_optimizer, _unfrozen
 
     method, model, backbone, settings = build(arch, name, device)
     optimizer = _make_optimizer(_unfrozen(method.trainable_parameters(model), model, settings.frozen), settings)
@@ -192,7 +192,7 @@ def bench_runs_per_device(arch: str, name: str, device: torch.device, mode: str 
 def bench_epoch(arch: str, name: str, device: torch.device, compile_setting: str, batch: int, steps: int
                 ) -> float:
     """Seconds of the second epoch of `steps` steps through the real trainer loop (the first compiles)."""
-    from fairbench.train import train
+    from fairbench.training.trainer import train
 
     method, model, backbone, settings = build(arch, name, device)
     settings.epochs, settings.batch_size, settings.max_steps_per_epoch = 2, batch, steps
@@ -253,7 +253,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from fairbench.registry import load_plugins
-    from fairbench.train_step import resolve_compile
+    from fairbench.training.step import resolve_compile
 
     load_plugins()
     device = torch.device(args.device)
@@ -311,7 +311,7 @@ def concurrent(args: argparse.Namespace, arch: str, device: torch.device,
                results: dict[tuple[str, str, str], StepResult], left: Callable[[], float], skipped: list[str]) -> None:
     """Aggregate throughput of 1..K processes per device, for the group-batch method (the study's bulk) in the
     fastest compile mode measured above: does `--runs-per-gpu K` pay after the single-process work?"""
-    from fairbench.train_step import resolve_compile
+    from fairbench.training.step import resolve_compile
 
     methods = args.methods.split(",")
     method = "fairclip" if "fairclip" in methods else methods[0]
@@ -333,7 +333,7 @@ def concurrent(args: argparse.Namespace, arch: str, device: torch.device,
 def project(args: argparse.Namespace, archs: list[str], modes: list[str],
             results: dict[tuple[str, str, str], StepResult]) -> None:
     """GPU-hours of the study's training steps: runs x epochs x steps x measured ms/step x epoch/steps ratio."""
-    from fairbench.jobs import train_settings_for
+    from fairbench.runs.jobs import train_settings_for
 
     try:
         runs = study_runs(args.study)

@@ -35,7 +35,7 @@ def main() -> None:
     from fairbench.metrics import evaluate
     from fairbench.models import create_backbone
     from fairbench.registry import get_method, load_plugins
-    from fairbench.zeroshot import zero_shot_scores
+    from fairbench.training.zeroshot import zero_shot_scores
 
     load_plugins()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

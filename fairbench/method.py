@@ -199,6 +199,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class ContrastiveFineTune(Method):
+    """CLIP's symmetric contrastive loss on a batch's image-text pairs and nothing else: the objective of plain
+    fine-tuning (the built-in `clip` method registers a subclass) and of the pretraining that gives `tiny` its start.
+    Subclass it for a method that adds terms to the contrastive one."""
+
+    def loss_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch]) -> dict[str, torch.Tensor]:
+        from fairbench.training.losses import clip_contrastive_loss
+
+        image, text = encode_batch(model, batch)
+        return {"contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp())}
+
+
 def encode_batch(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised image and text features of a batch's pairs (the input of every CLIP-style loss)."""
     import torch.nn.functional as F

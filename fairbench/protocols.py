@@ -25,7 +25,7 @@ LEGACY_PROTOCOL = "v0.1-all-parameters"
 
 @dataclass(frozen=True)
 class Protocol:
-    """`train` overrides fairbench.train.TrainSettings (after the arch's defaults, before --set);
+    """`train` overrides fairbench.training.trainer.TrainSettings (after the arch's defaults, before --set);
     `differences` documents, per aspect, how it departs from the default protocol."""
 
     name: str

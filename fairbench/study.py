@@ -189,8 +189,8 @@ def study_jobs(study: Study) -> list:
     Needs the methods registered (`fairbench.registry.load_plugins`); raises UnknownNameError for a method and
     StudyError for a dataset or attribute the registry does not know.
     """
-    from fairbench.jobs import expand_jobs
     from fairbench.registry import UnknownNameError, expand_methods, get_dataset
+    from fairbench.runs.jobs import expand_jobs
 
     try:
         spec = get_dataset(study.dataset)
@@ -210,7 +210,7 @@ def study_options(study: Study, out: Path, **options: Any):
     """The `RunOptions` that `fairbench run --study` plans the study with (protocol, selection, dataset, `set`);
     `options` adds the rest (data=, epochs=, cache_dir=, ...). `plan(study_options(s, out), study_jobs(s))`
     gives each job's run folder, as `run --study` (without extra --set) would."""
-    from fairbench.jobs import RunOptions
+    from fairbench.runs.jobs import RunOptions
 
     return RunOptions(out=Path(out), dataset=study.dataset, protocol=study.protocol, select=study.select,
                       overrides=dict(study.overrides), **options)

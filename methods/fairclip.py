@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from fairbench.losses import clip_contrastive_loss, sinkhorn_distance
-from fairbench.method import Batch, Method, encode_batch
-from fairbench.precision import fp32_island
+from fairbench.method import Batch, ContrastiveFineTune, Method, encode_batch
 from fairbench.protocols import CLIP_FROZEN, Protocol, register_protocol
 from fairbench.registry import register_method
+from fairbench.training.losses import clip_contrastive_loss, sinkhorn_distance
+from fairbench.training.precision import fp32_island
 
 FORMS = ("published", "aligned")
 # CLIP caps exp(logit_scale) at 100 (OpenAI's and open_clip's training clamp it there) and both protocols freeze
@@ -39,16 +39,8 @@ log = logging.getLogger("fairbench.methods")
 
 
 @register_method("clip", description="CLIP fine-tuning: symmetric contrastive loss on image-note pairs")
-class CLIPFineTune(Method):
+class CLIPFineTune(ContrastiveFineTune):
     """Plain CLIP fine-tuning; uses no protected attribute."""
-
-    @dataclass
-    class Settings:
-        pass
-
-    def loss_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch]) -> dict[str, torch.Tensor]:
-        image, text = encode_batch(model, batch)
-        return {"contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp())}
 
 
 @dataclass

@@ -40,8 +40,8 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
 def _short_pretraining():
     """Runs of `tiny` start from a checkpoint pretrained once per cache; in tests that pretraining is a few steps
     on a small pretraining set, so it costs seconds, not the demo's minute."""
-    from fairbench import pretrain
     from fairbench.datasets.fairvlmed import synth
+    from fairbench.training import pretrain
 
     recipe, params = pretrain.RECIPE, dict(synth.PRETRAINING)
     pretrain.RECIPE = pretrain.PretrainRecipe(epochs=1, batch_size=16, warmup_steps=0, max_steps_per_epoch=3)

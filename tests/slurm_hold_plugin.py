@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-import fairbench.execute as execute_module
+import fairbench.runs.execute as execute_module
 
 HOLD_LIMIT_S = 240  # never hold longer than this, whatever the test does
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fairbench import claims
-from fairbench.claims import CLAIM_FILE, ClaimedElsewhere, acquire, is_dead, read_claim
+from fairbench.runs import claims
+from fairbench.runs.claims import CLAIM_FILE, ClaimedElsewhere, acquire, is_dead, read_claim
 
 
 def _dead_pid() -> int:

@@ -122,7 +122,7 @@ def test_bad_form_is_named():
 
 @pytest.mark.parametrize("form", ["paper", "released"])
 def test_fol_under_bf16_autocast_equals_fp32(form):
-    """FOL's statistics leave autocast (fairbench.precision): value and gradients equal the fp32 path."""
+    """FOL's statistics leave autocast (fairbench.training.precision): value and gradients equal the fp32 path."""
     base, groups, valid, population = random_case(3, tokens=True)
 
     def value_and_grad(autocast: bool):

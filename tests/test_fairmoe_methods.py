@@ -9,9 +9,9 @@ import os
 import pytest
 import torch
 
-from fairbench.jobs import split_overrides
 from fairbench.method import SettingsError, flat_settings, settings_dict
 from fairbench.registry import get_method, list_methods, load_builtin_methods
+from fairbench.runs.jobs import split_overrides
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 load_builtin_methods()

@@ -10,9 +10,9 @@ import logging
 import pytest
 import torch
 
-from fairbench.losses import clip_contrastive_loss, sinkhorn_distance
 from fairbench.method import Batch, encode_batch
 from fairbench.registry import get_method
+from fairbench.training.losses import clip_contrastive_loss, sinkhorn_distance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,8 +22,8 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def _plan(dataset: Path, out: Path, methods=("clip", "fairclip"), attrs=("race",), seeds=(0, 1), cache=None):
-    from fairbench.jobs import RunOptions, expand_jobs, plan
     from fairbench.registry import load_plugins
+    from fairbench.runs.jobs import RunOptions, expand_jobs, plan
 
     load_plugins()
     options = RunOptions(out=out, data=str(dataset), epochs=1, overrides=dict(FAST), cache_dir=cache)
@@ -33,7 +33,7 @@ def _plan(dataset: Path, out: Path, methods=("clip", "fairclip"), attrs=("race",
 def test_planning_loads_no_tensor_and_names_the_folder_a_run_writes(dataset, tmp_path, monkeypatch):
     import numpy as np
 
-    from fairbench.execute import execute
+    from fairbench.runs.execute import execute
 
     cache = tmp_path / "cache"
     real_load = np.load
@@ -57,7 +57,7 @@ def test_planning_loads_no_tensor_and_names_the_folder_a_run_writes(dataset, tmp
 
 
 def test_a_planned_job_pickles_and_executes_in_a_fresh_process_state(dataset, tmp_path):
-    from fairbench.execute import DataCache, execute
+    from fairbench.runs.execute import DataCache, execute
 
     planned = _plan(dataset, tmp_path / "out", methods=("fairclip",), seeds=(0,))[0]
     clone = pickle.loads(pickle.dumps(planned))
@@ -103,8 +103,8 @@ def test_unknown_launcher_is_a_one_line_error(tmp_path):
 
 
 def test_result_records_the_code_commit(dataset, tmp_path, monkeypatch):
-    from fairbench import provenance
-    from fairbench.execute import execute
+    from fairbench.runs import provenance
+    from fairbench.runs.execute import execute
 
     planned = _plan(dataset, tmp_path / "out", methods=("clip",), seeds=(0,))[0]
     execute(planned, log=lambda _: None)
@@ -121,13 +121,13 @@ def test_result_records_the_code_commit(dataset, tmp_path, monkeypatch):
 
 def test_arch_training_defaults_come_from_the_arch_description():
     from fairbench.models.backbones import ARCHS, PROTOCOL_TRAIN_DEFAULTS
-    from fairbench.train import TrainSettings, default_train_settings
+    from fairbench.training.trainer import TrainSettings, default_train_settings
 
     assert default_train_settings("tiny") == ARCHS["tiny"].train_defaults
     assert default_train_settings("b16") == PROTOCOL_TRAIN_DEFAULTS
     assert default_train_settings("ViT-B-32") == PROTOCOL_TRAIN_DEFAULTS  # any other open_clip name
     assert TrainSettings(**default_train_settings("tiny")).optimizer == "adamw"
-    source = Path(__file__).parents[1].joinpath("fairbench", "train.py").read_text()
+    source = Path(__file__).parents[1].joinpath("fairbench", "training", "trainer.py").read_text()
     assert "tiny" not in source and "arch ==" not in source
 
 
@@ -136,10 +136,10 @@ def test_trainable_parameters_hook_decides_what_the_optimiser_updates(dataset, t
     import torch
     from fairbench_methods.fairclip import CLIPFineTune
 
-    from fairbench.execute import DataCache
     from fairbench.method import Method
     from fairbench.models import create_backbone
-    from fairbench.train import SplitData, TrainSettings, train
+    from fairbench.runs.execute import DataCache
+    from fairbench.training.trainer import SplitData, TrainSettings, train
 
     class VisualOnly(CLIPFineTune):
         def trainable_parameters(self, model):
@@ -165,9 +165,9 @@ def test_group_batch_size_is_read_from_the_method(dataset, tmp_path):
     import torch
     from fairbench_methods.fairclip import FairCLIP
 
-    from fairbench.execute import DataCache
     from fairbench.models import create_backbone
-    from fairbench.train import SplitData, TrainSettings, train
+    from fairbench.runs.execute import DataCache
+    from fairbench.training.trainer import SplitData, TrainSettings, train
 
     planned = _plan(dataset, tmp_path / "out", methods=("fairclip",), seeds=(0,))[0]
     data = DataCache().get(planned)
@@ -196,7 +196,7 @@ def test_protocol_freezes_the_clip_parts_wherever_a_method_nests_clip(name):
     from fairbench.models import create_backbone
     from fairbench.protocols import CLIP_FROZEN
     from fairbench.registry import get_method, load_plugins
-    from fairbench.train import _unfrozen
+    from fairbench.training.trainer import _unfrozen
 
     load_plugins()
     cls = get_method(name)

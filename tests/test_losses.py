@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fairbench.losses import (
+from fairbench.training.losses import (
     annealing_length,
     annealing_schedule,
     clip_contrastive_loss,

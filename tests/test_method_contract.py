@@ -13,7 +13,7 @@ import torch
 
 from fairbench.method import Method
 from fairbench.registry import get_method, list_methods, load_plugins
-from fairbench.train import SplitData, TrainSettings, train
+from fairbench.training.trainer import SplitData, TrainSettings, train
 from tests.helpers import small_synthetic
 
 load_plugins()
@@ -48,8 +48,8 @@ def data(tmp_path_factory):
 def test_method_trains_two_epochs_and_scores(name, data):
     from fairbench.datasets import normalize_images
     from fairbench.datasets.fairvlmed import FairVLMed
-    from fairbench.execute import _auc
     from fairbench.models import create_backbone
+    from fairbench.metrics import overall_auc as _auc
 
     cls = get_method(name)
     attribute = "race" if cls.uses_attribute else None

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fairbench.cli import app
 from fairbench.method import flat_settings
 from fairbench.registry import get_method, list_methods, load_builtin_methods
-from fairbench.train import TrainSettings, default_train_settings
+from fairbench.training.trainer import TrainSettings, default_train_settings
 
 NARROW = {"COLUMNS": "80", "LINES": "50"}
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from fairbench.losses import sinkhorn_distance
 from fairbench.metrics import evaluate
-from fairbench.zeroshot import zero_shot_scores
+from fairbench.training.losses import sinkhorn_distance
+from fairbench.training.zeroshot import zero_shot_scores
 
 
 class IntegerCLIP(nn.Module):

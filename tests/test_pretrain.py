@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from fairbench import pretrain
 from fairbench.cli import app
+from fairbench.training import pretrain
 from tests.helpers import small_synthetic
 
 FAST = ["--epochs", "1", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]

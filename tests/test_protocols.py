@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fairbench.cli import app
 from fairbench.protocols import CLIP_FROZEN
-from fairbench.train import fp32_optimizer_step
+from fairbench.training.trainer import fp32_optimizer_step
 from tests.helpers import small_synthetic
 from tests.test_resume import _toy_train
 

@@ -23,7 +23,7 @@ from fairbench.registry import (
 PLUGIN_SOURCE = textwrap.dedent('''
     from dataclasses import dataclass
     from fairbench import Method, register_method, encode_batch
-    from fairbench.losses import clip_contrastive_loss
+    from fairbench.training.losses import clip_contrastive_loss
 
     @register_method("{name}", description="test plugin: CLIP with a scaled loss")
     class Scaled(Method):

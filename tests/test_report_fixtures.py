@@ -14,7 +14,8 @@ import numpy as np
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 from sklearn.metrics import roc_auc_score
 
-from fairbench.results import RESULT_SCHEMA, config_hash, run_dir, write_json_atomic
+from fairbench.files import write_json_atomic
+from fairbench.runs.results import RESULT_SCHEMA, config_hash, run_dir
 
 GROUP_NAMES = {
     "race": {0: "Asian", 1: "Black", 2: "White"},
@@ -31,7 +32,7 @@ def _gap(rates: list[float | None]) -> float:
 
 
 def reference_suite(labels: np.ndarray, scores: np.ndarray, attrs: dict[str, np.ndarray]) -> dict:
-    """The metric-suite dict of fairbench.results' schema, from sklearn and fairlearn."""
+    """The metric-suite dict of fairbench.runs.results' schema, from sklearn and fairlearn."""
     pred = (scores >= 0.5).astype(int)
     auc = float(roc_auc_score(labels, scores))
     suite = {"n": int(len(labels)), "threshold": 0.5, "auc": auc, "accuracy": float((pred == labels).mean()),

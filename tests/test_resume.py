@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fairbench.execute import execute
+from fairbench.runs.execute import execute
 from tests.helpers import small_synthetic
 
 FAST = {"max_steps_per_epoch": "2", "batch_size": "16"}
@@ -25,8 +25,8 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def _planned(dataset: Path, out: Path, method: str, epochs: int = 3, **overrides: str):
-    from fairbench.jobs import RunOptions, expand_jobs, plan
     from fairbench.registry import load_plugins
+    from fairbench.runs.jobs import RunOptions, expand_jobs, plan
 
     load_plugins()
     options = RunOptions(out=out, data=str(dataset), epochs=epochs, overrides={**FAST, **overrides})
@@ -90,7 +90,7 @@ def test_a_run_stopped_after_an_epoch_resumes_to_identical_results(dataset, tmp_
 
 def _check_state(planned, epochs_done: int) -> None:
     """The state file holds every generator, the optimiser and scheduler, and the selected epoch's weights."""
-    from fairbench.state import load_state
+    from fairbench.runs.state import load_state
 
     state = load_state(planned.run_dir / "train_state.pt", planned.config_hash)
     assert state.epochs_done == epochs_done and len(state.history) == epochs_done
@@ -104,7 +104,7 @@ def _check_state(planned, epochs_done: int) -> None:
 
 
 def test_keep_state_keeps_the_file_leaves_the_hash_alone_and_files_get_the_ordinary_mode(dataset, tmp_path):
-    from fairbench.state import StateError, load_state
+    from fairbench.runs.state import StateError, load_state
 
     plain = _planned(dataset, tmp_path / "out", "clip", epochs=1)
     kept = _planned(dataset, tmp_path / "out", "clip", epochs=1, keep_state="true")
@@ -166,8 +166,8 @@ def _toy_method():
 
     import numpy as np
 
-    from fairbench.losses import clip_contrastive_loss
     from fairbench.method import Method, encode_batch
+    from fairbench.training.losses import clip_contrastive_loss
 
     class Noisy(Method):
         name = "noisy"
@@ -187,7 +187,7 @@ def _toy_method():
 
 
 def _toy_split(n: int, seed: int):
-    from fairbench.train import SplitData
+    from fairbench.training.trainer import SplitData
 
     g = torch.Generator().manual_seed(seed)
     return SplitData(images=torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=g),
@@ -198,7 +198,7 @@ def _toy_split(n: int, seed: int):
 def _toy_train(select: str, epochs: int, keys: list[float], resume=None, on_epoch_state=None, stop_after=None,
                **overrides):
     """`keys` scripts the selection metric per epoch (the val AUC, or the test AUC under test selection)."""
-    from fairbench.train import TrainSettings, seed_everything, train
+    from fairbench.training.trainer import TrainSettings, seed_everything, train
 
     class Stop(Exception):
         pass
@@ -232,7 +232,7 @@ def _toy_train(select: str, epochs: int, keys: list[float], resume=None, on_epoc
 
 @pytest.mark.parametrize("select", ["val", "test"])
 def test_the_trainer_resumed_after_any_epoch_ends_exactly_like_an_uninterrupted_run(tmp_path, select):
-    from fairbench.state import load_state, save_state
+    from fairbench.runs.state import load_state, save_state
 
     keys = [0.6, 0.9, 0.7, 0.8, 0.65]  # epoch 1 is selected; later epochs are not the best
     reference = _toy_train(select, 5, keys)
@@ -254,7 +254,7 @@ def test_the_trainer_resumed_after_any_epoch_ends_exactly_like_an_uninterrupted_
 
 def test_without_the_generators_a_resume_would_differ(tmp_path):
     """The check above can fail: dropping the saved random state changes the resumed run."""
-    from fairbench.state import load_state, save_state
+    from fairbench.runs.state import load_state, save_state
 
     keys = [0.6, 0.9, 0.7]
     reference = _toy_train("val", 3, keys)

@@ -39,9 +39,9 @@ class SlowFairCLIP(get_method("fairclip")):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     path = small_synthetic(tmp_path_factory.mktemp("resilience"))
-    from fairbench.execute import DataCache
-    from fairbench.jobs import RunOptions, expand_jobs, plan
     from fairbench.registry import load_plugins
+    from fairbench.runs.execute import DataCache
+    from fairbench.runs.jobs import RunOptions, expand_jobs, plan
 
     load_plugins()  # build the image/token caches once, before processes race for them
     (planned,) = plan(RunOptions(out=path / "unused", data=str(path)), expand_jobs(["clip"], ["tiny"], None, [0]))
@@ -158,7 +158,7 @@ def test_two_processes_on_one_command_train_each_run_once(dataset, plugin, tmp_p
 
 
 def test_a_signal_during_a_state_save_waits_for_the_save():
-    from fairbench.interrupt import Interrupted, catch_signals, uninterrupted
+    from fairbench.runs.interrupt import Interrupted, catch_signals, uninterrupted
 
     before = signal.getsignal(signal.SIGTERM)
     steps = []

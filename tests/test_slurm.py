@@ -90,8 +90,8 @@ def test_slurm_launcher_without_submitit_or_sbatch_says_what_to_do(dataset, tmp_
 
 
 def _planned(dataset: Path, out: Path):
-    from fairbench.jobs import RunOptions, expand_jobs, plan
     from fairbench.registry import load_plugins
+    from fairbench.runs.jobs import RunOptions, expand_jobs, plan
 
     load_plugins()
     overrides = {"max_steps_per_epoch": "2", "batch_size": "16"}

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from fairbench import claims
 from fairbench.cli import app
-from fairbench.results import RESULT_SCHEMA
+from fairbench.runs import claims
+from fairbench.runs.results import RESULT_SCHEMA
 from tests.helpers import small_synthetic
 
 runner = CliRunner()

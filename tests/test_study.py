@@ -171,7 +171,7 @@ def test_study_keys_and_defaults():
     assert study.dataset is None  # the registry's default dataset
     assert study.protocol == "fairbench" and study.selection_rule == DEFAULT_SELECT
     assert study.overrides == {"fair_lambda": "1e-05", "checkpoint": "true"}
-    from fairbench.train import TrainSettings
+    from fairbench.training.trainer import TrainSettings
 
     assert DEFAULT_SELECT == TrainSettings.select
 
@@ -217,7 +217,7 @@ def test_a_studys_protocol_is_the_runs_protocol_and_sets_its_selection(dataset, 
     assert "protocol fairclip, select test" in dry.output  # the fairclip protocol selects by test AUC
     assert "select=test" in dry.output  # and the planned job trains under it
     # What other commands (status) plan from the study names the same run folders as `run --study`.
-    from fairbench.jobs import plan
+    from fairbench.runs.jobs import plan
 
     planned = plan(study_options(load_study(study), tmp_path / "out", data=str(dataset)), study_jobs(load_study(study)))
     listed = re.findall(r"^pending\s+.*?  (\S+)$", dry.output, flags=re.M)

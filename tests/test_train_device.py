@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from fairbench.device_data import DEVICE_DATA_ENV, Feeder, choose_placement, device_data_fraction, split_nbytes
 from fairbench.method import Method, SettingsError, encode_batch
-from fairbench.train import EpochPlan, GroupSampler, SplitData, TrainingDiverged, TrainSettings, train
-from fairbench.train_step import resolve_compile
+from fairbench.training.feeder import DEVICE_DATA_ENV, Feeder, choose_placement, device_data_fraction, split_nbytes
+from fairbench.training.step import resolve_compile
+from fairbench.training.trainer import EpochPlan, GroupSampler, SplitData, TrainingDiverged, TrainSettings, train
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -46,7 +46,7 @@ class Toy(Method):
         return 3
 
     def loss_terms(self, model, batch, group_batches):
-        from fairbench.losses import clip_contrastive_loss
+        from fairbench.training.losses import clip_contrastive_loss
 
         image, text = encode_batch(model, batch)
         groups = sum(encode_batch(model, gb)[0].mean() for gb in group_batches.values())
@@ -139,7 +139,7 @@ def test_the_epoch_draws_group_batches_as_one_sampler_call_per_step_would():
 
 
 def test_training_with_the_split_on_the_device_matches_the_host(monkeypatch):
-    import fairbench.train as trainer
+    import fairbench.training.trainer as trainer
 
     host = toy_train(n_train=23)
     monkeypatch.setattr(trainer, "choose_placement", lambda *a, **k: "device")
@@ -228,13 +228,13 @@ def test_compile_setting_values_and_defaults():
         TrainSettings(compile="fast")
     with pytest.raises(ValueError, match="fp16-weights"):
         resolve_compile("cudagraphs", CUDA, half_weights=True)
-    from fairbench.jobs import train_settings_for
+    from fairbench.runs.jobs import train_settings_for
 
     assert train_settings_for("tiny", {"compile": "off"}, None, None).compile == "off"
 
 
 def test_compiled_step_matches_eager_and_the_partial_batch_never_compiles(monkeypatch):
-    import fairbench.train_step as train_step
+    import fairbench.training.step as train_step
 
     graphs: list[tuple] = []
 

@@ -192,7 +192,7 @@ def test_error_line_names_type_message_and_place():
 
 def test_a_spawned_worker_imports_no_torch_before_choosing_its_gpu():
     """What a spawned worker imports before worker_main runs (its module, a pickled job's classes) has no torch."""
-    code = ("import sys, pickle, fairbench.launchers.workers, fairbench.jobs, fairbench.execute; "
+    code = ("import sys, pickle, fairbench.launchers.workers, fairbench.runs.jobs, fairbench.runs.execute; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parents[1])

@@ -125,14 +125,14 @@ def _restrict_to_study(loaded, study, jobs):
 
 def exits_on_signal(command: F) -> F:
     """Make a command end on SIGINT/SIGTERM with one line (which run stopped, where it resumes, the command to
-    continue) and exit 130/143, no traceback; claims are released and every file is whole (fairbench.interrupt)."""
+    continue) and exit 130/143, no traceback; claims are released and every file is whole (fairbench.runs.interrupt)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         import shlex
         import sys
 
-        from fairbench.interrupt import Interrupted, catch_signals
+        from fairbench.runs.interrupt import Interrupted, catch_signals
 
         with catch_signals():
             try:

@@ -115,7 +115,7 @@ def trainer_block() -> list[str]:
     differs; then what each other protocol changes."""
     from fairbench.models.backbones import ARCHS
     from fairbench.protocols import DEFAULT_PROTOCOL, get_protocol, list_protocols
-    from fairbench.train import TrainSettings, default_train_settings
+    from fairbench.training.trainer import TrainSettings, default_train_settings
 
     protocol = get_protocol(DEFAULT_PROTOCOL).train
     per_arch = {arch: dict(setting_values(TrainSettings(**{**default_train_settings(arch), **protocol})))

@@ -122,8 +122,8 @@ def run(
     archs = split_list(arch) or ["tiny"]
     _check_archs(archs)
 
-    from fairbench.jobs import RunOptions, expand_jobs, plan
     from fairbench.launchers import get_launcher
+    from fairbench.runs.jobs import RunOptions, expand_jobs, plan
 
     local = {"workers": workers, "gpus": split_list(gpus), "runs_per_gpu": runs_per_gpu}
     slurm = {"partition": slurm_partition, "time": slurm_time, "gpus_per_task": slurm_gpus_per_task,
@@ -199,7 +199,7 @@ def _check_weights(console, planned) -> None:
             ensure_weights(arch, pretrained)
         except WeightsUnavailableError as exc:
             fail(str(exc))
-    from fairbench.pretrain import ensure_pretrained
+    from fairbench.training.pretrain import ensure_pretrained
 
     for target in {p.pretraining.key: p.pretraining for p in pending if p.pretraining is not None}.values():
         ensure_pretrained(target, pending[0].cache_dir)  # once, before any run folder; announced as a phase
@@ -240,7 +240,7 @@ def _print_plan(console, planned) -> None:
 
     from fairbench.estimate import estimate_remaining
     from fairbench.method import flat_settings
-    from fairbench.results import collect_results
+    from fairbench.runs.results import collect_results
 
     states = [p.state() for p in planned]
     counts = Counter(states)

@@ -135,7 +135,7 @@ def seed_outlier_warnings(planned, rec: dict[str, Any]) -> list[str]:
     """Warn when this run's validation AUC is far below the other finished seeds of the same configuration."""
     import statistics
 
-    from fairbench.results import CorruptResultError, load_result
+    from fairbench.runs.results import CorruptResultError, load_result
 
     mine = rec["metrics"]["val"]["auc"]
     others = []

@@ -31,7 +31,7 @@ def status(
     dataset: str = typer.Option(None, "--dataset", help="As for `fairbench run` (with --method)."),
 ) -> None:
     """Per run: pending / running (host, pid, epochs, heartbeat age) / done / failed / stale, and totals."""
-    from fairbench.status import status_of, totals
+    from fairbench.runs.status import status_of, totals
 
     planned = None
     if method is not None:
@@ -53,9 +53,9 @@ def status(
 
 def _plan(out, method, arch, attr, seeds, data, epochs, set_, select, pretrained, text_source, plugin, dataset):
     from fairbench.datasets import DatasetError
-    from fairbench.jobs import RunOptions, expand_jobs, plan
     from fairbench.method import SettingsError
     from fairbench.registry import UnknownNameError, expand_methods, get_dataset
+    from fairbench.runs.jobs import RunOptions, expand_jobs, plan
 
     load_methods(plugin)
     try:

@@ -19,17 +19,9 @@ if TYPE_CHECKING:
 
     import torch
 
+from fairbench.datasets.errors import DatasetError, short_error  # noqa: F401 - re-exported
+
 UNKNOWN = -1  # attribute code of a sample whose group is not known
-
-
-class DatasetError(ValueError):
-    """The dataset on disk does not match its format; the message names the file and the fix."""
-
-
-def short_error(exc: BaseException) -> str:
-    """'TypeName: first line of the message', at most 160 characters, for one-line error reports."""
-    msg = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {msg}"[:160]
 
 
 @dataclass
@@ -162,7 +154,7 @@ class Dataset:
 
     def pretraining_data(self, cache_dir: Path | None = None) -> Path | None:
         """A folder in this dataset's format, disjoint from the data runs use, on which archs without published
-        weights (`tiny`) are CLIP-pretrained once before every method fine-tunes them (fairbench.pretrain), as
+        weights (`tiny`) are CLIP-pretrained once before every method fine-tunes them (fairbench.training.pretrain), as
         the real study fine-tunes OpenAI CLIP. None (the default): such archs start from random init."""
         return None
 

@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fairbench.datasets.base import DatasetError, short_error
+from fairbench.datasets.errors import DatasetError, short_error
+from fairbench.files import atomic_path, write_json_atomic
 from fairbench.phases import phase
-from fairbench.results import atomic_path, write_json_atomic
 
 if TYPE_CHECKING:
     import torch

@@ -1,7 +1,7 @@
 """The launcher interface: execute a list of planned jobs somewhere, reporting as they go.
 
 A launcher decides where and how many jobs run at once (this process, worker processes, a cluster); what
-one job does is `fairbench.execute.execute`, the same everywhere. A `Reporter` receives the events, so the
+one job does is `fairbench.runs.execute.execute`, the same everywhere. A `Reporter` receives the events, so the
 terminal display, a log file and tests all observe runs the same way.
 """
 
@@ -11,8 +11,8 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from fairbench.execute import JobResult
-    from fairbench.jobs import PlannedJob
+    from fairbench.runs.execute import JobResult
+    from fairbench.runs.jobs import PlannedJob
 
 
 class Reporter:
@@ -47,7 +47,7 @@ class Launcher(ABC):
 def set_aside_finished(jobs: list[PlannedJob], reporter: Reporter) -> tuple[dict[int, JobResult], list[int]]:
     """Report every job that already has a valid result as skipped; return those results by index and the
     indices of the jobs still to run (what a launcher hands to its workers or its cluster)."""
-    from fairbench.execute import JobResult
+    from fairbench.runs.execute import JobResult
 
     results: dict[int, JobResult] = {}
     pending: list[int] = []

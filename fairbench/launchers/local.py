@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from fairbench.launchers.base import Launcher, Reporter
 
 if TYPE_CHECKING:
-    from fairbench.execute import JobResult
-    from fairbench.jobs import PlannedJob
+    from fairbench.runs.execute import JobResult
+    from fairbench.runs.jobs import PlannedJob
 
 
 class SequentialLauncher(Launcher):
@@ -17,7 +17,7 @@ class SequentialLauncher(Launcher):
     name = "local"
 
     def launch(self, jobs: list[PlannedJob], reporter: Reporter) -> list[JobResult]:
-        from fairbench.execute import DataCache, JobResult, execute
+        from fairbench.runs.execute import DataCache, JobResult, execute
 
         cache = DataCache()
         results: list[JobResult] = []

@@ -1,7 +1,7 @@
 """The SLURM launcher: the planned jobs that are not done go out as one job array through submitit.
 
 Each array task runs a `SlurmTask`, plain data (the planned job and a thread count) that pickles to the
-cluster. It loads the job's plugins and calls `fairbench.execute.execute`, as every launcher does, so claims,
+cluster. It loads the job's plugins and calls `fairbench.runs.execute.execute`, as every launcher does, so claims,
 resume and result checks behave the same on a cluster. On a time limit or a preemption submitit calls its
 `checkpoint()`, which hands submitit the same task to requeue; the requeued task calls `execute` again, which
 continues from the run's last saved epoch. Submission files and logs live in `<out>/slurm/`.
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from fairbench.launchers.base import Launcher, Reporter, set_aside_finished
 
 if TYPE_CHECKING:
-    from fairbench.execute import JobResult
-    from fairbench.jobs import PlannedJob
+    from fairbench.runs.execute import JobResult
+    from fairbench.runs.jobs import PlannedJob
 
 MISSING_SUBMITIT = "--launcher slurm needs submitit; install it with: pip install 'fairbench[slurm]'"
 DEFAULT_TIME_MIN = 60
@@ -85,8 +85,8 @@ class SlurmTask:
         import torch
         from rich.console import Console
 
-        from fairbench.execute import execute
         from fairbench.registry import load_plugins
+        from fairbench.runs.execute import execute
 
         console = Console(soft_wrap=True, highlight=False)  # a log file: whole lines, markup stripped
         load_plugins(self.planned.plugins)
@@ -146,7 +146,7 @@ class SlurmLauncher(Launcher):
     def launch(self, jobs: list[PlannedJob], reporter: Reporter) -> list[JobResult]:
         import torch
 
-        from fairbench.execute import JobResult
+        from fairbench.runs.execute import JobResult
 
         submitit = _submitit()
         results, todo = set_aside_finished(jobs, reporter)
@@ -226,7 +226,7 @@ def _report_state(reporter: Reporter, job_id: str, planned: PlannedJob, before: 
 
 def _outcome(planned: PlannedJob, job, state: str) -> JobResult:
     """What one finished array task came to; a task that never returned names its SLURM state and its log."""
-    from fairbench.execute import JobResult
+    from fairbench.runs.execute import JobResult
 
     where = f"SLURM job {job.job_id}, log {job.paths.stderr}"
     if not job.paths.result_pickle.exists():

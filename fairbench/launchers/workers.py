@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from fairbench.launchers.base import Launcher, Reporter, set_aside_finished
 
 if TYPE_CHECKING:
-    from fairbench.execute import JobResult
-    from fairbench.jobs import PlannedJob
+    from fairbench.runs.execute import JobResult
+    from fairbench.runs.jobs import PlannedJob
 
 # A worker sends at most this many step events per second per job; the display needs no more.
 STEP_EVENT_INTERVAL_S = 0.25
@@ -211,7 +211,7 @@ class _Pool:
             self.retired.add(wid)
 
     def _hand_out(self, wid: int) -> None:
-        from fairbench.execute import JobResult
+        from fairbench.runs.execute import JobResult
 
         while self.pending:
             index = self.pending.pop(0)
@@ -226,7 +226,7 @@ class _Pool:
         self.inbox[wid].put(None)
 
     def _finish(self, index: int, status: str, message: str, record: dict | None) -> None:
-        from fairbench.execute import JobResult
+        from fairbench.runs.execute import JobResult
 
         self._record(index, JobResult(self.jobs[index], status, message, record))
 
@@ -260,7 +260,7 @@ def worker_main(slot: WorkerSlot, threads: int, inbox, events) -> None:
     # The same thread count as the parent (what a sequential run uses): CPU results depend on it.
     torch.set_num_threads(threads)
     _forward_logging(slot, events)
-    from fairbench.execute import DataCache
+    from fairbench.runs.execute import DataCache
 
     cache = DataCache()
     loaded: set[tuple[str, ...]] = set()
@@ -282,8 +282,8 @@ def worker_main(slot: WorkerSlot, threads: int, inbox, events) -> None:
 def _run_one(slot: WorkerSlot, index: int, planned: PlannedJob, cache, events, parent,
              loaded: set[tuple[str, ...]]) -> tuple[str, str, Any]:
     """Execute one job; any exception becomes this job's failure line (type, message, where it was raised)."""
-    from fairbench.execute import execute
     from fairbench.registry import load_plugins
+    from fairbench.runs.execute import execute
 
     last_step = [0.0]
 

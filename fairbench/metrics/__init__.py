@@ -55,11 +55,12 @@ from fairbench.metrics.suite import (
     MetricSuite,
     MetricWarning,
     evaluate,
+    overall_auc,
 )
 
 __all__ = [
     "ATTRIBUTE_METRICS", "GROUP_METRICS", "METRICS", "UNKNOWN_CODE",
     "AttributeMetrics", "BootstrapResult", "Difference", "GroupMetrics", "MetricInfo", "MetricInputError",
-    "MetricSuite", "MetricWarning", "PairedBootstrapResult", "bootstrap", "evaluate", "paired_bootstrap",
+    "MetricSuite", "MetricWarning", "PairedBootstrapResult", "bootstrap", "evaluate", "overall_auc", "paired_bootstrap",
     "resample_indices",
 ]

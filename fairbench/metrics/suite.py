@@ -171,6 +171,12 @@ def evaluate(labels: Any, scores: Any, attributes: Mapping[str, Any], *, thresho
     return suite
 
 
+def overall_auc(labels: Any, scores: Any) -> float:
+    """The AUC over every row, as the suite computes it (NaN, with its warning, when the labels have one class): the
+    number epochs are selected by, during fine-tuning and pretraining alike."""
+    return float(evaluate(labels, scores, {}).auc)
+
+
 def point_estimate(problem: Problem) -> MetricSuite:
     """The suite on the full sample set (unit weights), without warnings."""
     return suite_from_flat(problem, suite_arrays(problem.layout, np.ones((1, problem.n))))

@@ -2,7 +2,8 @@
 
 `b16`/`l14` are the OpenAI ViT-B/16 and ViT-L/14 the papers fine-tune (QuickGELU, as OpenAI trained them);
 `tiny` is a small CLIP that trains on a CPU in seconds for demos and tests; it has no published weights, so
-its default start is a CLIP pretraining on the run's dataset's pretraining set, built once (fairbench.pretrain).
+its default start is a CLIP pretraining on the run's dataset's pretraining set, built once
+(fairbench.training.pretrain).
 Any other open_clip model name is accepted as is. Weights come from open_clip's hub tags (`openai`, ...) where
 the network allows, or from a local file: an open_clip/OpenAI state dict, OpenAI's TorchScript `.pt`, or a
 FairCLIP-style checkpoint `{'model_state_dict': ...}`. Local pickles are read with `weights_only=True`.
@@ -25,7 +26,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-# `default_pretrained` of archs whose default weights fairbench.pretrain builds (no hub has them).
+# `default_pretrained` of archs whose default weights fairbench.training.pretrain builds (no hub has them).
 PRETRAINED_HERE = "fairbench-pretraining"
 
 # Real backbones train with the FairCLIP protocol (TrainSettings' defaults) and keep the selected weights.
@@ -35,7 +36,7 @@ PROTOCOL_TRAIN_DEFAULTS: dict[str, Any] = {"checkpoint": True}
 @dataclass(frozen=True)
 class ArchSpec:
     """How to build one named architecture, which weights it gets by default and how it trains by default
-    (`train_defaults` override fairbench.train.TrainSettings' fields)."""
+    (`train_defaults` override fairbench.training.trainer.TrainSettings' fields)."""
 
     model_name: str
     default_pretrained: str | None
@@ -47,7 +48,7 @@ class ArchSpec:
 
 
 ARCHS: dict[str, ArchSpec] = {
-    # Fine-tuning from the pretrained start (fairbench.pretrain), towers only under the default protocol: AdamW
+    # Fine-tuning from the pretrained start (fairbench.training.pretrain), towers only under the default protocol: AdamW
     # at batch 64 with a short warm-up; the values are the ones measured to keep every seed of clip, fairclip and
     # fairmoe at test AUC ≥ 0.85 on the default synthetic data within the demo's time budget (CHANGELOG).
     "tiny": ArchSpec("fairbench-tiny", PRETRAINED_HERE,
@@ -66,7 +67,7 @@ def arch_train_defaults(arch: str) -> dict[str, Any]:
     spec = ARCHS.get(arch)
     return dict(spec.train_defaults if spec else PROTOCOL_TRAIN_DEFAULTS)
 
-# Measured in DESIGN.md's feasibility study: reaches zero-shot AUC 0.84–0.91 on synthetic data in ~45 s.
+# In the feasibility study behind the synthetic dataset it reached zero-shot AUC 0.84–0.91 on synthetic data.
 TINY_CFG = {
     "embed_dim": 64,
     "quick_gelu": True,
@@ -91,6 +92,15 @@ class Backbone:
     std: tuple[float, float, float]
     arch: str
     pretrained: str | None
+
+    def normalizer(self, device: torch.device | str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+        """uint8 images → this model's normalised floats, with the mean and std placed on `device` once (not per
+        batch)."""
+        from fairbench.datasets import normalize_images
+
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return lambda x: normalize_images(x, mean, std)
 
 
 @dataclass(frozen=True)
@@ -126,7 +136,7 @@ def input_spec(arch: str) -> InputSpec:
 
 
 def default_weights_built_here(arch: str) -> bool:
-    """Whether `arch`'s default weights come from fairbench.pretrain (no hub has them)."""
+    """Whether `arch`'s default weights come from fairbench.training.pretrain (no hub has them)."""
     spec = ARCHS.get(arch)
     return spec is not None and spec.default_pretrained == PRETRAINED_HERE
 
@@ -143,7 +153,7 @@ def create_backbone(arch: str, pretrained: str | None = "default", device: str |
 
     local = Path(str(pretrained)).expanduser() if pretrained else None
     if pretrained == PRETRAINED_HERE:
-        raise WeightsUnavailableError(f"arch {arch!r}'s default weights are built by fairbench.pretrain for a "
+        raise WeightsUnavailableError(f"arch {arch!r}'s default weights are built by fairbench.training.pretrain for a "
                                       "dataset; pass their checkpoint file, or None for random init")
     if model_name == "fairbench-tiny":
         if pretrained and not local.is_file():
@@ -251,7 +261,7 @@ def ensure_weights(arch: str, pretrained: str | None = "default") -> str:
     if not pretrained:
         return "random init"
     if pretrained == PRETRAINED_HERE:
-        return "pretrained on the dataset's pretraining set (built once, fairbench.pretrain)"
+        return "pretrained on the dataset's pretraining set (built once, fairbench.training.pretrain)"
     local = Path(str(pretrained)).expanduser()
     if local.is_file():
         return f"local checkpoint {local}"

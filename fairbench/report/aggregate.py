@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from fairbench.protocols import protocol_of
-from fairbench.results import SELECTION_LABELS
+from fairbench.runs.results import SELECTION_LABELS
 
 OVERALL = "overall"
 # Columns of the tidy frame, in order. `group` is "" for attribute-level metrics; `value` is raw (0–1), not × 100.

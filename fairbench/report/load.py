@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from fairbench.report.aggregate import long_frame
-from fairbench.results import collect_results
+from fairbench.runs.results import collect_results
 
 
 @dataclass

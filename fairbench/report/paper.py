@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 PAPER_FILE = "fair-moe-tables.csv"
 PAPER_CITATION = "Wang, Tong, Liu, Liu (2025), Fair-MoE, Tables 1–6"
-PAPER_SELECTION = "test"  # the released code keeps the epoch with the best test AUC (DESIGN.md)
+# the released code keeps the epoch with the best test AUC (FairCLIP's finetune_FairCLIP.py, line 263)
+PAPER_SELECTION = "test"
 _REQUIRED = ("table", "attribute", "method", "arch", "metric", "mean", "std")
 # The paper's backbone names ↔ fairbench arch names.
 ARCH_ALIASES = {"vit-b/16": "b16", "vitb16": "b16", "vit-l/14": "l14", "vitl14": "l14"}

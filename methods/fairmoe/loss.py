@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fairbench.precision import fp32_island
+from fairbench.training.precision import fp32_island
 
 from .layers import GateRecord
 

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fairbench.losses import clip_contrastive_loss
 from fairbench.method import Batch, Method, SettingsError, encode_batch
 from fairbench.registry import register_method
+from fairbench.training.losses import clip_contrastive_loss
 
 from ..fairclip import FairCLIPSettings, SpreadMonitor, encode_groups, fairclip_distance
 from .layers import TOWERS, MoEConfig, build_fair_moe, record_routing, routing_stats

@@ -1,7 +1,7 @@
 """Synthetic FairVLMed: the real on-disk format, a learnable signal and a planted race bias.
 
 Lets the whole harness run (and be tested) without the licensed data. What it must reproduce was
-measured in a feasibility study (DESIGN.md, "Synthetic FairVLMed"):
+measured in a feasibility study before the generator was written (26 throwaway runs of a tiny CLIP):
   - signal: cup-to-disc ratio (CDR) ≈ N(0.72, 0.12) with glaucoma vs N(0.38, 0.12) without;
   - wording: ≈ 70 % of GPT-4-style summaries state the diagnosis with the literal words
     "non-glaucoma" / "glaucoma", or the zero-shot prompts "A photo of (non-)glaucoma" come out inverted;

@@ -2,7 +2,7 @@
 
 A planned job carries everything another process needs to execute it — its resolved config, the config
 hash, its run folder, the dataset's identity — and planning loads no tensor: the dataset fingerprint comes
-from file names, sizes and checksums (`Dataset.identify`). Launchers take planned jobs; `fairbench.execute`
+from file names, sizes and checksums (`Dataset.identify`). Launchers take planned jobs; `fairbench.runs.execute`
 runs one.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from fairbench.method import Method, SettingsError, convert_value, parse_settings, settings_dict
 from fairbench.registry import get_dataset, get_method
-from fairbench.results import RESULT_FILE, CorruptResultError, config_hash, load_result, run_dir
+from fairbench.runs.results import RESULT_FILE, CorruptResultError, config_hash, load_result, run_dir
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class PlannedJob:
     select: str | None
     plugins: tuple[str, ...] = ()
     protocol: str = "fairbench"
-    pretraining: Any = None  # fairbench.pretrain.PretrainTarget when the arch starts from a checkpoint built here
+    pretraining: Any = None  # a fairbench.training.pretrain.PretrainTarget when the arch starts from one built here
 
     def label(self) -> str:
         return self.job.label()
@@ -121,7 +121,7 @@ def split_overrides(methods: list[str], overrides: dict[str, str]) -> tuple[dict
     groups are dotted (`group.field`) and routed whole.
     """
     from fairbench.method import did_you_mean, flat_settings
-    from fairbench.train import TrainSettings
+    from fairbench.training.trainer import TrainSettings
 
     train_fields = set(flat_settings(TrainSettings))
     method_fields = {m: set(flat_settings(get_method(m).Settings)) for m in methods}
@@ -147,7 +147,7 @@ def train_settings_for(arch: str, overrides: dict[str, str], epochs: int | None,
     """The trainer settings of one job: the arch's defaults, then the protocol's, then `--set`, then
     --epochs/--select."""
     from fairbench.protocols import get_protocol
-    from fairbench.train import TrainSettings, default_train_settings
+    from fairbench.training.trainer import TrainSettings, default_train_settings
 
     base = {**default_train_settings(arch), **get_protocol(protocol).train}
     defaults = TrainSettings(**base)
@@ -164,10 +164,10 @@ def train_settings_for(arch: str, overrides: dict[str, str], epochs: int | None,
 def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
     """Resolve every job's config, hash and run folder; raises SettingsError/DatasetError before anything runs.
 
-    Run-control trainer settings (`fairbench.train.RUN_CONTROL_SETTINGS`) are left out of the config: they
+    Run-control trainer settings (`fairbench.training.trainer.RUN_CONTROL_SETTINGS`) are left out of the config: they
     change no number, so they must not change the hash."""
     from fairbench.protocols import get_protocol
-    from fairbench.train import RUN_CONTROL_SETTINGS
+    from fairbench.training.trainer import RUN_CONTROL_SETTINGS
 
     try:
         get_protocol(options.protocol)
@@ -216,10 +216,10 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
 
 
 def _pretraining_targets(options: RunOptions, jobs: list[Job], dataset: str) -> dict[str, Any]:
-    """arch → the pretrained start fairbench.pretrain builds for it, for archs whose default weights it makes."""
+    """arch → the pretrained start fairbench.training.pretrain builds for it (archs whose default weights it makes)."""
     if options.pretrained != "default":
         return {}
-    from fairbench.pretrain import pretraining_target
+    from fairbench.training.pretrain import pretraining_target
 
     targets = {}
     for arch in dict.fromkeys(j.arch for j in jobs):

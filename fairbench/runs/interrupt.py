@@ -1,7 +1,7 @@
 """SIGINT and SIGTERM: unwind cleanly (claims released, no half-written file) and say how to continue.
 
 `catch_signals` turns the first SIGINT/SIGTERM into an `Interrupted` exception raised in the main thread;
-`fairbench.execute` notes on it which run stopped and how many epochs its saved state holds, and the command
+`fairbench.runs.execute` notes on it which run stopped and how many epochs its saved state holds, and the command
 prints one line from it (`Interrupted.message`) and exits 128 + the signal number (130, 143). A second
 signal while unwinding exits at once. Inside `uninterrupted()` (saving an epoch's state and noting it) the
 first signal waits until the block ends, so a stop never throws away an epoch that was being saved.

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from fairbench.precision import fp32_island
+from fairbench.training.precision import fp32_island
 
 
 def clip_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,

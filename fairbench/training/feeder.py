@@ -19,10 +19,19 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from fairbench.method import Batch
-    from fairbench.train import SplitData
 
 PLACEMENTS = ("host", "pinned", "device")
 DEVICE_DATA_ENV = "FAIRBENCH_DEVICE_DATA"  # a fraction in [0, 1] that overrides the trainer setting; 0 = never
+
+
+@dataclass
+class SplitData:
+    """The tensors the trainer needs from one split (uint8 images, tokens, labels, one attribute's groups)."""
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    groups: torch.Tensor | None = None
 
 
 def compact_images(images: torch.Tensor) -> torch.Tensor:
@@ -81,8 +90,6 @@ class Feeder:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         self.expanded = compact_images(self.data.images) is not self.data.images
         if self.placement == "device":
-            from fairbench.train import SplitData
-
             d = self.data
             self.data = SplitData(images=compact_images(d.images).to(self.device), tokens=d.tokens.to(self.device),
                                   labels=d.labels.to(self.device),

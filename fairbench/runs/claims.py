@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fairbench.results import new_temp_file
+from fairbench.files import new_temp_file
 
 CLAIM_FILE = "claim.json"
 CLAIM_LOG = "claims.log"

@@ -19,17 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairbench.device_data import Feeder, choose_placement, device_data_fraction, split_nbytes
 from fairbench.method import Batch, Method
-from fairbench.state import TrainState, rng_state, set_rng_state
-from fairbench.train_step import (
+from fairbench.training.feeder import Feeder, SplitData, choose_placement, device_data_fraction, split_nbytes
+from fairbench.training.resume import TrainState, rng_state, set_rng_state
+from fairbench.training.step import (
     COMPILE_MODES,
     EpochMeter,
     TrainingDiverged,  # noqa: F401 - raised by train(); callers import it here
     TrainStep,
     resolve_compile,
 )
-from fairbench.zeroshot import zero_shot_scores
+from fairbench.training.zeroshot import zero_shot_scores
 
 SELECT_RULES = ("val", "test")
 TIE_RULES = ("earlier", "later")
@@ -54,7 +54,7 @@ class TrainSettings:
     # CUDA (fp16 weights and compute, fp32 only for the optimiser step, then rounded back), fp32 on CPU.
     precision: str = "auto"
     frozen: tuple[str, ...] = ()  # top-level model attributes whose parameters never train (see protocols)
-    fp32_numerics: bool = True  # scores and similarity distributions in fp32 outside autocast (fairbench.precision)
+    fp32_numerics: bool = True  # scores and similarity distributions in fp32 outside autocast (training.precision)
     eval_batch_size: int = 256
     max_steps_per_epoch: int = 0  # 0 = full epochs; small values make smoke tests fast
     checkpoint: bool = False  # save the selected epoch's weights as checkpoint.pt
@@ -97,16 +97,6 @@ def default_train_settings(arch: str) -> dict[str, Any]:
     from fairbench.models.backbones import arch_train_defaults
 
     return arch_train_defaults(arch)
-
-
-@dataclass
-class SplitData:
-    """The tensors the trainer needs from one split (uint8 images, tokens, labels, one attribute's groups)."""
-
-    images: torch.Tensor
-    tokens: torch.Tensor
-    labels: torch.Tensor
-    groups: torch.Tensor | None = None
 
 
 @dataclass
@@ -178,7 +168,7 @@ def train(method: Method, model: nn.Module, settings: TrainSettings, *, train_da
     `resume` continues after the epochs a previous call completed (same arguments otherwise); `on_epoch_state`
     receives the state after every epoch (after `on_epoch`), between epochs, to save it for such a resume.
     """
-    from fairbench.precision import native_numerics
+    from fairbench.training.precision import native_numerics
 
     with native_numerics(not settings.fp32_numerics):
         return _train(method, model, settings, train_data=train_data, val_data=val_data, test_data=test_data,

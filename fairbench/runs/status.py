@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fairbench.claims import CLAIM_FILE, CLAIM_LOG, ClaimInfo, is_dead, read_claim
-from fairbench.results import (
+from fairbench.runs.claims import CLAIM_FILE, CLAIM_LOG, ClaimInfo, is_dead, read_claim
+from fairbench.runs.results import (
     CONFIG_FILE,
     FAILURE_FILE,
     HISTORY_FILE,
@@ -32,7 +32,7 @@ from fairbench.results import (
 )
 
 if TYPE_CHECKING:
-    from fairbench.jobs import PlannedJob
+    from fairbench.runs.jobs import PlannedJob
 
 STATES = ("done", "running", "stale", "failed", "pending")
 _MARKERS = (RESULT_FILE, CONFIG_FILE, CLAIM_FILE, CLAIM_LOG, FAILURE_FILE, STATE_FILE)

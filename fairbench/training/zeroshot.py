@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.precision import fp32, full_precision, is_native
+from fairbench.training.precision import fp32, full_precision, is_native
 
 
 @torch.no_grad()

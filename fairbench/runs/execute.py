@@ -3,9 +3,9 @@
 Any process can call `execute` given a `PlannedJob` (a launcher's worker, a SLURM task, a test): it writes
 config, history, predictions and, last and atomically, result.json, so the presence of a valid result.json
 means the run finished. Everything that makes runs safe to launch from anywhere lives here, so every launcher
-gets it: the run is claimed first (`fairbench.claims`; a run another live process trains is skipped), a
+gets it: the run is claimed first (`fairbench.runs.claims`; a run another live process trains is skipped), a
 result.json that does not load is moved aside and the run trained again, the training state is saved after
-every epoch and a rerun resumes from it (`fairbench.state`), and a failure leaves `failure.json`.
+every epoch and a rerun resumes from it (`fairbench.runs.state`), and a failure leaves `failure.json`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from fairbench import __version__
-from fairbench.claims import Claim, ClaimedElsewhere, ClaimInfo, acquire
-from fairbench.interrupt import Interrupted, StoppedRun, uninterrupted
-from fairbench.jobs import PlannedJob
+from fairbench.files import atomic_path, write_json_atomic
 from fairbench.registry import get_dataset
-from fairbench.results import (
+from fairbench.runs.claims import Claim, ClaimedElsewhere, ClaimInfo, acquire
+from fairbench.runs.interrupt import Interrupted, StoppedRun, uninterrupted
+from fairbench.runs.jobs import PlannedJob
+from fairbench.runs.results import (
     CONFIG_FILE,
     FAILURE_FILE,
     HISTORY_FILE,
@@ -37,8 +38,6 @@ from fairbench.results import (
     RESULT_SCHEMA,
     SELECTION_LABELS,
     STATE_FILE,
-    atomic_path,
-    write_json_atomic,
 )
 
 Progress = Callable[[int, int], None]
@@ -102,7 +101,7 @@ def execute(planned: PlannedJob, *, data_cache: DataCache | None = None, log: Ca
             progress: Progress | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
     """Train and evaluate one job unless a valid result exists or another live process is training it; resume
     from its saved state if an earlier attempt stopped. A diverged run is reported, not raised."""
-    from fairbench.train import TrainingDiverged
+    from fairbench.training.trainer import TrainingDiverged
 
     if planned.state() == "done":
         return JobResult(planned, "skipped", "finished run with this config exists")
@@ -162,7 +161,7 @@ def _remove_if_unused(run_dir: Path, created: Path | None) -> None:
     removed only while empty, so a sibling run another process started in a shared parent is never touched."""
     if created is None or (run_dir / CONFIG_FILE).exists():
         return
-    from fairbench.claims import CLAIM_LOG
+    from fairbench.runs.claims import CLAIM_LOG
 
     (run_dir / CLAIM_LOG).unlink(missing_ok=True)
     folder = run_dir
@@ -179,7 +178,7 @@ def _remove_if_unused(run_dir: Path, created: Path | None) -> None:
 def _remove_partial_writes(run_dir: Path) -> None:
     """Temp files a killed process left half-written (we hold the claim, so no one else is writing them; claim
     temp files belong to contenders and stay)."""
-    from fairbench.claims import CLAIM_FILE
+    from fairbench.runs.claims import CLAIM_FILE
 
     for tmp in run_dir.glob(".*.tmp"):
         if not tmp.name.startswith(f".{CLAIM_FILE}."):
@@ -208,7 +207,7 @@ def _write_failure(planned: PlannedJob, exc: BaseException, point: _Progress) ->
 
 
 def _load_resume_state(planned: PlannedJob, log: Callable[[str], None]):
-    from fairbench.state import StateError, load_state
+    from fairbench.runs.state import StateError, load_state
 
     path = planned.run_dir / STATE_FILE
     if not path.exists():
@@ -226,13 +225,12 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
                      epoch_hook: Callable[[dict[str, Any]], None] | None, claim: Claim, point: _Progress) -> dict:
     import torch
 
-    from fairbench.datasets import normalize_images
-    from fairbench.metrics import evaluate
+    from fairbench.metrics import evaluate, overall_auc
     from fairbench.models import create_backbone
     from fairbench.models.backbones import default_weights_built_here
-    from fairbench.provenance import code_version
-    from fairbench.state import save_state
-    from fairbench.train import SplitData, pick_device, seed_everything, train
+    from fairbench.runs.provenance import code_version
+    from fairbench.runs.state import save_state
+    from fairbench.training.trainer import SplitData, pick_device, seed_everything, train
 
     job, path, config = planned.job, planned.run_dir, planned.config
     spec = get_dataset(planned.dataset)
@@ -243,7 +241,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     weights = config["pretrained"]
     pretrained_info = None
     if planned.pretraining is not None:
-        from fairbench.pretrain import ensure_pretrained
+        from fairbench.training.pretrain import ensure_pretrained
 
         pretrained_info = ensure_pretrained(planned.pretraining, planned.cache_dir)
         weights = pretrained_info["path"]
@@ -258,9 +256,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     point.epochs_done = resume.epochs_done if resume else 0
     claim.log(f"training from epoch {point.epochs_done + 1}" if point.epochs_done < settings.epochs
               else "finishing (every epoch saved)")
-    mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
-    normalize = lambda x: normalize_images(x, mean, std)  # noqa: E731
+    normalize = backbone.normalizer(device)
 
     def split(s) -> SplitData:
         groups = s.attributes[job.attribute] if job.attribute else None
@@ -285,7 +281,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
 
     outcome = train(method, model, settings, train_data=split(data.train), val_data=split(data.val),
                     test_data=split(data.test), normalize=normalize, tokenize=backbone.tokenize,
-                    prompts=spec.prompts, label=spec.label, seed=job.seed, device=device, auc=_auc,
+                    prompts=spec.prompts, label=spec.label, seed=job.seed, device=device, auc=overall_auc,
                     on_epoch=on_epoch, progress=progress, resume=resume, on_epoch_state=on_epoch_state)
     del resume
     for w in outcome.warnings:
@@ -333,13 +329,6 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     if not settings.keep_state:
         (path / STATE_FILE).unlink(missing_ok=True)
     return record
-
-
-def _auc(labels, scores) -> float:
-    """Per-epoch AUC for selection, from the metric suite; NaN (with its warning) when a split has one class."""
-    from fairbench.metrics import evaluate
-
-    return float(evaluate(labels, scores, {}).auc)
 
 
 def _write_predictions(path: Path, samples: list[str], labels, scores, attributes: dict[str, Any]) -> None:

@@ -12,17 +12,16 @@ The file holds only tensors and plain Python values, so it loads with `torch.loa
 
 from __future__ import annotations
 
-import math
 import os
-import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fairbench.results import STATE_FILE, atomic_path, to_jsonable
+from fairbench.files import atomic_path, to_jsonable
+from fairbench.runs.results import STATE_FILE
+from fairbench.training.resume import TrainState, rng_state, set_rng_state
 
 __all__ = ["STATE_FILE", "StateError", "TrainState", "load_state", "rng_state", "save_state", "set_rng_state"]
 STATE_FORMAT = "fairbench.train_state/1"
@@ -30,54 +29,6 @@ STATE_FORMAT = "fairbench.train_state/1"
 
 class StateError(ValueError):
     """A training-state file that cannot be used to resume (unreadable, another format or another config)."""
-
-
-@dataclass
-class TrainState:
-    """Everything the trainer needs to continue after `epochs_done` completed epochs."""
-
-    epochs_done: int
-    model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any]
-    generator: torch.Tensor
-    rng: dict[str, Any] = field(default_factory=dict)
-    sampler: dict[str, Any] | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int = -1
-    best_key: float = -math.inf
-    val_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    test_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    # The selected epoch's weights; None with `best_is_current` when that epoch is the last one (the weights are
-    # then `model`, stored once), or when the run keeps no best weights (test selection without checkpoint).
-    best_weights: dict[str, torch.Tensor] | None = None
-    best_is_current: bool = False
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and (where present) every CUDA device's generator state."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def save_state(path: Path, state: TrainState, config_hash: str) -> None:

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the `fairbench` package folder
 
 
 @functools.lru_cache(maxsize=1)

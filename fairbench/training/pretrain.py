@@ -126,21 +126,14 @@ def _build(target: PretrainTarget, out: Path, cache_dir: Path | None) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from fairbench.execute import _auc
-    from fairbench.losses import clip_contrastive_loss
-    from fairbench.method import Method, encode_batch
+    from fairbench.method import ContrastiveFineTune
+    from fairbench.metrics import overall_auc
     from fairbench.models import create_backbone
     from fairbench.models.backbones import input_spec
     from fairbench.phases import phase
     from fairbench.registry import get_dataset
-    from fairbench.train import SplitData, TrainSettings, seed_everything, train
-
-    class _Contrastive(Method):  # the pretraining objective; not a benchmark method, so never registered
-        name = "pretraining"
-
-        def loss_terms(self, model, batch, group_batches):
-            image, text = encode_batch(model, batch)
-            return {"contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp())}
+    from fairbench.training.feeder import SplitData
+    from fairbench.training.trainer import TrainSettings, seed_everything, train
 
     r = target.recipe
     ds = get_dataset(target.dataset)()
@@ -152,23 +145,15 @@ def _build(target: PretrainTarget, out: Path, cache_dir: Path | None) -> None:
                f"{r.epochs} epochs, once) into {target.path}"):
         seed_everything(r.seed)
         backbone = create_backbone(target.arch, pretrained=None)
-        mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
-        std = torch.tensor(backbone.std).view(1, 3, 1, 1)
-
-        def normalize(x: torch.Tensor) -> torch.Tensor:
-            from fairbench.datasets import normalize_images
-
-            return normalize_images(x, mean, std)
-
         split = lambda s: SplitData(images=s.images, tokens=s.tokens, labels=s.labels)  # noqa: E731
         settings = TrainSettings(epochs=r.epochs, batch_size=r.batch_size, optimizer="adamw", lr=r.lr,
                                  betas=r.betas, eps=r.eps, weight_decay=r.weight_decay, warmup_steps=r.warmup_steps,
                                  max_steps_per_epoch=r.max_steps_per_epoch, precision="fp32", select="val")
         # The CPU keeps these bytes reproducible: a GPU's nondeterministic kernels would not.
-        outcome = train(_Contrastive(), backbone.model, settings, train_data=split(data.train),
-                        val_data=split(data.val), test_data=split(data.val), normalize=normalize,
+        outcome = train(ContrastiveFineTune(), backbone.model, settings, train_data=split(data.train),
+                        val_data=split(data.val), test_data=split(data.val), normalize=backbone.normalizer(),
                         tokenize=backbone.tokenize, prompts=ds.prompts, label=ds.label, seed=r.seed,
-                        device=torch.device("cpu"), auc=_auc)
+                        device=torch.device("cpu"), auc=overall_auc)
     state = {k: v.detach().contiguous() for k, v in backbone.model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_FILE))
     digest = hashlib.sha256((out / WEIGHTS_FILE).read_bytes()).hexdigest()
