@@ -4,7 +4,7 @@ Built in: Harvard-FairVLMed. Kept import-light on purpose: `fairbench --help` mu
 """
 
 # The one place the version lives: setuptools reads it (pyproject `dynamic`), `fairbench --version` prints it.
-__version__ = "0.2.0.dev0"
+__version__ = "0.3.0.dev0"
 
 
 def __getattr__(name: str):
