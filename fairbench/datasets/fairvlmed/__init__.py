@@ -13,26 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from fairbench.datasets.base import CheckReport, DataIdentity, Dataset, LoadedDataset
+from fairbench.datasets.fairvlmed import meta
 from fairbench.registry import register_dataset
 
 
-@register_dataset("fairvlmed", default=True,
+@register_dataset(meta.NAME, default=True,
                   description="Harvard-FairVLMed: glaucoma from SLO fundus images + clinical notes "
                   "(synthetic stand-in without --data)")
 class FairVLMed(Dataset):
     """Harvard-FairVLMed: 7000/1000/2000 patients, four protected attributes."""
 
-    tag = "fairvlmed"
-    synthetic_tag = "synthetic"
+    tag = meta.TAG
+    synthetic_tag = meta.SYNTHETIC_TAG
     label = "glaucoma"
     classes = ("non-glaucoma", "glaucoma")
-    # Group codes as stored in the npz files (FairCLIP's data loader), in the papers' order; −1 = unknown.
-    attributes = {
-        "race": {0: "Asian", 1: "Black", 2: "White"},
-        "gender": {0: "Female", 1: "Male"},
-        "ethnicity": {0: "Non-Hispanic", 1: "Hispanic"},
-        "language": {0: "English", 1: "Spanish", 2: "Other"},
-    }
+    attributes = meta.ATTRIBUTES
     # FairCLIP's zero-shot prompts (`compute_vl_prob`): p(glaucoma) = softmax over the two cosine similarities.
     prompts = ("A photo of non-glaucoma", "A photo of glaucoma")
     text_sources = ("gpt4", "note", "note+demographics")

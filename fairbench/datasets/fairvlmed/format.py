@@ -21,9 +21,9 @@ import numpy as np
 
 from fairbench.datasets.base import UNKNOWN, DatasetError
 from fairbench.datasets.base import short_error as _short
-from fairbench.datasets.fairvlmed import FairVLMed
+from fairbench.datasets.fairvlmed import meta
 
-ATTRIBUTE_GROUPS: dict[str, dict[int, str]] = FairVLMed.attributes
+ATTRIBUTE_GROUPS: dict[str, dict[int, str]] = meta.ATTRIBUTES
 ATTRIBUTES: tuple[str, ...] = tuple(ATTRIBUTE_GROUPS)  # the papers' order
 
 # Published split folder names; the test split appears as `Test/` or, in some releases, `Testing/`.

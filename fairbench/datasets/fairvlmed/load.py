@@ -17,7 +17,7 @@ import torch
 
 from fairbench.datasets.base import DataIdentity, LoadedDataset, SplitTensors
 from fairbench.datasets.cache import SplitCache, cache_root, files_fingerprint, text_file_fingerprint
-from fairbench.datasets.fairvlmed import FairVLMed
+from fairbench.datasets.fairvlmed import meta
 from fairbench.datasets.fairvlmed.format import (
     ATTRIBUTES,
     SPLITS,
@@ -53,7 +53,7 @@ def load_fairvlmed(root: str | os.PathLike[str], *, image_size: int,
     folders = {s: split_dir(root, s) for s in SPLITS}
     files = {s: list_split_files(folders[s]) for s in SPLITS}
     store = cache_root(cache_dir)
-    caches = {s: SplitCache(store, FairVLMed.name, folders[s], s, files[s]) for s in SPLITS}
+    caches = {s: SplitCache(store, meta.NAME, folders[s], s, files[s]) for s in SPLITS}
     records = {s: _records(caches[s]) for s in SPLITS}
     texts = {s: [truncate_text(t.strip()) for t in build_texts(root, files[s], records[s], text_source)]
              for s in SPLITS}
@@ -67,7 +67,7 @@ def load_fairvlmed(root: str | os.PathLike[str], *, image_size: int,
         if len(out[s]) == 0:
             raise DatasetError(f"{folders[s]}: every sample has an unknown (−1) attribute; nothing to evaluate")
     ident = _identity(root, [caches[s].fingerprint for s in SPLITS], len(files["train"]))
-    return LoadedDataset(name=FairVLMed.name, root=root, synthetic=ident.synthetic, tag=ident.tag,
+    return LoadedDataset(name=meta.NAME, root=root, synthetic=ident.synthetic, tag=ident.tag,
                          fingerprint=ident.fingerprint, text_source=text_source, **out)
 
 
@@ -88,7 +88,7 @@ def identify_fairvlmed(root: str | os.PathLike[str], text_source: str = "gpt4") 
 def _identity(root: Path, split_fingerprints: list[str], n_train: int) -> DataIdentity:
     parts = [*split_fingerprints, text_file_fingerprint(find_summary_csv(root))]
     synthetic = is_synthetic(root)
-    return DataIdentity(root=root, synthetic=synthetic, tag=FairVLMed.synthetic_tag if synthetic else FairVLMed.tag,
+    return DataIdentity(root=root, synthetic=synthetic, tag=meta.SYNTHETIC_TAG if synthetic else meta.TAG,
                         fingerprint=hashlib.sha256("|".join(parts).encode()).hexdigest()[:16], n_train=n_train)
 
 
