@@ -85,14 +85,14 @@ def build(arch: str, name: str, device: torch.device, seed: int = 0):
     """The method, its model on `device` and the trainer settings of `arch` (random init)."""
     from fairbench.models import create_backbone
     from fairbench.registry import get_method
-    from fairbench.runs.jobs import train_settings_for
+    from fairbench.training.settings import resolve_train_settings
 
     cls = get_method(name)
     method = cls(cls.Settings(), "race" if cls.uses_attribute else None, N_GROUPS if cls.uses_attribute else 0)
     torch.manual_seed(seed)
     backbone = create_backbone(arch, pretrained=None)
     model = method.build(backbone.model).to(device).train()
-    return method, model, backbone, train_settings_for(arch, {}, None, None)
+    return method, model, backbone, resolve_train_settings(arch)
 
 
 def prepare_step(arch: str, name: str, device: torch.device, mode: str | None, batch: int, group_batch: int
@@ -333,7 +333,7 @@ def concurrent(args: argparse.Namespace, arch: str, device: torch.device,
 def project(args: argparse.Namespace, archs: list[str], modes: list[str],
             results: dict[tuple[str, str, str], StepResult]) -> None:
     """GPU-hours of the study's training steps: runs x epochs x steps x measured ms/step x epoch/steps ratio."""
-    from fairbench.runs.jobs import train_settings_for
+    from fairbench.training.settings import resolve_train_settings
 
     try:
         runs = study_runs(args.study)
@@ -346,7 +346,7 @@ def project(args: argparse.Namespace, archs: list[str], modes: list[str],
         if not counts:
             print(f"projection: study {args.study!r} has no {arch} runs")
             continue
-        settings = train_settings_for(arch, {}, None, None)
+        settings = resolve_train_settings(arch)
         label = arch if measured == arch else f"{arch} (from {measured} times: arithmetic check only)"
         steps = math.ceil(STUDY_N_TRAIN / settings.batch_size)
         for setting in modes:

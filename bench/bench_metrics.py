@@ -27,78 +27,6 @@ def _data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, np.n
     return y, s, attrs
 
 
-def reference_suite(y: np.ndarray, s: np.ndarray, attrs: dict[str, np.ndarray]) -> dict:
-    """The same numbers as fairbench.metrics.evaluate, from fairlearn + scikit-learn calls."""
-    from fairlearn.metrics import (
-        MetricFrame,
-        count,
-        demographic_parity_difference,
-        equalized_odds_difference,
-        false_positive_rate,
-        selection_rate,
-        true_positive_rate,
-    )
-    from sklearn.metrics import accuracy_score, roc_auc_score
-
-    yhat = (s >= 0.5).astype(int)
-    auc, acc = roc_auc_score(y, s), accuracy_score(y, yhat)
-    out: dict = {"auc": auc, "accuracy": acc}
-    for name, g in attrs.items():
-        frame = MetricFrame(metrics={"n": count, "accuracy": accuracy_score, "tpr": true_positive_rate,
-                                     "fpr": false_positive_rate, "selection_rate": selection_rate},
-                            y_true=y, y_pred=yhat, sensitive_features=g).by_group
-        g_auc = MetricFrame(metrics=roc_auc_score, y_true=y, y_pred=s,
-                            sensitive_features=g).by_group.to_numpy()
-        g_acc = frame["accuracy"].to_numpy()
-        out[name] = {
-            "es_auc": auc / (1 + np.abs(auc - g_auc).sum()),
-            "es_acc": acc / (1 + np.abs(acc - g_acc).sum()),
-            "dpd": demographic_parity_difference(y, yhat, sensitive_features=g),
-            "eod": equalized_odds_difference(y, yhat, sensitive_features=g),
-            "group_auc_std": np.std(g_auc) / auc,
-            "group_auc_range": (g_auc.max() - g_auc.min()) / auc,
-            "group_auc": g_auc, "groups": frame,
-        }
-    return out
-
-
-def reference_direct(y: np.ndarray, s: np.ndarray, attrs: dict[str, np.ndarray]) -> dict:
-    """Same numbers with direct per-group sklearn/fairlearn calls (no MetricFrame): the leaner baseline."""
-    from fairlearn.metrics import (
-        demographic_parity_difference,
-        equalized_odds_difference,
-        false_positive_rate,
-        selection_rate,
-        true_positive_rate,
-    )
-    from sklearn.metrics import accuracy_score, roc_auc_score
-
-    yhat = (s >= 0.5).astype(int)
-    auc, acc = roc_auc_score(y, s), accuracy_score(y, yhat)
-    out: dict = {"auc": auc, "accuracy": acc}
-    for name, g in attrs.items():
-        groups = {}
-        for code in np.unique(g):
-            m = g == code
-            groups[int(code)] = {
-                "n": int(m.sum()), "auc": roc_auc_score(y[m], s[m]),
-                "accuracy": accuracy_score(y[m], yhat[m]),
-                "tpr": true_positive_rate(y[m], yhat[m]), "fpr": false_positive_rate(y[m], yhat[m]),
-                "selection_rate": selection_rate(y[m], yhat[m])}
-        g_auc = np.array([v["auc"] for v in groups.values()])
-        g_acc = np.array([v["accuracy"] for v in groups.values()])
-        out[name] = {
-            "es_auc": auc / (1 + np.abs(auc - g_auc).sum()),
-            "es_acc": acc / (1 + np.abs(acc - g_acc).sum()),
-            "dpd": demographic_parity_difference(y, yhat, sensitive_features=g),
-            "eod": equalized_odds_difference(y, yhat, sensitive_features=g),
-            "group_auc_std": np.std(g_auc) / auc,
-            "group_auc_range": (g_auc.max() - g_auc.min()) / auc,
-            "groups": groups,
-        }
-    return out
-
-
 def _best_of(fn: Callable[[], object], repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -110,6 +38,7 @@ def _best_of(fn: Callable[[], object], repeats: int) -> float:
 
 def main() -> None:
     from fairbench.metrics import bootstrap, evaluate
+    from fairbench.metrics.reference import reference_direct, reference_suite
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)

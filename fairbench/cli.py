@@ -1,7 +1,9 @@
 """The `fairbench` command line: a thin Typer shell over the library.
 
 Command modules are imported here, but they import torch/pandas only inside command bodies, so
-`fairbench --help` answers without loading torch.
+`fairbench --help` answers without loading torch. Each command is a `LiveCommand`: typer reads its options when
+it builds the CLI, so help texts list what is registered then, and `run` offers every registered launcher's
+options; `main` loads the plugins first (--plugin, $FAIRBENCH_PLUGINS, entry points).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
 
 
 def _print_version(value: bool) -> None:
@@ -47,11 +48,14 @@ _COMMANDS: list[tuple[str, str, str, str]] = [
     ("fairbench.commands.plot", "plot", "plot", "command"),
     ("fairbench.commands.report", "report", "report", "command"),
     ("fairbench.commands.status", "status", "status", "command"),
+    ("fairbench.commands.listing", "list_", "list", "command"),
     ("fairbench.commands.data", "app", "data", "group"),
 ]
 
 
 def _register() -> None:
+    from fairbench.commands.common import LiveCommand
+
     for module_name, attr, name, kind in _COMMANDS:
         try:
             module = importlib.import_module(module_name)
@@ -63,13 +67,18 @@ def _register() -> None:
         if kind == "group":
             app.add_typer(target, name=name)
         else:
-            app.command(name)(target)
+            app.command(name)(LiveCommand(target, getattr(module, "EXTRA_OPTIONS", None)))
 
 
 _register()
 
 
 def main() -> None:
+    import sys
+
+    from fairbench.commands.common import preload_plugins
+
+    preload_plugins(sys.argv[1:])
     app()
 
 

@@ -8,16 +8,11 @@ here; a paper's protocol registers from where its method lives (`methods/faircli
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-# The CLIP parameters FairCLIP's fine-tuning leaves frozen: its optimiser holds only `model.transformer` and
-# `model.visual` (FairCLIP, finetune_FairCLIP.py), so the logit scale, token and positional embeddings, the
-# final LayerNorm and the text projection keep their pretrained values. Parameters a method adds (e.g. MoE
-# layers outside the towers) are not in this list and train.
-CLIP_FROZEN: tuple[str, ...] = ("logit_scale", "token_embedding", "positional_embedding", "ln_final",
-                                "text_projection")
+from fairbench.registry import PROTOCOLS
+
 DEFAULT_PROTOCOL = "fairbench"
 # Runs written before protocols existed trained every parameter; tables label them with this name.
 LEGACY_PROTOCOL = "v0.1-all-parameters"
@@ -25,38 +20,28 @@ LEGACY_PROTOCOL = "v0.1-all-parameters"
 
 @dataclass(frozen=True)
 class Protocol:
-    """`train` overrides fairbench.training.trainer.TrainSettings (after the arch's defaults, before --set);
+    """`train` overrides fairbench.training.settings.TrainSettings (after the arch's defaults, before --set);
+    `towers_only` trains only the arch's two towers (the arch names what else stays frozen, `Arch.frozen`);
     `differences` documents, per aspect, how it departs from the default protocol."""
 
     name: str
     description: str
     train: dict[str, Any] = field(default_factory=dict)
     differences: dict[str, str] = field(default_factory=dict)
-
-
-_PROTOCOLS: dict[str, Protocol] = {}
+    towers_only: bool = False
 
 
 def register_protocol(protocol: Protocol) -> Protocol:
-    existing = _PROTOCOLS.get(protocol.name)
-    if existing is not None and existing != protocol:
-        raise ValueError(f"protocol {protocol.name!r} is already registered differently")
-    _PROTOCOLS[protocol.name] = protocol
-    return protocol
+    return PROTOCOLS.add(protocol)
 
 
 def get_protocol(name: str) -> Protocol:
     """The protocol called `name` (load plugins first for non-core ones); a one-line error lists the valid names."""
-    try:
-        return _PROTOCOLS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_PROTOCOLS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown protocol {name!r}{hint}; use one of {', '.join(list_protocols())}") from None
+    return PROTOCOLS.get(name)
 
 
 def list_protocols() -> list[str]:
-    return sorted(_PROTOCOLS)
+    return PROTOCOLS.names()
 
 
 def protocol_of(record: dict[str, Any]) -> str:
@@ -68,7 +53,8 @@ register_protocol(Protocol(
     name=DEFAULT_PROTOCOL,
     description="FairCLIP's fine-tuning (same trainable subset and hyperparameters) with validation selection, "
                 "fp32 master weights under bf16 autocast on a GPU, and fp32 fairness numerics",
-    train={"frozen": CLIP_FROZEN, "select": "val", "ties": "earlier", "precision": "auto"},
+    train={"select": "val", "ties": "earlier", "precision": "auto"},
+    towers_only=True,
     differences={
         "model selection": "best validation AUC; ties keep the earlier epoch",
         "weights and compute": "fp32 weights; bf16 autocast on a GPU, fp32 on a CPU",

@@ -10,13 +10,14 @@ A study file has these keys (all but `methods` optional):
     methods     = ["clip", "mymethod*"]   # names or wildcards, as `--method`
     archs       = ["b16", "l14"]          # default ["tiny"]
     attributes  = ["sex", "site"]         # training attributes; default: all of the dataset's
-    seeds       = 3                       # 0..N-1, or an explicit list [0, 1, 2]
-    select      = "test"                  # val | test; default: the protocol's rule
+    seeds       = 3                       # 0..N-1, or an explicit list [0, 1, 2]; at most 1000 seeds
+    select      = "test"                  # a selection rule (val | test); default: the protocol's rule
     [set]                                 # settings, as `--set key=value`
     fair_lambda = 1e-5
 
 Studies shipped with fairbench live in the repository's `studies/` folder, installed as `fairbench/studies/`.
-This module reads files and compares records; it trains nothing.
+This module reads files and compares records; it trains nothing. A study's jobs come from its `request()`, the
+same `fairbench.runs.request.JobRequest` that `fairbench run --method ...` builds from options.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from fairbench.protocols import DEFAULT_PROTOCOL, get_protocol, protocol_of
+from fairbench.protocols import DEFAULT_PROTOCOL, protocol_of
+from fairbench.runs.request import JobRequest, RequestError, check_seeds, seed_range
+from fairbench.selection import DEFAULT_RULE, select_rule_names
 
 try:
     import tomllib
@@ -35,7 +38,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 STUDY_SUFFIX = ".toml"
-DEFAULT_SELECT = "val"  # the trainer's default rule (TrainSettings.select); read without importing torch
+DEFAULT_SELECT = DEFAULT_RULE  # what a study without `select` and without a protocol rule selects by
 KEYS = ("name", "description", "dataset", "protocol", "methods", "archs", "attributes", "seeds", "select", "set")
 
 
@@ -57,15 +60,17 @@ class Study:
     overrides: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
+    def request(self, overrides: dict[str, str] | None = None) -> JobRequest:
+        """The study's jobs as a request (plus `overrides`, e.g. a `--set` given with `run --study`)."""
+        return JobRequest(methods=self.methods, archs=self.archs, attributes=self.attributes, seeds=self.seeds,
+                          protocol=self.protocol, select=self.select, dataset=self.dataset,
+                          overrides={**self.overrides, **(overrides or {})},
+                          source=f"study {self.name} ({self.source})")
+
     @property
     def selection_rule(self) -> str:
         """`select`, else the protocol's rule (protocols registered by plugins need those loaded)."""
-        if self.select:
-            return self.select
-        try:
-            return get_protocol(self.protocol).train.get("select", DEFAULT_SELECT)
-        except ValueError:
-            return DEFAULT_SELECT
+        return self.request().selection_rule
 
 
 # ------------------------------------------------------------------ finding and reading
@@ -126,16 +131,17 @@ def parse_study(text: str, source: str, default_name: str = "study") -> Study:
     seeds = data.get("seeds", 3)
     if isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
         raise StudyError(f"{where}: 'seeds' must be a count (3 → seeds 0, 1, 2) or a list of seeds, got {seeds!r}")
-    if isinstance(seeds, int):
-        if seeds < 1:
-            raise StudyError(f"{where}: 'seeds' must be at least 1, got {seeds}")
-        seeds = list(range(seeds))
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or \
-            len(set(seeds)) != len(seeds):
-        raise StudyError(f"{where}: 'seeds' must list distinct non-negative integers, got {seeds!r}")
+    if isinstance(seeds, int) and seeds < 1:
+        raise StudyError(f"{where}: 'seeds' must be at least 1, got {seeds}")
+    try:
+        seeds = seed_range(seeds, "'seeds' =") if isinstance(seeds, int) else check_seeds(seeds, "'seeds'")
+    except RequestError as exc:
+        raise StudyError(f"{where}: {exc}") from None
     select = data.get("select")
-    if select not in (None, "val", "test"):
-        raise StudyError(f"{where}: 'select' must be \"val\" or \"test\", got {select!r}")
+    rules = select_rule_names()
+    if select is not None and select not in rules:
+        raise StudyError(f"{where}: 'select' must be one of {', '.join(f'{r!r}' for r in rules)}, got {select!r} "
+                         "(a plugin's rule needs the plugin loaded)")
     overrides = data.get("set", {})
     if not isinstance(overrides, dict):
         raise StudyError(f"{where}: 'set' must be a table ([set] with key = value lines), got {overrides!r}")
@@ -186,34 +192,13 @@ def _setting(value: Any) -> str:
 def study_jobs(study: Study) -> list:
     """The study's jobs (methods expanded, attribute-free methods once per seed), as `fairbench run` plans them.
 
-    Needs the methods registered (`fairbench.registry.load_plugins`); raises UnknownNameError for a method and
-    StudyError for a dataset or attribute the registry does not know.
+    Needs the methods registered (`fairbench.registry.load_plugins`); raises StudyError (one line naming the study)
+    for a name the registry does not know.
     """
-    from fairbench.registry import UnknownNameError, expand_methods, get_dataset
-    from fairbench.runs.jobs import expand_jobs
-
     try:
-        spec = get_dataset(study.dataset)
-        get_protocol(study.protocol)
-    except (UnknownNameError, ValueError) as exc:
-        raise StudyError(f"study {study.name} ({study.source}): {exc}") from None
-    for attribute in study.attributes or ():
-        if attribute not in spec.attributes:
-            raise StudyError(f"study {study.name} ({study.source}): dataset {spec.name!r} has no attribute "
-                             f"{attribute!r}; use {', '.join(spec.attributes)}")
-    methods = expand_methods(",".join(study.methods))
-    return expand_jobs(methods, list(study.archs), list(study.attributes) if study.attributes else None,
-                       list(study.seeds), dataset=spec.name)
-
-
-def study_options(study: Study, out: Path, **options: Any):
-    """The `RunOptions` that `fairbench run --study` plans the study with (protocol, selection, dataset, `set`);
-    `options` adds the rest (data=, epochs=, cache_dir=, ...). `plan(study_options(s, out), study_jobs(s))`
-    gives each job's run folder, as `run --study` (without extra --set) would."""
-    from fairbench.runs.jobs import RunOptions
-
-    return RunOptions(out=Path(out), dataset=study.dataset, protocol=study.protocol, select=study.select,
-                      overrides=dict(study.overrides), **options)
+        return study.request().jobs()
+    except RequestError as exc:
+        raise StudyError(str(exc)) from None
 
 
 def _key(method: str, arch: str, attribute: str | None, seed: int) -> tuple:
@@ -222,11 +207,9 @@ def _key(method: str, arch: str, attribute: str | None, seed: int) -> tuple:
 
 def study_records(study: Study, records: list[dict[str, Any]], jobs: list | None = None) -> list[dict[str, Any]]:
     """The records that are runs of the study: one of its jobs, its protocol, selection rule and dataset."""
-    from fairbench.registry import get_dataset
-
     wanted = {_key(j.method, j.arch, j.attribute, j.seed) for j in (jobs if jobs is not None else study_jobs(study))}
     rule = study.selection_rule
-    dataset = get_dataset(study.dataset).name
+    dataset = study.request().dataset_class.name
 
     def belongs(rec: dict[str, Any]) -> bool:
         try:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fairbench.method import Batch, ContrastiveFineTune, Method, encode_batch
-from fairbench.protocols import CLIP_FROZEN, Protocol, register_protocol
+from fairbench.protocols import Protocol, register_protocol
 from fairbench.registry import register_method
 from fairbench.training.losses import clip_contrastive_loss, sinkhorn_distance
 from fairbench.training.precision import fp32_island
@@ -71,9 +71,8 @@ def pair_similarities(model: nn.Module, image: torch.Tensor, text: torch.Tensor,
 
 def joins_group_forward(device: torch.device) -> bool:
     """Whether group batches are encoded in one joined forward: on an accelerator, where it saves kernel launches
-    and a step is launch-bound at the protocol's batch; not on a CPU, where the joined forward measured slower
-    (tiny, the demo's batch 64 + 3 × 32 group pairs, 2 threads, medians of 4–5 alternating rounds: a FairCLIP
-    step 485 ms joined against 428 ms one group at a time, a Fair-MoE step 705 against 666 ms)."""
+    and a step is launch-bound at the protocol's batch; not on a CPU, where a step is compute-bound and one large
+    forward measured slower than one forward per group."""
     return device.type != "cpu"
 
 
@@ -204,7 +203,8 @@ class FairCLIP(Method):
 
 
 # FairCLIP's released fine-tuning (FairCLIP/finetune_FairCLIP.py at HEAD, caedce4), which Fair-MoE's release follows:
-#  - lines 148–151: Adam over `model.transformer` and `model.visual` only (CLIP_FROZEN stays as loaded);
+#  - lines 148–151: Adam over `model.transformer` and `model.visual` only (towers_only: the arch's `frozen`
+#    parts, fairbench.models.archs.CLIP_FROZEN for a CLIP, stay as loaded);
 #  - lines 141–144 and 207–212: on a GPU the OpenAI weights stay fp16 and the forward runs in fp16; each step
 #    converts them to fp32 (`convert_models_to_fp32`), steps, and rounds back (`clip.model.convert_weights`);
 #    on a CPU everything is fp32 (`model.float()`);
@@ -213,8 +213,8 @@ register_protocol(Protocol(
     name="fairclip",
     description="the released FairCLIP / Fair-MoE fine-tuning exactly: towers only, fp16 weights with an fp32 "
                 "optimiser step on a GPU, best-test-epoch selection with ties to the later epoch",
-    train={"frozen": CLIP_FROZEN, "select": "test", "ties": "later", "precision": "fp16-weights",
-           "fp32_numerics": False},
+    train={"select": "test", "ties": "later", "precision": "fp16-weights", "fp32_numerics": False},
+    towers_only=True,
     differences={
         "model selection": "best TEST AUC; ties keep the later epoch (finetune_FairCLIP.py line 263)",
         "weights and compute": "fp16 weights and fp16 compute on a GPU, fp32 only for the Adam step "

@@ -107,7 +107,7 @@ def test_plugin_method_runs_and_is_listed_and_tabled(dataset, tmp_path):
     (["--method", "clip", "--set", "novalue"], r"--set 'novalue' is not key=value"),
     (["--method", "fairclip", "--set", "fair_lambda=abc"], r"fair_lambda.*expects a float, got 'abc'"),
     (["--method", "fairclip", "--attr", "age"], r"unknown attribute 'age'"),
-    (["--method", "clip", "--select", "best"], r"--select must be 'val' or 'test'"),
+    (["--method", "clip", "--select", "best"], r"--select: unknown selection rule 'best'.* Use one of val, test"),
 ])
 def test_bad_options_fail_with_one_line(args, pattern, tmp_path):
     r = invoke("run", *args, "--out", tmp_path / "o", "--dry-run")

@@ -65,7 +65,7 @@ def test_cache_holds_clip_transform_of_each_image(tmp_path):
     root = build(tmp_path / "ds")
     data = load(root, tmp_path / "c")
     for split, folder in ((data.train, "Training"), (data.test, "Test")):
-        for row, name in enumerate(split.filenames):
+        for row, name in enumerate(split.sample_ids):
             ref = reference(root / folder / name, 24, normalize=False)  # (3, 24, 24) in [0, 1]
             assert torch.equal(split.images[row], (ref * 255).round().to(torch.uint8))
             normed = normalize_images(split.images[row : row + 1], OPENAI_MEAN, OPENAI_STD)[0]

@@ -78,7 +78,7 @@ def test_loader_returns_sorted_splits_labels_attributes_and_texts(tmp_path):
     data = load(build_dataset(tmp_path / "ds"), tmp_path)
     assert not data.synthetic and data.tag == "fairvlmed" and len(data.fingerprint) == 16
     tr = data.train
-    assert tr.filenames == ["data_00001.npz", "data_00002.npz", "data_00003.npz"]  # sorted, not listdir order
+    assert tr.sample_ids == ["data_00001.npz", "data_00002.npz", "data_00003.npz"]  # sorted, not listdir order
     assert tr.labels.tolist() == [0, 1, 1] and tr.labels.dtype == torch.long
     assert tr.attributes["race"].tolist() == [0, 2, 1]
     assert tr.attributes["language"].tolist() == [0, 1, -1]  # training keeps unknowns
@@ -95,8 +95,8 @@ def test_loader_returns_sorted_splits_labels_attributes_and_texts(tmp_path):
 
 def test_eval_splits_drop_unknown_attributes_and_report_it(tmp_path):
     data = load(build_dataset(tmp_path / "ds"), tmp_path)
-    assert data.val.filenames == ["data_00004.npz"] and data.val.n_dropped == 1
-    assert data.test.filenames == ["data_00006.npz", "data_00008.npz"] and data.test.n_dropped == 1
+    assert data.val.sample_ids == ["data_00004.npz"] and data.val.n_dropped == 1
+    assert data.test.sample_ids == ["data_00006.npz", "data_00008.npz"] and data.test.n_dropped == 1
     assert data.test.labels.tolist() == [1, 0]
     assert data.test.attributes["race"].tolist() == [0, 1]
     assert data.test.images.shape[0] == data.test.tokens.shape[0] == 2
@@ -111,7 +111,7 @@ def test_images_keep_order_after_the_filter(tmp_path):
     # test keeps files 6 and 8 of 6, 7, 8: its rows must be those images, not the first two
     from fairbench.datasets.cache import clip_transform_uint8
 
-    for row, name in enumerate(data.test.filenames):
+    for row, name in enumerate(data.test.sample_ids):
         with np.load(root / "Testing" / name) as npz:
             want = clip_transform_uint8(npz["slo_fundus"], 16)
         assert torch.equal(data.test.images[row, 0], torch.from_numpy(want))

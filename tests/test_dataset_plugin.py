@@ -115,7 +115,7 @@ def test_v01_results_without_a_dataset_name_are_found_by_tag(tmp_path):
 
 def test_dataset_tags_and_default_are_unique():
     from fairbench.datasets import Dataset
-    from fairbench.registry import default_dataset, get_dataset, register_dataset
+    from fairbench.registry import get_dataset, register_dataset
 
     with pytest.raises(ValueError, match="results tag 'synthetic' is already used by dataset"):
         @register_dataset("clash")
@@ -128,7 +128,7 @@ def test_dataset_tags_and_default_are_unique():
     for name in ("clash", "second-default"):
         with pytest.raises(KeyError):
             get_dataset(name)  # a refused registration leaves nothing behind
-    assert get_dataset(None).name == default_dataset()
+    assert get_dataset(None).name == "fairvlmed"
 
 
 # ---------------------------------------------------------------- tensors_from_arrays

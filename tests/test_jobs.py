@@ -97,7 +97,7 @@ def test_unknown_launcher_is_a_one_line_error(tmp_path):
     from fairbench.launchers import get_launcher
 
     r = CliRunner().invoke(app, ["run", "--method", "clip", "--launcher", "nope", "--out", str(tmp_path)])
-    assert r.exit_code == 2 and "unknown launcher 'nope'; use one of local" in r.output
+    assert r.exit_code == 2 and "unknown launcher 'nope'. Use one of local, slurm" in r.output
     with pytest.raises(ValueError, match="unknown launcher"):
         get_launcher("nope")
 
@@ -120,13 +120,12 @@ def test_result_records_the_code_commit(dataset, tmp_path, monkeypatch):
 
 
 def test_arch_training_defaults_come_from_the_arch_description():
-    from fairbench.models.backbones import ARCHS, PROTOCOL_TRAIN_DEFAULTS
-    from fairbench.training.trainer import TrainSettings, default_train_settings
+    from fairbench.models.archs import PROTOCOL_TRAIN_DEFAULTS, get_arch
+    from fairbench.training.trainer import TrainSettings
 
-    assert default_train_settings("tiny") == ARCHS["tiny"].train_defaults
-    assert default_train_settings("b16") == PROTOCOL_TRAIN_DEFAULTS
-    assert default_train_settings("ViT-B-32") == PROTOCOL_TRAIN_DEFAULTS  # any other open_clip name
-    assert TrainSettings(**default_train_settings("tiny")).optimizer == "adamw"
+    assert get_arch("b16").train_defaults == PROTOCOL_TRAIN_DEFAULTS
+    assert get_arch("ViT-B-32").train_defaults == PROTOCOL_TRAIN_DEFAULTS  # any other open_clip name
+    assert TrainSettings(**get_arch("tiny").train_defaults).optimizer == "adamw"
     source = Path(__file__).parents[1].joinpath("fairbench", "training", "trainer.py").read_text()
     assert "tiny" not in source and "arch ==" not in source
 
@@ -194,7 +193,7 @@ def test_group_batch_size_is_read_from_the_method(dataset, tmp_path):
 def test_protocol_freezes_the_clip_parts_wherever_a_method_nests_clip(name):
     """FairCLIP's optimiser holds the towers only; Fair-MoE wraps CLIP as `clip.`, and must freeze the same parts."""
     from fairbench.models import create_backbone
-    from fairbench.protocols import CLIP_FROZEN
+    from fairbench.models.archs import CLIP_FROZEN
     from fairbench.registry import get_method, load_plugins
     from fairbench.training.trainer import _unfrozen
 

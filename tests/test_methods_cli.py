@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from fairbench.cli import app
 from fairbench.method import flat_settings
+from fairbench.models.archs import get_arch
 from fairbench.registry import get_method, list_methods, load_builtin_methods
-from fairbench.training.trainer import TrainSettings, default_train_settings
+from fairbench.training.settings import TrainSettings, resolve_train_settings
 
 NARROW = {"COLUMNS": "80", "LINES": "50"}
 
@@ -42,11 +43,8 @@ def test_settings_listing_at_80_columns_shows_every_default_in_full():
 
 def test_trainer_settings_are_listed_with_each_archs_default():
     lines = lines_of("--settings")
-    from fairbench.protocols import DEFAULT_PROTOCOL, get_protocol
-
-    protocol = get_protocol(DEFAULT_PROTOCOL).train
-    common = TrainSettings(**default_train_settings("b16"), **protocol)
-    tiny = TrainSettings(**{**default_train_settings("tiny"), **protocol})
+    common = resolve_train_settings("b16")  # under the default protocol
+    tiny = resolve_train_settings("tiny")
     for f in dataclasses.fields(TrainSettings):
         line = next(x for x in lines if x.startswith(f"{f.name} = "))
         value, tiny_value = typed(getattr(common, f.name)), typed(getattr(tiny, f.name))
@@ -61,7 +59,7 @@ def test_trainer_settings_are_listed_with_each_archs_default():
 def test_one_method_by_name_shows_its_settings_and_unknown_name_fails():
     lines = lines_of("fairmoe-no-image-moe")
     assert "moe.towers = text" in lines and "moe.capacity = 0.8" in lines
-    tiny_epochs = default_train_settings("tiny")["epochs"]
+    tiny_epochs = get_arch("tiny").train_defaults["epochs"]
     assert f"epochs = 10  [tiny: {tiny_epochs}]" in lines  # the trainer's settings come with it
     assert not any(line.startswith("fairmoe:") for line in lines)
     bad = CliRunner().invoke(app, ["methods", "fairmo"])

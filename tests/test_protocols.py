@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from fairbench.cli import app
-from fairbench.protocols import CLIP_FROZEN
+from fairbench.models.archs import CLIP_FROZEN
 from fairbench.training.trainer import fp32_optimizer_step
 from tests.helpers import small_synthetic
 from tests.test_resume import _toy_train
@@ -62,7 +62,7 @@ def test_an_unknown_protocol_is_a_one_line_error_naming_the_valid_ones(dataset, 
                             str(out), *FAST])
     assert r.exit_code == 2, r.output
     line = next(x for x in r.output.splitlines() if "unknown protocol" in x)
-    assert "'fairclp'" in line and "did you mean 'fairclip'" in line and "fairbench, fairclip" in line
+    assert "'fairclp'" in line and "Did you mean 'fairclip'" in line and "fairbench, fairclip" in line
     assert not out.exists() or not list(out.rglob("result.json"))
 
 

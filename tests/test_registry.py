@@ -71,7 +71,7 @@ def test_register_rejects_non_methods_and_duplicate_names():
         class B(Method):
             pass
 
-    registry._REGISTRY.pop("dup-test-a")
+    registry.METHODS.remove("dup-test-a")
 
 
 def test_plugin_file_registers(tmp_path):
@@ -81,7 +81,7 @@ def test_plugin_file_registers(tmp_path):
     cls = get_method("plugin-file-test")
     assert cls.description.startswith("test plugin")
     assert cls.settings_from({"weight": "2"}).weight == 2.0
-    registry._REGISTRY.pop("plugin-file-test")
+    registry.METHODS.remove("plugin-file-test")
 
 
 def test_plugin_module_and_env_var(tmp_path, monkeypatch):
@@ -90,7 +90,7 @@ def test_plugin_module_and_env_var(tmp_path, monkeypatch):
     monkeypatch.setenv(registry.PLUGIN_ENV, "plugmod_env")
     load_plugins()
     assert "plugin-env-test" in list_methods()
-    registry._REGISTRY.pop("plugin-env-test")
+    registry.METHODS.remove("plugin-env-test")
 
 
 def test_plugin_errors_name_the_plugin(tmp_path):

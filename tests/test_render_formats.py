@@ -26,7 +26,8 @@ def table() -> Table:
     ]
     return Table(title="Race & friends #1", caption="mean ± std; ↑ higher is better", layout="table1",
                  dataset="fairvlmed", synthetic=False, selection="val", attribute="race", columns=columns,
-                 rows=rows, notes=["⚠ a_b|c/b16: seeds 0,1 (missing 2)", "costs $5 {sic}"], compare=True)
+                 rows=rows, notes=["⚠ a_b|c/b16: seeds 0,1 (missing 2)", "costs $5 {sic}"], compare=True,
+                 paper_table=1)
 
 
 def _md_rows(text: str) -> list[list[str]]:

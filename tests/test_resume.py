@@ -109,7 +109,7 @@ def test_keep_state_keeps_the_file_leaves_the_hash_alone_and_files_get_the_ordin
     plain = _planned(dataset, tmp_path / "out", "clip", epochs=1)
     kept = _planned(dataset, tmp_path / "out", "clip", epochs=1, keep_state="true")
     assert kept.config_hash == plain.config_hash and kept.run_dir == plain.run_dir
-    assert "keep_state" not in kept.config["train"] and kept.train_settings().keep_state
+    assert "keep_state" not in kept.config["train"] and kept.settings.keep_state
     umask = 0o002  # group-writable: neither mkstemp's 0600 nor a hard-coded 0644
     old = os.umask(umask)
     try:

@@ -23,7 +23,6 @@ from fairbench.study import (
     missing_runs,
     parse_study,
     study_jobs,
-    study_options,
 )
 from tests.helpers import small_synthetic
 from tests.test_report_fixtures import write_run
@@ -138,7 +137,7 @@ def test_unknown_study_is_a_one_line_error(tmp_path, command):
     ("archs = [\"tiny\"]\n", r"no 'methods' list"),
     ("methods = [\"clip\"]\nseeds = 0\n", r"'seeds' must be at least 1"),
     ("methods = [\"clip\"]\nseeds = [0, 0]\n", r"'seeds' must list distinct non-negative integers"),
-    ("methods = [\"clip\"]\nselect = \"best\"\n", r"'select' must be \"val\" or \"test\""),
+    ("methods = [\"clip\"]\nselect = \"best\"\n", r"'select' must be one of 'val', 'test', got 'best'"),
     ("methods = \"clip\"\n", r"'methods' must be a non-empty list of names"),
     ("methods = [\"clip\"]\n[set]\nlr = [1, 2]\n", r"set.lr must be a single value"),
 ])
@@ -217,9 +216,7 @@ def test_a_studys_protocol_is_the_runs_protocol_and_sets_its_selection(dataset, 
     assert "protocol fairclip, select test" in dry.output  # the fairclip protocol selects by test AUC
     assert "select=test" in dry.output  # and the planned job trains under it
     # What other commands (status) plan from the study names the same run folders as `run --study`.
-    from fairbench.runs.jobs import plan
-
-    planned = plan(study_options(load_study(study), tmp_path / "out", data=str(dataset)), study_jobs(load_study(study)))
+    planned = load_study(study).request().plan(tmp_path / "out", data=str(dataset))
     listed = re.findall(r"^pending\s+.*?  (\S+)$", dry.output, flags=re.M)
     assert listed == [str(p.run_dir) for p in planned] and len(listed) == 1
     study.write_text('methods = ["clip"]\nprotocol = "fairclp"\n')

@@ -228,9 +228,9 @@ def test_compile_setting_values_and_defaults():
         TrainSettings(compile="fast")
     with pytest.raises(ValueError, match="fp16-weights"):
         resolve_compile("cudagraphs", CUDA, half_weights=True)
-    from fairbench.runs.jobs import train_settings_for
+    from fairbench.training.settings import resolve_train_settings
 
-    assert train_settings_for("tiny", {"compile": "off"}, None, None).compile == "off"
+    assert resolve_train_settings("tiny", overrides={"compile": "off"}).compile == "off"
 
 
 def test_compiled_step_matches_eager_and_the_partial_batch_never_compiles(monkeypatch):

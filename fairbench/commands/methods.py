@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from fairbench.commands.common import PLUGIN_HELP, fail, load_methods
+from fairbench.commands.common import PLUGIN_HELP, fail, load_plugins_or_fail
 
 _WILDCARDS = "*?["
 
@@ -27,7 +27,7 @@ def methods(
     """List registered methods (built-in and plugins); with --settings or one NAME, every setting in full."""
     from fairbench.registry import UnknownMethodError, get_method, list_methods
 
-    load_methods(plugin)
+    load_plugins_or_fail(plugin)
     if not any(ch in pattern for ch in _WILDCARDS):
         try:
             names = [get_method(pattern).name]
@@ -113,15 +113,14 @@ def method_block(cls: type) -> list[str]:
 def trainer_block() -> list[str]:
     """The trainer's settings under the default protocol with each arch's default; `[arch: value]` where an arch
     differs; then what each other protocol changes."""
-    from fairbench.models.backbones import ARCHS
-    from fairbench.protocols import DEFAULT_PROTOCOL, get_protocol, list_protocols
-    from fairbench.training.trainer import TrainSettings, default_train_settings
+    from fairbench.models.archs import list_archs
+    from fairbench.protocols import DEFAULT_PROTOCOL, list_protocols
+    from fairbench.training.settings import TrainSettings, resolve_train_settings
 
-    protocol = get_protocol(DEFAULT_PROTOCOL).train
-    per_arch = {arch: dict(setting_values(TrainSettings(**{**default_train_settings(arch), **protocol})))
-                for arch in ARCHS}
+    archs = list_archs()
+    per_arch = {arch: dict(setting_values(resolve_train_settings(arch, DEFAULT_PROTOCOL))) for arch in archs}
     lines = ["trainer: used by every method (--set name=value; prefix train. on a name clash)",
-             f"  under --protocol {DEFAULT_PROTOCOL}, default of most archs ({', '.join(ARCHS)}); [arch: value] where "
+             f"  under --protocol {DEFAULT_PROTOCOL}, default of most archs ({', '.join(archs)}); [arch: value] where "
              "an arch differs:"]
     for name, _ in setting_defaults(TrainSettings):
         texts = {arch: value_text(values[name]) for arch, values in per_arch.items()}
@@ -129,11 +128,12 @@ def trainer_block() -> list[str]:
         main = max(dict.fromkeys(counts), key=counts.count)
         others = [f"{arch}: {text}" for arch, text in texts.items() if text != main]
         lines.append(f"    {name} = {main}" + (f"  [{'; '.join(others)}]" if others else ""))
-    base = dict(setting_values(TrainSettings(**protocol)))
+    reference = archs[-1]  # an arch with the protocol defaults (b16/l14 differ from tiny), so only the protocol shows
+    base = dict(setting_values(resolve_train_settings(reference, DEFAULT_PROTOCOL)))
     for name in list_protocols():
         if name == DEFAULT_PROTOCOL:
             continue
-        changed = [f"{k} = {value_text(v)}" for k, v in setting_values(TrainSettings(**get_protocol(name).train))
+        changed = [f"{k} = {value_text(v)}" for k, v in setting_values(resolve_train_settings(reference, name))
                    if v != base[k]]
         lines.append(f"  --protocol {name} sets: " + ("; ".join(changed) or "nothing else"))
     return lines

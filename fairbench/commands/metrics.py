@@ -40,7 +40,8 @@ def metrics(
     dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
     plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
 ) -> None:
-    """Compute AUC, accuracy, ES-AUC, ES-Acc, DPD, EOD and per-group metrics of a predictions file."""
+    """Compute every registered metric (`fairbench list metrics`: AUC, accuracy, ES-AUC, ES-Acc, DPD, EOD, per-group
+    rates, and any a plugin adds) of a predictions file."""
     ds = load_dataset(dataset, plugin)
     try:
         labels, scores, attributes = _read(file, label_col, score_col, attr or None, list(ds.attributes))
@@ -155,40 +156,41 @@ def _print_tables(path: Path, suite: Any, boot: Any, dataset_attributes: list[st
     from rich.console import Console
     from rich.table import Table
 
-    from fairbench.metrics import ATTRIBUTE_METRICS, METRICS
+    from fairbench.metrics import get_metric, metrics_at
 
     def iv(*key: str) -> tuple[float, float] | None:
         return boot.interval(*key) if boot is not None else None
 
     # A pipe or file gets a wide fixed layout instead of rich's 80-column default.
     console = Console(width=None if sys.stdout.isatty() else 160)
-    auc, acc = METRICS["auc"], METRICS["accuracy"]
     ci_note = f", {boot.ci:.0%} bootstrap CIs from {boot.n_resamples} resamples" if boot else ""
-    overall_auc = _cell(auc, suite.auc, iv("auc"), inline=True)
-    overall_acc = _cell(acc, suite.accuracy, iv("accuracy"), inline=True)
-    console.print(f"[bold]{path}[/bold]: n={suite.n}, threshold {suite.threshold:g}; "
-                  f"AUC {overall_auc}, Acc {overall_acc} (× 100{ci_note})")
+    overall = ", ".join(f"{m.label} {_cell(m, suite.values[m.name], iv(m.name), inline=True)}"
+                        for m in metrics_at("overall") if not m.count)
+    console.print(f"[bold]{path}[/bold]: n={suite.n}, threshold {suite.threshold:g}; {overall} (× 100{ci_note})")
     if not suite.attributes:
         console.print(f"no attribute columns found ({'/'.join(dataset_attributes) or 'the dataset has none'}); "
                       "use --attr or --dataset")
         return
+    attribute_metrics = metrics_at("attribute")
     table = Table(title="Per attribute (× 100; ↑ higher is better, ↓ lower; "
                         "AUC std/range: group AUC disparity ÷ AUC)")
     table.add_column("Attribute")
-    for k in ATTRIBUTE_METRICS:
-        table.add_column(f"{METRICS[k].label} {METRICS[k].arrow}", justify="right")
+    for m in attribute_metrics:
+        table.add_column(f"{m.label} {m.arrow}", justify="right")
     for name, a in suite.attributes.items():
-        table.add_row(name, *[_cell(METRICS[k], getattr(a, k), iv(name, k)) for k in ATTRIBUTE_METRICS])
+        table.add_row(name, *[_cell(m, a.values[m.name], iv(name, m.name)) for m in attribute_metrics])
     console.print(table)
 
-    group_keys = ("auc", "accuracy", "tpr", "fpr", "selection_rate")
+    counts = [m for m in metrics_at("group") if m.count]
+    rates = [m for m in metrics_at("group") if not m.count]
     groups = Table(title="Per group (× 100)")
-    for col in ("Attribute", "Group", "n", "pos"):
-        groups.add_column(col, justify="left" if col in ("Attribute", "Group") else "right")
-    for k in group_keys:
-        groups.add_column(f"{METRICS[k].label} {METRICS[k].arrow}".strip(), justify="right")
+    for col in ("Attribute", "Group"):
+        groups.add_column(col, justify="left")
+    for m in counts + rates:
+        groups.add_column(f"{m.label} {m.arrow}".strip(), justify="right")
     for name, a in suite.attributes.items():
         for gname, g in a.groups.items():
-            cells = [_cell(METRICS[k], getattr(g, k), iv(name, "groups", gname, k)) for k in group_keys]
-            groups.add_row(name, gname, str(g.n), str(g.positives), *cells)
+            cells = [get_metric(m.name).display(g.values[m.name]) for m in counts]
+            cells += [_cell(m, g.values[m.name], iv(name, "groups", gname, m.name)) for m in rates]
+            groups.add_row(name, gname, *cells)
     console.print(groups)

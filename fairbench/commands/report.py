@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import STUDY_HELP, fail, load_results_reporting, load_study_or_fail, split_list
+from fairbench.commands.common import (
+    PLUGIN_OPTION,
+    STUDY_HELP,
+    fail,
+    load_plugins_or_fail,
+    load_results_reporting,
+    load_study_or_fail,
+    split_list,
+)
 
 
 def report(
@@ -17,6 +25,7 @@ def report(
                                 help="'paper' (default): published Fair-MoE numbers next to real-data rows; 'none'."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Embed the figures (slower)."),
     study: str = typer.Option(None, "--study", help=STUDY_HELP),
+    plugin: list[str] = PLUGIN_OPTION,
 ) -> None:
     """Tables, figures (embedded as base64 PNG) and the protocol: data, selection rule, seeds, versions."""
     from fairbench.report.html import build_report, write_report
@@ -24,7 +33,8 @@ def report(
 
     if compare not in ("paper", "none"):
         fail(f"--compare {compare!r}: choose 'paper' or 'none'")
-    chosen = load_study_or_fail(study) if study else None
+    load_plugins_or_fail(plugin, methods=study is not None)  # layouts and metrics may come from plugins
+    chosen = load_study_or_fail(study, plugin) if study else None
     loaded = load_results_reporting(out, study=chosen)
     if chosen and attr is None and chosen[0].attributes:
         attr = ",".join(chosen[0].attributes)

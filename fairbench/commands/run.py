@@ -3,73 +3,56 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, exits_on_signal, fail, load_dataset, split_list
-
-SLURM_PANEL = "SLURM (--launcher slurm)"
+from fairbench.commands.common import (
+    ARCH_OPTION,
+    ATTR_OPTION,
+    DATA_OPTION,
+    DATASET_OPTION,
+    EPOCHS_OPTION,
+    METHOD_OPTION,
+    PLUGIN_OPTION,
+    PRETRAINED_OPTION,
+    PROTOCOL_OPTION,
+    SEEDS_OPTION,
+    SELECT_OPTION,
+    SET_OPTION,
+    STUDY_OPTION,
+    TEXT_SOURCE_OPTION,
+    exits_on_signal,
+    fail,
+    job_request,
+    load_plugins_or_fail,
+    plan_request,
+    registered,
+)
 
 
 @exits_on_signal
 def run(
-    method: str = typer.Option(None, "--method", "-m", help="Method name(s): comma list and wildcards, e.g. "
-                               "'clip,fairclip' or 'fairmoe*'. See `fairbench methods`. Required unless --study."),
-    arch: str = typer.Option(None, "--arch", help="tiny (default; CPU demo, random init), b16, l14, or an open_clip "
-                             "model name; comma list allowed."),
-    attr: str = typer.Option(None, "--attr", "-a", help="Training attribute(s) for methods that use one, comma list "
-                             "(`fairbench data list` shows each dataset's). Default: all of the dataset's."),
-    seeds: int = typer.Option(None, "--seeds", "-s", min=1, help="Run seeds 0..S-1 (default 3)."),
-    data: str = typer.Option(None, "--data", help="Dataset folder. Default: the dataset's environment variable "
-                             "(see `fairbench data list`), else its built-in SYNTHETIC stand-in (generated once)."),
+    method: str = METHOD_OPTION,
+    arch: str = ARCH_OPTION,
+    attr: str = ATTR_OPTION,
+    seeds: int = SEEDS_OPTION,
+    data: str = DATA_OPTION,
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results root."),
-    epochs: int = typer.Option(None, "--epochs", min=1, help="Override the arch's default epoch count."),
-    set_: list[str] = typer.Option(None, "--set", help="Method or trainer setting, key=value (repeatable); "
-                                   "prefix 'method.' or 'train.' to disambiguate."),
-    protocol: str = typer.Option(None, "--protocol", help="Training protocol: 'fairbench' (default: "
-                                 "FairCLIP's fine-tuning with validation selection and fp32 numerics) or 'fairclip' "
-                                 "(the released FairCLIP/Fair-MoE recipe exactly); see the README's protocol table."),
-    select: str = typer.Option(None, "--select", help="Model selection: 'val' (default, best validation AUC) or "
-                               "'test' (the papers' best-test-epoch rule; optimistic, labelled in every output)."),
-    pretrained: str = typer.Option("default", "--pretrained", help="'default' (the arch's usual weights: openai "
-                                   "for b16/l14; for tiny a CLIP pretraining on the dataset's pretraining set, built "
-                                   "once), an open_clip tag, a local checkpoint, or 'none'."),
-    text_source: str = typer.Option(None, "--text-source", help="Training text, one of the dataset's text sources "
-                                    "(default: its first; `fairbench data list` shows them)."),
-    plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
-    dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
-    study: str = typer.Option(None, "--study", help="Run a whole study: a shipped name (e.g. fair-moe-paper) or a "
-                              ".toml file naming methods, archs, attributes, seeds, protocol, select, dataset and "
-                              "settings; replaces --method/--arch/--attr/--seeds/--protocol/--select/--dataset."),
-    launcher: str = typer.Option("local", "--launcher", help="Where jobs run: local (this machine: in this process, "
-                                 "or in worker processes with --workers/--gpus) or slurm (one SLURM job array "
-                                 "through submitit; --slurm-* options)."),
-    workers: int = typer.Option(1, "--workers", "-w", help="Local launcher: run this many jobs at once, each in its "
-                                "own worker process (1: one after another in this process)."),
-    gpus: str = typer.Option(None, "--gpus", help="Local launcher: one worker process per listed GPU, e.g. 0,1,2,3; "
-                             "each sees only its GPU (CUDA_VISIBLE_DEVICES)."),
-    runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", help="With --gpus: worker processes per GPU (small "
-                                     "models can share one)."),
+    epochs: int = EPOCHS_OPTION,
+    set_: list[str] = SET_OPTION,
+    protocol: str = PROTOCOL_OPTION,
+    select: str = SELECT_OPTION,
+    pretrained: str = PRETRAINED_OPTION,
+    text_source: str = TEXT_SOURCE_OPTION,
+    plugin: list[str] = PLUGIN_OPTION,
+    dataset: str = DATASET_OPTION,
+    study: str = STUDY_OPTION,
+    launcher: str = typer.Option("local", "--launcher", help="Where jobs run: " + registered("launchers")
+                                 + ". Each launcher's own options follow."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List each job with its run folder and state "
                                  "(done / pending), and estimate the time left from finished runs; train nothing."),
-    slurm_partition: str = typer.Option(None, "--slurm-partition", rich_help_panel=SLURM_PANEL,
-                                        help="Partition to submit to (default: the cluster's)."),
-    slurm_time: str = typer.Option(None, "--slurm-time", rich_help_panel=SLURM_PANEL, help="Time limit of each "
-                                   "task: minutes or HH:MM:SS (default 60 min); a task that reaches it requeues "
-                                   "itself and resumes."),
-    slurm_gpus_per_task: int = typer.Option(None, "--slurm-gpus-per-task", rich_help_panel=SLURM_PANEL,
-                                            help="GPUs for each task (one run)."),
-    slurm_cpus_per_task: int = typer.Option(None, "--slurm-cpus-per-task", rich_help_panel=SLURM_PANEL,
-                                            help="CPUs for each task."),
-    slurm_mem: str = typer.Option(None, "--slurm-mem", rich_help_panel=SLURM_PANEL,
-                                  help="Memory for each task, e.g. 32G."),
-    slurm_account: str = typer.Option(None, "--slurm-account", rich_help_panel=SLURM_PANEL,
-                                      help="Account to charge."),
-    slurm_qos: str = typer.Option(None, "--slurm-qos", rich_help_panel=SLURM_PANEL, help="Quality of service."),
-    slurm_array_parallelism: int = typer.Option(None, "--slurm-array-parallelism", rich_help_panel=SLURM_PANEL,
-                                                help="At most this many tasks of the array at once."),
-    no_wait: bool = typer.Option(False, "--no-wait", rich_help_panel=SLURM_PANEL, help="Return once the array "
-                                 "is submitted (watch with `fairbench status`); rerun the command to repair runs."),
+    **launcher_options: Any,
 ) -> None:
     """Train and evaluate methods; one result folder per (dataset, method, arch, attribute, config, seed)."""
     import time
@@ -77,76 +60,22 @@ def run(
     from rich.console import Console
 
     from fairbench.commands.run_display import console_logging
-    from fairbench.datasets import DatasetError
-    from fairbench.method import SettingsError
-    from fairbench.protocols import DEFAULT_PROTOCOL
-    from fairbench.registry import UnknownNameError, expand_methods
 
     started = time.perf_counter()
     console = Console()
     if not console.is_terminal:
         console.soft_wrap = True  # a log file gets whole lines, never an 80-column wrap
     console_logging(console)
-    chosen_study = None
-    if study is not None:
-        chosen_study = _load_study(study, method=method, arch=arch, attr=attr, seeds=seeds, protocol=protocol,
-                                   select=select, dataset=dataset)
-        method, arch, attr = ",".join(chosen_study.methods), ",".join(chosen_study.archs), None
-        if chosen_study.attributes:
-            attr = ",".join(chosen_study.attributes)
-        protocol, select, dataset = chosen_study.protocol, chosen_study.select, chosen_study.dataset
-        seed_list = list(chosen_study.seeds)
-    elif method is None:
-        fail("give --method (e.g. --method clip,fairclip) or --study (e.g. --study fair-moe-paper)")
-    else:
-        seed_list = list(range(3 if seeds is None else seeds))
-    where = f"study {chosen_study.name} ({chosen_study.source})" if chosen_study else ""
-    spec = load_dataset(dataset, plugin, methods=True)
-    try:
-        methods = expand_methods(method)
-    except UnknownNameError as exc:
-        fail(f"{where}: {exc}" if where else str(exc))
-    attrs = split_list(attr)
-    try:
-        spec.check_attributes(attrs)
-    except DatasetError as exc:
-        fail(f"{where}: attributes: {exc}" if where else f"--attr: {exc}")
-    if select not in (None, "val", "test"):
-        fail(f"--select must be 'val' or 'test', got {select!r}")
-    overrides = dict(chosen_study.overrides) if chosen_study else {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            fail(f"--set {item!r} is not key=value (e.g. --set fair_lambda=1e-5)")
-        overrides[key.strip()] = value.strip()
-    archs = split_list(arch) or ["tiny"]
-    _check_archs(archs)
-
-    from fairbench.launchers import get_launcher
-    from fairbench.runs.jobs import RunOptions, expand_jobs, plan
-
-    local = {"workers": workers, "gpus": split_list(gpus), "runs_per_gpu": runs_per_gpu}
-    slurm = {"partition": slurm_partition, "time": slurm_time, "gpus_per_task": slurm_gpus_per_task,
-             "cpus_per_task": slurm_cpus_per_task, "mem": slurm_mem, "account": slurm_account, "qos": slurm_qos,
-             "array_parallelism": slurm_array_parallelism, "wait": not no_wait}
-    try:
-        chosen = get_launcher(launcher, **_slurm_options(launcher, slurm), **(local if launcher == "local" else {}))
-    except ValueError as exc:
-        fail(str(exc))
-    if launcher != "local" and (workers != 1 or gpus is not None or runs_per_gpu != 1):
-        fail(f"--workers, --gpus and --runs-per-gpu belong to --launcher local, not {launcher}")
-    options = RunOptions(out=out, dataset=spec.name, data=data,
-                         pretrained=None if pretrained.lower() == "none" else pretrained,
-                         text_source=text_source, epochs=epochs, select=select, overrides=overrides,
-                         plugins=tuple(plugin or ()), protocol=protocol or DEFAULT_PROTOCOL)
-    try:  # validates every --set and the data before any training starts
-        planned = plan(options, expand_jobs(methods, archs, attrs, seed_list, dataset=spec.name))
-    except (SettingsError, DatasetError) as exc:
-        fail(f"{where}: {exc}" if where else str(exc))
+    load_plugins_or_fail(plugin)  # first: a study may name a plugin's method, arch or selection rule
+    request = job_request(method=method, arch=arch, attr=attr, seeds=seeds, protocol=protocol, select=select,
+                          dataset=dataset, set_=set_, study=study)
+    chosen = _launcher(launcher, launcher_options)
+    planned = plan_request(request, out, data=data, pretrained=None if pretrained.lower() == "none" else pretrained,
+                           text_source=text_source, epochs=epochs, plugins=tuple(plugin or ()))
     if dry_run:
-        if chosen_study:
-            console.print(f"study {chosen_study.name} ({chosen_study.source}): protocol {chosen_study.protocol}, "
-                          f"select {chosen_study.selection_rule}", markup=False, highlight=False, soft_wrap=True)
+        if study is not None:
+            console.print(f"{request.source}: protocol {request.protocol}, select {request.selection_rule}",
+                          markup=False, highlight=False, soft_wrap=True)
         _print_plan(console, planned)
         return
     _check_weights(console, planned)
@@ -154,39 +83,48 @@ def run(
     _run_all(console, chosen, planned, started)
 
 
-def _load_study(name: str, **fixed):
-    """The study named by --study; options it fixes may not be given too (one line says which to drop)."""
-    from fairbench.study import StudyError, load_study
+def launcher_options() -> list[tuple[str, type, Any]]:
+    """Every registered launcher's options as `run` options: (name, type, typer option), read when the CLI is
+    built (fairbench.commands.common.LiveCommand)."""
+    from fairbench.registry import LAUNCHERS
 
-    given = [f"--{key}" for key, value in fixed.items() if value is not None]
-    if given:
-        fail(f"--study {name} fixes methods, archs, attributes, seeds, protocol, select and dataset; drop "
-             f"{', '.join(given)} (or copy the study file and edit it)")
+    out = []
+    for cls in LAUNCHERS.values():
+        for opt in cls.options:
+            decls = [opt.flag] + ([opt.short] if opt.short else [])
+            out.append((opt.param, opt.type, typer.Option(opt.default, *decls, help=opt.help,
+                                                          rich_help_panel=cls.panel)))
+    return out
+
+
+EXTRA_OPTIONS = launcher_options  # picked up by fairbench.cli
+
+
+def _launcher(name: str, values: dict[str, Any]):
+    """The chosen launcher, built from its own options; another launcher's option given is one line."""
+    from fairbench.registry import LAUNCHERS, UnknownNameError
+
     try:
-        return load_study(name)
-    except StudyError as exc:
+        chosen = LAUNCHERS.get(name)
+    except UnknownNameError as exc:
         fail(str(exc))
-
-
-def _slurm_options(launcher: str, given: dict) -> dict:
-    """The --slurm-* options for the SLURM launcher; given to any other launcher they are an error."""
-    if launcher == "slurm":
-        return given
-    used = [f"--slurm-{k.replace('_', '-')}" for k, v in given.items() if k != "wait" and v is not None]
-    used += [] if given["wait"] else ["--no-wait"]
-    if used:
-        fail(f"{', '.join(used)} need --launcher slurm")
-    return {}
-
-
-def _check_archs(archs: list[str]) -> None:
-    from fairbench.models.backbones import input_spec
-
-    for a in archs:
-        try:
-            input_spec(a)
-        except ValueError as exc:
-            fail(str(exc))
+    foreign: dict[str, list[str]] = {}
+    kwargs = {}
+    for cls in LAUNCHERS.values():
+        for opt in cls.options:
+            value = values.get(opt.param, opt.default)
+            if value == opt.default:
+                continue
+            if cls is chosen:
+                kwargs[opt.field] = opt.value(value)
+            else:
+                foreign.setdefault(cls.name, []).append(opt.flag)
+    for owner, flags in foreign.items():
+        fail(f"{', '.join(flags)} need --launcher {owner}")
+    try:
+        return chosen(**kwargs)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _check_weights(console, planned) -> None:
@@ -225,7 +163,7 @@ def _note_cpu_workers(console, launcher, planned) -> None:
     workers = min(len(slots), len(pending))
     if workers < 2 or torch.cuda.is_available() or any(s.gpu is not None for s in slots):
         return
-    if all(p.train_settings().threads for p in pending):  # the config fixes the thread count already
+    if all(p.settings.threads for p in pending):  # the config fixes the thread count already
         return
     threads = torch.get_num_threads()
     cores = os.cpu_count() or 1
@@ -251,7 +189,7 @@ def _print_plan(console, planned) -> None:
         for line in estimate_remaining(pending, records).lines(len(pending)):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
     for p, state in zip(planned, states, strict=True):
-        settings = p.train_settings()
+        settings = p.settings
         ms = ", ".join(f"{k}={v}" for k, v in flat_settings(p.method_instance().settings).items()) or "-"
         console.print(f"{state:8} {p.label()}  {p.run_dir}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"         method: {ms}; trainer: epochs={settings.epochs} batch={settings.batch_size} "

@@ -10,12 +10,15 @@ from pathlib import Path
 import typer
 
 from fairbench.commands.common import (
+    PLUGIN_OPTION,
     RESULTS_DATASET_HELP,
     STUDY_HELP,
     check_select,
     fail,
+    load_plugins_or_fail,
     load_results_reporting,
     load_study_or_fail,
+    registered,
     split_list,
 )
 
@@ -26,33 +29,37 @@ def table(
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder written by `fairbench run`."),
     attr: str = typer.Option(None, "--attr", "-a", help="Evaluation attributes, comma-separated (default: all)."),
     fmt: str = typer.Option("terminal", "--format", "-f", help=FORMAT_HELP),
-    layout: str = typer.Option("table1", "--layout", "-l",
-                               help="table1: one table per attribute (ES-AUC, AUC, DPD, EOD); "
-                                    "ablation: ES-AUC per attribute as columns (paper Tables 2–6)."),
+    layout: str = typer.Option("table1", "--layout", "-l", help=registered("layouts") + "."),
     compare: str = typer.Option(None, "--compare", help="'paper': show the Fair-MoE paper's numbers and Δ."),
     dataset: str = typer.Option(None, "--dataset", "-d", help=RESULTS_DATASET_HELP),
-    select: str = typer.Option(None, "--select", help="Only runs selected by this rule: val | test."),
+    select: str = typer.Option(None, "--select", help="Only runs selected by this rule: " + registered("select-rules")
+                               + "."),
     spread_warn: float = typer.Option(0.10, "--spread-warn", metavar="SHARE",
                                       help="Flag (⚠) a ↑ value (AUC, ES-AUC) whose std over seeds exceeds this "
                                            "share of its mean, naming each seed's value; 0 turns it off. "
                                            "↓ gaps (DPD, EOD) sit near 0 and are never flagged."),
     study: str = typer.Option(None, "--study", help=STUDY_HELP),
+    plugin: list[str] = PLUGIN_OPTION,
 ) -> None:
     """Mean ± std over seeds per method/arch, best per column marked, missing seeds and wide spreads flagged."""
+    from fairbench.registry import LAYOUTS, UnknownNameError
     from fairbench.report.paper import PaperTableError, PaperTables
     from fairbench.report.render import FORMATS, render_csv, render_latex, render_markdown, render_terminal
-    from fairbench.report.tables import LAYOUTS, build_tables
+    from fairbench.report.tables import build_tables
 
     if fmt not in FORMATS:
         fail(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if layout not in LAYOUTS:
-        fail(f"--layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    load_plugins_or_fail(plugin, methods=study is not None)  # layouts and metrics may come from plugins
+    try:
+        LAYOUTS.get(layout)
+    except UnknownNameError as exc:
+        fail(f"--layout: {exc}")
     if compare not in (None, "paper"):
         fail(f"--compare {compare!r}: only 'paper' (the Fair-MoE paper's Tables 1–6) is available")
     check_select(select)
     if not 0 <= spread_warn < 10:
         fail(f"--spread-warn {spread_warn} must be a share of the mean ≥ 0, e.g. 0.1 (10 %) or 0 (off)")
-    chosen = load_study_or_fail(study) if study else None
+    chosen = load_study_or_fail(study, plugin) if study else None
     loaded = load_results_reporting(out, dataset, study=chosen)
     frame = loaded.frame
     if frame.empty:

@@ -41,10 +41,6 @@ class SplitTensors:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    @property
-    def filenames(self) -> list[str]:  # the v0.1 name, kept for callers that still use it
-        return self.sample_ids
-
 
 @dataclass
 class LoadedDataset:
@@ -193,10 +189,6 @@ class Dataset:
         who = self.identify(Path(root), text_source)
         return LoadedDataset(name=self.name, root=who.root, synthetic=who.synthetic, tag=who.tag,
                              fingerprint=who.fingerprint, train=train, val=val, test=test, text_source=text_source)
-
-    @classmethod
-    def group_name(cls, attribute: str, code: int) -> str:
-        return cls.attributes.get(attribute, {}).get(int(code), str(code))
 
     @classmethod
     def check_text_source(cls, text_source: str | None) -> str:

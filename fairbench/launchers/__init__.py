@@ -1,21 +1,21 @@
-"""Launchers execute planned jobs; pick one by name (`fairbench run --launcher NAME`)."""
+"""Launchers execute planned jobs; pick one by name (`fairbench run --launcher NAME`, `fairbench list launchers`).
+
+Importing this package registers the built-in launchers (`local`, `slurm`), exactly as a plugin registers its own.
+"""
 
 from __future__ import annotations
 
-from fairbench.launchers.base import Launcher, Reporter
-from fairbench.launchers.local import LocalLauncher, SequentialLauncher
+from fairbench.launchers.base import Launcher, LauncherOption, Reporter, register_launcher
+from fairbench.launchers.local import LocalLauncher
 from fairbench.launchers.slurm import SlurmLauncher
-
-LAUNCHERS: dict[str, type[Launcher]] = {LocalLauncher.name: LocalLauncher, SlurmLauncher.name: SlurmLauncher}
+from fairbench.registry import LAUNCHERS
 
 
 def get_launcher(name: str, **options) -> Launcher:
-    """An instance of the launcher called `name`; a one-line error lists the valid names."""
-    try:
-        cls = LAUNCHERS[name]
-    except KeyError:
-        raise ValueError(f"unknown launcher {name!r}; use one of {', '.join(LAUNCHERS)}") from None
-    return cls(**options)
+    """An instance of the launcher called `name` built with `options` (its constructor's keywords); an unknown
+    name is a one-line UnknownNameError (a ValueError) listing the registered ones."""
+    return LAUNCHERS.get(name)(**options)
 
 
-__all__ = ["LAUNCHERS", "Launcher", "LocalLauncher", "Reporter", "SequentialLauncher", "SlurmLauncher", "get_launcher"]
+__all__ = ["Launcher", "LauncherOption", "LocalLauncher", "Reporter", "SlurmLauncher", "get_launcher",
+           "register_launcher"]

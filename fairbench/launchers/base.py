@@ -2,13 +2,19 @@
 
 A launcher decides where and how many jobs run at once (this process, worker processes, a cluster); what
 one job does is `fairbench.runs.execute.execute`, the same everywhere. A `Reporter` receives the events, so the
-terminal display, a log file and tests all observe runs the same way.
+terminal display, a log file and tests all observe runs the same way. A launcher is a registered class
+(`register_launcher`) that declares its own command-line options (`LauncherOption`): `fairbench run` offers each
+registered launcher's options and passes the given ones to its constructor.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from fairbench.registry import LAUNCHERS
 
 if TYPE_CHECKING:
     from fairbench.runs.execute import JobResult
@@ -34,10 +40,37 @@ class Reporter:
         """A job is done, skipped or failed."""
 
 
+@dataclass(frozen=True)
+class LauncherOption:
+    """One option of a launcher on `fairbench run`: `flag` (and `short`) on the command line, passed to the
+    launcher's constructor as `field` (through `parse`, e.g. a comma list into a list) when given."""
+
+    flag: str
+    field: str
+    type: type = str
+    default: Any = None
+    help: str = ""
+    short: str | None = None
+    parse: Callable[[Any], Any] | None = None
+
+    @property
+    def param(self) -> str:
+        """The option's Python name (`--slurm-mem` → slurm_mem)."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def value(self, raw: Any) -> Any:
+        return self.parse(raw) if self.parse is not None else raw
+
+
 class Launcher(ABC):
-    """Executes planned jobs; subclasses register in `fairbench.launchers.LAUNCHERS` by `name`."""
+    """Executes planned jobs; subclass it, declare `options`, and decorate with `register_launcher`.
+
+    `panel` names the --help section of its options (None: with run's own options)."""
 
     name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    options: ClassVar[tuple[LauncherOption, ...]] = ()
+    panel: ClassVar[str | None] = None
 
     @abstractmethod
     def launch(self, jobs: list[PlannedJob], reporter: Reporter) -> list[JobResult]:
@@ -58,3 +91,11 @@ def set_aside_finished(jobs: list[PlannedJob], reporter: Reporter) -> tuple[dict
         else:
             pending.append(index)
     return results, pending
+
+
+L = TypeVar("L", bound=type[Launcher])
+
+
+def register_launcher(name: str, *, description: str = "") -> Callable[[L], L]:
+    """Class decorator that makes a `Launcher` subclass available as `fairbench run --launcher NAME`."""
+    return LAUNCHERS.register(name, description)

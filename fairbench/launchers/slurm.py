@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fairbench.launchers.base import Launcher, Reporter, set_aside_finished
+from fairbench.launchers.base import Launcher, LauncherOption, Reporter, register_launcher, set_aside_finished
 
 if TYPE_CHECKING:
     from fairbench.runs.execute import JobResult
     from fairbench.runs.jobs import PlannedJob
 
-MISSING_SUBMITIT = "--launcher slurm needs submitit; install it with: pip install 'fairbench[slurm]'"
+MISSING_SUBMITIT = "--launcher slurm needs submitit; install it with: pip install 'fairbench-medvlm[slurm]'"
 DEFAULT_TIME_MIN = 60
 LOG_FOLDER = "slurm"  # under the results root
 # SLURM states after which a task will not run again (a requeued task passes through PENDING/REQUEUED).
@@ -95,7 +95,7 @@ class SlurmTask:
                                           os.environ.get("SLURM_ARRAY_TASK_ID"))))
         console.print(f"fairbench: {self.planned.label()} → {self.planned.run_dir} (SLURM job {slurm_id or '?'}, "
                       f"{self.threads} torch threads)", markup=False)
-        epochs = self.planned.config["train"]["epochs"]
+        epochs = self.planned.settings.epochs
 
         def on_epoch(record: dict[str, Any]) -> None:
             auc = record.get("val_auc")
@@ -115,10 +115,26 @@ class SlurmTask:
         return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+@register_launcher("slurm", description="one SLURM job array through submitit (--slurm-* options)")
 class SlurmLauncher(Launcher):
     """Submit every job that is not done as one SLURM job array; wait for it and report each task (or not)."""
 
-    name = "slurm"
+    panel = "SLURM (--launcher slurm)"
+    options = (
+        LauncherOption("--slurm-partition", "partition", str, help="Partition to submit to (default: the cluster's)."),
+        LauncherOption("--slurm-time", "time", str, help="Time limit of each task: minutes or HH:MM:SS (default 60 "
+                       "min); a task that reaches it requeues itself and resumes."),
+        LauncherOption("--slurm-gpus-per-task", "gpus_per_task", int, help="GPUs for each task (one run)."),
+        LauncherOption("--slurm-cpus-per-task", "cpus_per_task", int, help="CPUs for each task."),
+        LauncherOption("--slurm-mem", "mem", str, help="Memory for each task, e.g. 32G."),
+        LauncherOption("--slurm-account", "account", str, help="Account to charge."),
+        LauncherOption("--slurm-qos", "qos", str, help="Quality of service."),
+        LauncherOption("--slurm-array-parallelism", "array_parallelism", int,
+                       help="At most this many tasks of the array at once."),
+        LauncherOption("--no-wait", "wait", bool, False, parse=lambda no_wait: not no_wait,
+                       help="Return once the array is submitted (watch with `fairbench status`); rerun the command "
+                       "to repair runs."),
+    )
 
     def __init__(self, *, partition: str | None = None, time: str | int | None = None,
                  gpus_per_task: int | None = None, cpus_per_task: int | None = None, mem: str | None = None,

@@ -1,4 +1,4 @@
-"""The local multi-process launcher: worker processes (one per GPU slot, or N on the CPU) pull jobs from this one.
+"""The local launcher's worker pool: worker processes (one per GPU slot, or N on the CPU) pull jobs from this one.
 
 The parent hands out one pending job at a time to whichever worker asks, so a worker that finishes early takes
 the next job, and a job is re-checked (finished by another `fairbench run` meanwhile?) just before it goes out.
@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fairbench.launchers.base import Launcher, Reporter, set_aside_finished
+from fairbench.launchers.base import Reporter, set_aside_finished
 
 if TYPE_CHECKING:
     from fairbench.runs.execute import JobResult
@@ -64,10 +64,9 @@ def worker_slots(workers: int = 1, gpus: list[str] | None = None, runs_per_gpu: 
     return [WorkerSlot(i) for i in range(1, workers + 1)]
 
 
-class WorkerPoolLauncher(Launcher):
-    """Jobs in worker processes, one job per worker at a time; see the module docstring."""
-
-    name = "local"
+class WorkerPool:
+    """Jobs in worker processes, one job per worker at a time (the local launcher with --workers/--gpus); see the
+    module docstring."""
 
     def __init__(self, slots: list[WorkerSlot], threads: int | None = None) -> None:
         self.slots = slots
@@ -90,7 +89,7 @@ class WorkerPoolLauncher(Launcher):
 class _Pool:
     """The parent's side of one launch: start workers, hand out jobs, relay events, account for every job."""
 
-    def __init__(self, launcher: WorkerPoolLauncher, jobs: list[PlannedJob], pending: list[int],
+    def __init__(self, launcher: WorkerPool, jobs: list[PlannedJob], pending: list[int],
                  results: dict[int, JobResult], reporter: Reporter) -> None:
         import multiprocessing
 

@@ -1,5 +1,8 @@
 """The metric suite every fairbench table stands on: AUC, accuracy and fairness per protected attribute.
 
+Each metric is a registered `Metric` (catalog.py: its computation, display and use, declared once); a plugin adds
+one with `register_metric`. The built-in suite:
+
 Definitions (Fair-MoE paper §4.1; FairCLIP's released evaluation code, `FairCLIP/src/modules.py`,
 `evalute_comprehensive_perf` and helpers), for one attribute with groups g:
 
@@ -47,7 +50,16 @@ from fairbench.metrics.bootstrap import (
     paired_bootstrap,
     resample_indices,
 )
-from fairbench.metrics.info import ATTRIBUTE_METRICS, GROUP_METRICS, METRICS, MetricInfo
+from fairbench.metrics.catalog import (
+    LEVELS,
+    Metric,
+    compare_metrics,
+    get_metric,
+    metric_names,
+    metrics_at,
+    register_metric,
+    table_metrics,
+)
 from fairbench.metrics.inputs import UNKNOWN_CODE, MetricInputError
 from fairbench.metrics.suite import (
     AttributeMetrics,
@@ -59,8 +71,9 @@ from fairbench.metrics.suite import (
 )
 
 __all__ = [
-    "ATTRIBUTE_METRICS", "GROUP_METRICS", "METRICS", "UNKNOWN_CODE",
-    "AttributeMetrics", "BootstrapResult", "Difference", "GroupMetrics", "MetricInfo", "MetricInputError",
-    "MetricSuite", "MetricWarning", "PairedBootstrapResult", "bootstrap", "evaluate", "overall_auc", "paired_bootstrap",
-    "resample_indices",
+    "LEVELS", "UNKNOWN_CODE",
+    "AttributeMetrics", "BootstrapResult", "Difference", "GroupMetrics", "Metric", "MetricInputError",
+    "MetricSuite", "MetricWarning", "PairedBootstrapResult", "bootstrap", "compare_metrics", "evaluate", "get_metric",
+    "metric_names", "metrics_at", "overall_auc", "paired_bootstrap", "register_metric", "resample_indices",
+    "table_metrics",
 ]

@@ -15,11 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from fairbench.metrics.kernel import Key, suite_arrays
-from fairbench.metrics.suite import MetricSuite, point_estimate, prepare, suite_from_flat, warn_undefined
-
-# Keys that are counts, not metrics: no interval is reported for them.
-_COUNT_KEYS = frozenset({"n", "positives"})
+from fairbench.metrics.catalog import get_metric
+from fairbench.metrics.kernel import Key
+from fairbench.metrics.suite import (
+    MetricSuite,
+    point_estimate,
+    prepare,
+    suite_arrays,
+    suite_from_flat,
+    warn_undefined,
+)
 
 
 def resample_indices(n: int, n_resamples: int, seed: int = 0) -> np.ndarray:
@@ -97,7 +102,7 @@ def bootstrap(labels: Any, scores: Any, attributes: Mapping[str, Any], *, n_resa
     warn_undefined(point, stacklevel=2)
     weights = _multiplicities(resample_indices(problem.n, n_resamples, seed))
     flat = suite_arrays(problem.layout, weights)
-    samples = {k: v for k, v in flat.items() if k[-1] not in _COUNT_KEYS}
+    samples = {k: v for k, v in flat.items() if not get_metric(k[-1]).count}  # counts get no interval
     return BootstrapResult(point, samples, n_resamples, seed, ci)
 
 
@@ -161,7 +166,7 @@ def paired_bootstrap(labels: Any, scores_a: Any, scores_b: Any, attributes: Mapp
     flat_a, flat_b = suite_arrays(pa.layout, ones), suite_arrays(pb.layout, ones)
     weights = _multiplicities(resample_indices(pa.n, n_resamples, seed))
     rep_a, rep_b = suite_arrays(pa.layout, weights), suite_arrays(pb.layout, weights)
-    keys = [k for k in rep_a if k[-1] not in _COUNT_KEYS]
+    keys = [k for k in rep_a if not get_metric(k[-1]).count]
     point_a, point_b = suite_from_flat(pa, flat_a), suite_from_flat(pb, flat_b)
     warn_undefined(point_a, stacklevel=2)
     return PairedBootstrapResult(

@@ -1,4 +1,5 @@
-"""The numeric core: every metric of the suite for a batch of sample-weight vectors at once.
+"""The numeric core: the statistics every metric of the suite is computed from, for a batch of sample-weight
+vectors at once (the metrics themselves are registered in catalog.py).
 
 A bootstrap resample is the original sample set with integer multiplicities, so the suite of B
 resamples is the suite of B weight vectors over the *original* rows. That lets the scores be sorted
@@ -11,8 +12,9 @@ A "segment" is a row subset: all rows, the known-value rows of one attribute, or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +24,62 @@ Key = tuple[str, ...]
 
 # Elements of (chunk, segments, N) float64 work arrays per chunk: bounds memory to a few tens of MB.
 _CHUNK_ELEMENTS = 2_000_000
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Weighted statistics of row subsets, each array (B, S) (or (B,) for one subset): rows, positives,
+    predicted positives (score ≥ threshold), true positives, and the AUC. `row_sum(values)` is the weighted sum of
+    any per-row quantity over each subset (`values` in the order of `scores`/`labels`, sorted by score), for
+    metrics the counts cannot give (e.g. calibration)."""
+
+    n: np.ndarray
+    positives: np.ndarray
+    predicted: np.ndarray
+    true_positives: np.ndarray
+    auc: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    row_sum: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def negatives(self) -> np.ndarray:
+        return self.n - self.positives
+
+    @property
+    def false_positives(self) -> np.ndarray:
+        return self.predicted - self.true_positives
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return div(self.true_positives + self.negatives - self.false_positives, self.n)
+
+    @property
+    def selection_rate(self) -> np.ndarray:
+        return div(self.predicted, self.n)
+
+    @property
+    def tpr(self) -> np.ndarray:
+        return div(self.true_positives, self.positives)
+
+    @property
+    def fpr(self) -> np.ndarray:
+        return div(self.false_positives, self.negatives)
+
+    def take(self, index: Any) -> Stats:
+        """The subsets `index` picks (an int: one subset, arrays become (B,); an array: (B, len(index)))."""
+        full = self.row_sum
+        return Stats(self.n[:, index], self.positives[:, index], self.predicted[:, index],
+                     self.true_positives[:, index], self.auc[:, index], self.scores, self.labels,
+                     lambda values: full(values)[:, index])
+
+
+@dataclass(frozen=True)
+class AttributeStats:
+    """One attribute: `rows` (its known-value rows, arrays (B,)) and `groups` (arrays (B, G))."""
+
+    rows: Stats
+    groups: Stats
 
 
 @dataclass(frozen=True)
@@ -42,6 +100,8 @@ class Layout:
     neg_masks: np.ndarray  # (S, N) segment ∧ label 0, sorted order
     features: np.ndarray  # (N, 4S) sorted order: [segment, segment∧y, segment∧ŷ, segment∧y∧ŷ]
     attributes: tuple[AttributeLayout, ...]
+    scores: np.ndarray  # (N,) sorted ascending
+    labels: np.ndarray  # (N,) 0/1 as floats, in the scores' order
 
     @property
     def n_segments(self) -> int:
@@ -72,10 +132,10 @@ def build_layout(labels: np.ndarray, scores: np.ndarray, threshold: float,
     m = np.stack(masks)
     features = np.concatenate([m, m * y, m * yhat, m * (y * yhat)]).T.copy()
     return Layout(order=order, starts=starts, pos_masks=m * y, neg_masks=m * (1.0 - y),
-                  features=features, attributes=tuple(attr_layouts))
+                  features=features, attributes=tuple(attr_layouts), scores=s_sorted, labels=y)
 
 
-def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den with NaN where den == 0 (an undefined rate, never a silent 0)."""
     out = np.full(np.broadcast(num, den).shape, np.nan)
     np.divide(num, den, out=out, where=den > 0)
@@ -92,21 +152,27 @@ def _weighted_auc(layout: Layout, w: np.ndarray) -> np.ndarray:
     cum_neg = np.cumsum(nw, axis=2)
     # Each positive beats the negatives strictly below its block and ties half of those in it.
     num = np.einsum("bsu,bsu->bs", pw, cum_neg - 0.5 * nw)
-    return _div(num, pw.sum(axis=2) * cum_neg[..., -1])
+    return div(num, pw.sum(axis=2) * cum_neg[..., -1])
 
 
-def segment_stats(layout: Layout, weights: np.ndarray) -> dict[str, np.ndarray]:
+def segment_stats(layout: Layout, weights: np.ndarray) -> Stats:
     """(B, N) weights in original row order → weighted counts and AUC per segment, each (B, S)."""
     w = np.ascontiguousarray(weights[:, layout.order], dtype=np.float64)
     s = layout.n_segments
     counts = w @ layout.features
     chunk = max(1, _CHUNK_ELEMENTS // (s * w.shape[1]))
     auc = np.concatenate([_weighted_auc(layout, w[i:i + chunk]) for i in range(0, len(w), chunk)])
-    return {"n": counts[:, :s], "pos": counts[:, s:2 * s], "pred": counts[:, 2 * s:3 * s],
-            "tp": counts[:, 3 * s:], "auc": auc}
+    masks = layout.features[:, :s]  # (N, S) sorted order: row i belongs to segment j
+
+    def row_sum(values: np.ndarray) -> np.ndarray:
+        return w @ (masks * np.asarray(values, dtype=np.float64)[:, None])
+
+    return Stats(n=counts[:, :s], positives=counts[:, s:2 * s], predicted=counts[:, 2 * s:3 * s],
+                 true_positives=counts[:, 3 * s:], auc=auc, scores=layout.scores, labels=layout.labels,
+                 row_sum=row_sum)
 
 
-def _nan_range(x: np.ndarray) -> np.ndarray:
+def nan_range(x: np.ndarray) -> np.ndarray:
     """max − min over the defined (non-NaN) entries of each row; NaN when none is defined."""
     ok = ~np.isnan(x)
     hi = np.where(ok, x, -np.inf).max(axis=1)
@@ -114,55 +180,17 @@ def _nan_range(x: np.ndarray) -> np.ndarray:
     return np.where(ok.any(axis=1), hi - lo, np.nan)
 
 
-def _nan_std(x: np.ndarray) -> np.ndarray:
+def nan_std(x: np.ndarray) -> np.ndarray:
     """Population std (ddof 0, as np.std in FairCLIP) over the defined entries of each row."""
     ok = ~np.isnan(x)
     cnt = ok.sum(axis=1)
-    mean = _div(np.where(ok, x, 0.0).sum(axis=1), cnt)
-    var = _div(np.where(ok, (x - mean[:, None]) ** 2, 0.0).sum(axis=1), cnt)
+    mean = div(np.where(ok, x, 0.0).sum(axis=1), cnt)
+    var = div(np.where(ok, (x - mean[:, None]) ** 2, 0.0).sum(axis=1), cnt)
     return np.sqrt(var)
 
 
-def _equity_scaled(overall: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def equity_scaled(overall: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """overall / (1 + Σ_g |overall − group_g|), summing only defined groups; NaN if none is."""
     ok = ~np.isnan(groups)
     dev = np.where(ok, np.abs(groups - overall[:, None]), 0.0).sum(axis=1)
     return np.where(ok.any(axis=1), overall / (1.0 + dev), np.nan)
-
-
-def derive(layout: Layout, stats: dict[str, np.ndarray]) -> dict[Key, np.ndarray]:
-    """Every scalar of the suite, keyed like MetricSuite.to_dict paths, each a (B,) array."""
-    n, pos, pred, tp, auc = stats["n"], stats["pos"], stats["pred"], stats["tp"], stats["auc"]
-    neg = n - pos
-    fp = pred - tp
-    acc = _div(tp + neg - fp, n)
-    sel = _div(pred, n)
-    tpr = _div(tp, pos)
-    fpr = _div(fp, neg)
-    out: dict[Key, np.ndarray] = {("n",): n[:, 0], ("auc",): auc[:, 0], ("accuracy",): acc[:, 0]}
-    for a in layout.attributes:
-        seg, gs = a.segment, a.group_segments
-        a_auc, g_auc = auc[:, seg], auc[:, gs]
-        out[(a.name, "auc")] = a_auc
-        out[(a.name, "accuracy")] = acc[:, seg]
-        out[(a.name, "es_auc")] = _equity_scaled(a_auc, g_auc)
-        out[(a.name, "es_acc")] = _equity_scaled(acc[:, seg], acc[:, gs])
-        out[(a.name, "dpd")] = _nan_range(sel[:, gs])
-        out[(a.name, "eod")] = np.fmax(_nan_range(tpr[:, gs]), _nan_range(fpr[:, gs]))
-        out[(a.name, "group_auc_std")] = _div(_nan_std(g_auc), a_auc)
-        out[(a.name, "group_auc_range")] = _div(_nan_range(g_auc), a_auc)
-        for j, (g, name) in enumerate(zip(gs, a.group_names, strict=True)):
-            base = (a.name, "groups", name)
-            out[base + ("n",)] = n[:, g]
-            out[base + ("positives",)] = pos[:, g]
-            out[base + ("auc",)] = g_auc[:, j]
-            out[base + ("accuracy",)] = acc[:, g]
-            out[base + ("tpr",)] = tpr[:, g]
-            out[base + ("fpr",)] = fpr[:, g]
-            out[base + ("selection_rate",)] = sel[:, g]
-    return out
-
-
-def suite_arrays(layout: Layout, weights: np.ndarray) -> dict[Key, np.ndarray]:
-    """The whole suite for each row of `weights` (B, N)."""
-    return derive(layout, segment_stats(layout, weights))

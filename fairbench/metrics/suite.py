@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fairbench.metrics.info import ATTRIBUTE_METRICS, GROUP_RATE_METRICS
+from fairbench.metrics.catalog import Metric, metrics_at
 from fairbench.metrics.inputs import (
     EncodedAttribute,
     MetricInputError,
@@ -18,35 +18,40 @@ from fairbench.metrics.inputs import (
     check_scores,
     encode_attribute,
 )
-from fairbench.metrics.kernel import Key, Layout, build_layout, suite_arrays
+from fairbench.metrics.kernel import AttributeStats, Key, Layout, build_layout, segment_stats
 
 
 class MetricWarning(UserWarning):
     """A metric is undefined (NaN) or rows were excluded; the message says which and why."""
 
 
+class _Values:
+    """Metric values read as attributes (`suite.auc`, `group.tpr`): the registered metrics decide which exist."""
+
+    values: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "values":
+            raise AttributeError(name)
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no metric {name!r}") from None
+
+
 @dataclass(frozen=True)
-class GroupMetrics:
+class GroupMetrics(_Values):
+    """One group of one attribute: its code and its group-level metrics (counts as ints)."""
+
     code: int | str
-    n: int
-    positives: int
-    auc: float
-    accuracy: float
-    tpr: float
-    fpr: float
-    selection_rate: float
+    values: dict[str, Any]
 
 
 @dataclass(frozen=True)
-class AttributeMetrics:
-    auc: float
-    accuracy: float
-    es_auc: float
-    es_acc: float
-    dpd: float
-    eod: float
-    group_auc_std: float
-    group_auc_range: float
+class AttributeMetrics(_Values):
+    """One attribute: its attribute-level metrics and its groups."""
+
+    values: dict[str, Any]
     groups: dict[str, GroupMetrics] = field(default_factory=dict)
 
     @property
@@ -56,11 +61,11 @@ class AttributeMetrics:
 
 
 @dataclass(frozen=True)
-class MetricSuite:
-    n: int
+class MetricSuite(_Values):
+    """The suite of one evaluation: the overall metrics (`n` among them), the threshold, and each attribute's."""
+
     threshold: float
-    auc: float
-    accuracy: float
+    values: dict[str, Any]
     attributes: dict[str, AttributeMetrics] = field(default_factory=dict)
 
     def n_excluded(self, attribute: str) -> int:
@@ -68,18 +73,16 @@ class MetricSuite:
         return self.n - self.attributes[attribute].n
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready nested dict (NaN → None); the shape result.json stores."""
+        """JSON-ready nested dict (NaN → None); the shape result.json stores: `n` and `threshold` first, then the
+        overall metrics, then per attribute its metrics and its groups (`code` first), each in registration order."""
         return {
             "n": int(self.n), "threshold": float(self.threshold),
-            "auc": _json_float(self.auc), "accuracy": _json_float(self.accuracy),
+            **{k: _json(v) for k, v in self.values.items() if k != "n"},
             "attributes": {
                 name: {
-                    **{k: _json_float(getattr(a, k)) for k in ATTRIBUTE_METRICS},
-                    "groups": {
-                        gname: {"code": g.code, "n": int(g.n), "positives": int(g.positives),
-                                **{k: _json_float(getattr(g, k)) for k in GROUP_RATE_METRICS}}
-                        for gname, g in a.groups.items()
-                    },
+                    **{k: _json(v) for k, v in a.values.items()},
+                    "groups": {gname: {"code": g.code, **{k: _json(v) for k, v in g.values.items()}}
+                               for gname, g in a.groups.items()},
                 }
                 for name, a in self.attributes.items()
             },
@@ -87,23 +90,36 @@ class MetricSuite:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MetricSuite:
-        """Inverse of to_dict (None → NaN); a missing key is a KeyError naming it."""
+        """Inverse of to_dict (None → NaN). A metric every result file has (`Metric.required`) that is missing is a
+        KeyError naming it; one added later reads as NaN from an older file."""
         try:
             attributes = {
                 name: AttributeMetrics(
-                    **{k: _from_json(a[k]) for k in ATTRIBUTE_METRICS},
-                    groups={
-                        gname: GroupMetrics(code=g["code"], n=int(g["n"]), positives=int(g["positives"]),
-                                            **{k: _from_json(g[k]) for k in GROUP_RATE_METRICS})
-                        for gname, g in a["groups"].items()
-                    },
+                    _read(a, metrics_at("attribute")),
+                    groups={gname: GroupMetrics(g["code"], _read(g, metrics_at("group")))
+                            for gname, g in a["groups"].items()},
                 )
                 for name, a in data["attributes"].items()
             }
-            return cls(n=int(data["n"]), threshold=float(data["threshold"]), auc=_from_json(data["auc"]),
-                       accuracy=_from_json(data["accuracy"]), attributes=attributes)
+            return cls(threshold=float(data["threshold"]), values=_read(data, metrics_at("overall")),
+                       attributes=attributes)
         except KeyError as exc:
             raise KeyError(f"metric suite dict lacks key {exc.args[0]!r}") from None
+
+
+def _read(block: Mapping[str, Any], metrics: list[Metric]) -> dict[str, Any]:
+    out = {}
+    for m in metrics:
+        if m.name not in block and not m.required:
+            out[m.name] = math.nan
+            continue
+        raw = block[m.name]
+        out[m.name] = int(raw) if m.count else _from_json(raw)
+    return out
+
+
+def _json(x: Any) -> Any:
+    return x if isinstance(x, int) else _json_float(x)
 
 
 def _json_float(x: float) -> float | None:
@@ -143,23 +159,43 @@ def prepare(labels: Any, scores: Any, attributes: Mapping[str, Any], *, threshol
     return Problem(y, s, enc, float(threshold), build_layout(y, s, threshold, enc))
 
 
-def suite_from_flat(problem: Problem, flat: Mapping[Key, np.ndarray], row: int = 0) -> MetricSuite:
-    """Assemble one MetricSuite from row `row` of the kernel's (B,) arrays."""
-    def v(*key: str) -> float:
-        return float(flat[key][row])
+def suite_arrays(layout: Layout, weights: np.ndarray) -> dict[Key, np.ndarray]:
+    """Every registered metric for each row of `weights` (B, N), keyed like MetricSuite.to_dict paths, each (B,):
+    ("auc",), (attribute, "es_auc"), (attribute, "groups", group, "tpr"). Each metric is computed once per level,
+    over all its subsets at once."""
+    stats = segment_stats(layout, weights)
+    out: dict[Key, np.ndarray] = {}
+    for m in metrics_at("overall"):
+        out[(m.name,)] = m.subset(stats)[:, 0]
+    group_metrics = metrics_at("group")
+    for a in layout.attributes:
+        rows, groups = stats.take(a.segment), stats.take(a.group_segments)
+        for m in metrics_at("attribute"):
+            out[(a.name, m.name)] = m.subset(rows) if m.subset is not None else m.between(AttributeStats(rows, groups))
+        per_group = {m.name: m.subset(groups) for m in group_metrics}
+        for j, name in enumerate(a.group_names):
+            for m in group_metrics:
+                out[(a.name, "groups", name, m.name)] = per_group[m.name][:, j]
+    return out
 
+
+def suite_from_flat(problem: Problem, flat: Mapping[Key, np.ndarray], row: int = 0) -> MetricSuite:
+    """Assemble one MetricSuite from row `row` of `suite_arrays`' (B,) arrays (counts rounded to ints)."""
+    def values(metrics: list[Metric], *prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m in metrics:
+            v = float(flat[(*prefix, m.name)][row])
+            out[m.name] = round(v) if m.count else v
+        return out
+
+    group_metrics = metrics_at("group")
     attrs = {}
     for enc in problem.attributes:
         a = enc.name
-        groups = {
-            name: GroupMetrics(code=code, n=round(v(a, "groups", name, "n")),
-                               positives=round(v(a, "groups", name, "positives")),
-                               **{k: v(a, "groups", name, k) for k in GROUP_RATE_METRICS})
-            for code, name in zip(enc.codes, enc.names, strict=True)
-        }
-        attrs[a] = AttributeMetrics(**{k: v(a, k) for k in ATTRIBUTE_METRICS}, groups=groups)
-    return MetricSuite(n=round(v("n")), threshold=problem.threshold, auc=v("auc"), accuracy=v("accuracy"),
-                       attributes=attrs)
+        groups = {name: GroupMetrics(code, values(group_metrics, a, "groups", name))
+                  for code, name in zip(enc.codes, enc.names, strict=True)}
+        attrs[a] = AttributeMetrics(values(metrics_at("attribute"), a), groups=groups)
+    return MetricSuite(threshold=problem.threshold, values=values(metrics_at("overall")), attributes=attrs)
 
 
 def evaluate(labels: Any, scores: Any, attributes: Mapping[str, Any], *, threshold: float = 0.5,

@@ -1,83 +1,32 @@
-"""CLIP backbones by short arch name, built with open_clip.
+"""CLIP backbones by arch name (fairbench.models.archs), with their weights.
 
-`b16`/`l14` are the OpenAI ViT-B/16 and ViT-L/14 the papers fine-tune (QuickGELU, as OpenAI trained them);
-`tiny` is a small CLIP that trains on a CPU in seconds for demos and tests; it has no published weights, so
-its default start is a CLIP pretraining on the run's dataset's pretraining set, built once
-(fairbench.training.pretrain).
-Any other open_clip model name is accepted as is. Weights come from open_clip's hub tags (`openai`, ...) where
-the network allows, or from a local file: an open_clip/OpenAI state dict, OpenAI's TorchScript `.pt`, or a
-FairCLIP-style checkpoint `{'model_state_dict': ...}`. Local pickles are read with `weights_only=True`.
+Weights come from open_clip's hub tags (`openai`, ...) where the network allows, or from a local file: an
+open_clip/OpenAI state dict, OpenAI's TorchScript `.pt`, or a FairCLIP-style checkpoint `{'model_state_dict': ...}`.
+Local pickles are read with `weights_only=True`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from fairbench.models.archs import (  # noqa: F401 - InputSpec and WeightsUnavailableError are re-exported
+    PRETRAINED_HERE,
+    InputSpec,
+    WeightsUnavailableError,
+    get_arch,
+    hub_error,
+    quiet_root_logger,
+)
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-# `default_pretrained` of archs whose default weights fairbench.training.pretrain builds (no hub has them).
-PRETRAINED_HERE = "fairbench-pretraining"
-
-# Real backbones train with the FairCLIP protocol (TrainSettings' defaults) and keep the selected weights.
-PROTOCOL_TRAIN_DEFAULTS: dict[str, Any] = {"checkpoint": True}
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """How to build one named architecture, which weights it gets by default and how it trains by default
-    (`train_defaults` override fairbench.training.trainer.TrainSettings' fields)."""
-
-    model_name: str
-    default_pretrained: str | None
-    description: str
-    train_defaults: dict[str, Any] = field(default_factory=lambda: dict(PROTOCOL_TRAIN_DEFAULTS))
-    # FLOPs of one CLIP train step (forward + backward) at batch 32, counted with torch.utils.flop_counter on
-    # v0.1; used only to warn how long a CPU run would take. None = small enough not to warn.
-    step_tflop_b32: float | None = None
-
-
-ARCHS: dict[str, ArchSpec] = {
-    # Fine-tuning from the pretrained start (fairbench.training.pretrain), towers only under the default protocol: AdamW
-    # at batch 64 with a short warm-up; the values are the ones measured to keep every seed of clip, fairclip and
-    # fairmoe at test AUC ≥ 0.85 on the default synthetic data within the demo's time budget (CHANGELOG).
-    "tiny": ArchSpec("fairbench-tiny", PRETRAINED_HERE,
-                     "CLIP, 64 px, 3+3 layers, width 128, pretrained once on the dataset's pretraining set "
-                     "(CPU demos/tests)",
-                     train_defaults={"epochs": 2, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
-                                     "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.1, "warmup_steps": 30,
-                                     "eval_batch_size": 512}),
-    "b16": ArchSpec("ViT-B-16-quickgelu", "openai", "OpenAI CLIP ViT-B/16 (QuickGELU)", step_tflop_b32=3.96),
-    "l14": ArchSpec("ViT-L-14-quickgelu", "openai", "OpenAI CLIP ViT-L/14 (QuickGELU)", step_tflop_b32=16.9),
-}
-
-
-def arch_train_defaults(arch: str) -> dict[str, Any]:
-    """Training defaults of `arch`; any other open_clip model name trains with the protocol's."""
-    spec = ARCHS.get(arch)
-    return dict(spec.train_defaults if spec else PROTOCOL_TRAIN_DEFAULTS)
-
-# In the feasibility study behind the synthetic dataset it reached zero-shot AUC 0.84–0.91 on synthetic data.
-TINY_CFG = {
-    "embed_dim": 64,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 3, "head_width": 32},
-    "text_cfg": {"context_length": 48, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
-}
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be found or downloaded."""
 
 
 @dataclass
@@ -103,86 +52,36 @@ class Backbone:
         return lambda x: normalize_images(x, mean, std)
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """What the data pipeline needs from an arch (image size, tokenizer), known without building the model."""
-
-    model_name: str
-    image_size: int
-    tokenize: Callable[[list[str]], torch.Tensor]
-    tokenizer_key: str
-
-
 def input_spec(arch: str) -> InputSpec:
-    """The input pipeline of `arch`, read from its config: cheap even for ViT-L/14."""
-    import open_clip
-
-    spec = ARCHS.get(arch)
-    model_name = spec.model_name if spec else arch
-    if model_name == "fairbench-tiny":
-        context = TINY_CFG["text_cfg"]["context_length"]
-        tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=context)
-        size = TINY_CFG["vision_cfg"]["image_size"]
-    else:
-        config = open_clip.get_model_config(model_name)
-        if config is None:
-            raise ValueError(f"unknown arch {arch!r}: use one of {', '.join(ARCHS)} or an open_clip model name "
-                             "(see open_clip.list_models())")
-        tokenizer = open_clip.get_tokenizer(model_name)
-        size = config["vision_cfg"].get("image_size", 224)
-        context = getattr(tokenizer, "context_length", None) or config.get("text_cfg", {}).get("context_length", 77)
-    size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    return InputSpec(model_name, size, tokenizer, f"{type(tokenizer).__name__}-{context}")
+    """The input pipeline of `arch` (validates the arch name)."""
+    return get_arch(arch).inputs()
 
 
 def default_weights_built_here(arch: str) -> bool:
     """Whether `arch`'s default weights come from fairbench.training.pretrain (no hub has them)."""
-    spec = ARCHS.get(arch)
-    return spec is not None and spec.default_pretrained == PRETRAINED_HERE
+    return get_arch(arch).builds_default_weights
 
 
 def create_backbone(arch: str, pretrained: str | None = "default", device: str | torch.device = "cpu") -> Backbone:
-    """Build `arch` with weights `pretrained` ("default" = the arch's usual weights; None = random init)."""
-    import open_clip
-
-    spec = ARCHS.get(arch)
-    inputs = input_spec(arch)  # also validates the arch name
-    model_name = inputs.model_name
+    """Build `arch` with weights `pretrained` ("default" = the arch's usual weights; None = random init; a local
+    checkpoint file is loaded strictly over a random init)."""
+    spec = get_arch(arch)
+    inputs = spec.inputs()
     if pretrained == "default":
-        pretrained = spec.default_pretrained if spec else None
-
-    local = Path(str(pretrained)).expanduser() if pretrained else None
+        pretrained = spec.default_weights
     if pretrained == PRETRAINED_HERE:
         raise WeightsUnavailableError(f"arch {arch!r}'s default weights are built by fairbench.training.pretrain for a "
                                       "dataset; pass their checkpoint file, or None for random init")
-    if model_name == "fairbench-tiny":
-        if pretrained and not local.is_file():
-            raise ValueError(f"arch 'tiny' has no hub weights ({pretrained!r}); it trains from random init "
-                             "(--pretrained none) or loads a local checkpoint file")
-        model = open_clip.CLIP(**TINY_CFG)
-    elif pretrained and not local.is_file():
-        model = _from_hub(model_name, pretrained)
-    else:
-        with _quiet_root_logger():  # open_clip warns on the root logger that the init is random; that is the intent
-            model = open_clip.create_model(model_name, pretrained=None)
-    if local is not None and local.is_file():
-        load_local_weights(model, model_name, local)
+    local = Path(str(pretrained)).expanduser() if pretrained else None
+    is_file = local is not None and local.is_file()
+    model = spec.create(None if is_file else pretrained)
+    if is_file:
+        load_local_weights(model, inputs.model_name, local)
     model.to(device)
     mean = tuple(getattr(model.visual, "image_mean", None) or OPENAI_MEAN)
     std = tuple(getattr(model.visual, "image_std", None) or OPENAI_STD)
     return Backbone(model=model, tokenize=inputs.tokenize, tokenizer_key=inputs.tokenizer_key,
                     image_size=inputs.image_size, mean=mean, std=std, arch=arch, pretrained=pretrained)
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def load_local_weights(model: nn.Module, model_name: str, path: Path) -> None:
@@ -201,25 +100,6 @@ def load_local_weights(model: nn.Module, model_name: str, path: Path) -> None:
         )
 
 
-def _from_hub(model_name: str, tag: str) -> nn.Module:
-    import open_clip
-
-    try:
-        with _quiet_root_logger():  # open_clip logs its own ERROR line before raising; ours says it all
-            return open_clip.create_model(model_name, pretrained=tag, require_pretrained=True)
-    except Exception as exc:  # network off, unknown tag, hub error: all need the same advice
-        raise _hub_error(model_name, tag, exc) from None
-
-
-def _hub_error(model_name: str, tag: str, exc: BaseException) -> WeightsUnavailableError:
-    detail = (str(exc).strip().splitlines() or [""])[0]
-    offline = "; HF_HUB_OFFLINE=1 is set" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-    return WeightsUnavailableError(
-        f"cannot get {model_name} weights {tag!r} ({type(exc).__name__}: {detail}{offline}). Download them where "
-        "the network allows, or pass --pretrained /path/to/checkpoint (.pt/.pth/.bin/.safetensors); "
-        "`--arch tiny` runs without weights.")
-
-
 def cpu_estimate(arch: str, jobs: list[Any]) -> str | None:
     """A warning with a lower bound on how long `jobs` (planned jobs of `arch`) take on this CPU, or None.
 
@@ -229,8 +109,8 @@ def cpu_estimate(arch: str, jobs: list[Any]) -> str | None:
     import math
     import time
 
-    spec = ARCHS.get(arch)
-    if spec is None or spec.step_tflop_b32 is None or not jobs:
+    spec = get_arch(arch)
+    if spec.step_tflop_b32 is None or not jobs:
         return None
     a = torch.randn(1024, 1024)
     torch.mm(a, a)
@@ -238,8 +118,8 @@ def cpu_estimate(arch: str, jobs: list[Any]) -> str | None:
     for _ in range(reps):
         torch.mm(a, a)
     tflops = 2 * 1024**3 * reps / (time.perf_counter() - start) / 1e12
-    steps = sum(job.config["train"]["epochs"] * math.ceil(job.n_train / job.config["train"]["batch_size"])
-                * job.config["train"]["batch_size"] / 32 for job in jobs)
+    steps = sum(job.settings.epochs * math.ceil(job.n_train / job.settings.batch_size) * job.settings.batch_size / 32
+                for job in jobs)
     hours = steps * spec.step_tflop_b32 / tflops / 3600
     return (f"{len(jobs)} {arch} run(s) on a CPU: at least {hours:,.1f} h ({steps:,.0f} steps of "
             f"{spec.step_tflop_b32} TFLOP at the {tflops * 1000:.0f} GFLOP/s this CPU reaches on a matmul; "
@@ -252,12 +132,9 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 def ensure_weights(arch: str, pretrained: str | None = "default") -> str:
     """Make sure `arch`'s weights can be had before any run folder exists: a local file must exist, a hub tag
     must be known to open_clip and downloadable (or cached, offline). Returns a short description."""
-    import open_clip
-
-    model_name = input_spec(arch).model_name
-    spec = ARCHS.get(arch)
+    spec = get_arch(arch)
     if pretrained == "default":
-        pretrained = spec.default_pretrained if spec else None
+        pretrained = spec.default_weights
     if not pretrained:
         return "random init"
     if pretrained == PRETRAINED_HERE:
@@ -267,22 +144,7 @@ def ensure_weights(arch: str, pretrained: str | None = "default") -> str:
         return f"local checkpoint {local}"
     if local.suffix in CHECKPOINT_SUFFIXES or os.sep in str(pretrained):
         raise WeightsUnavailableError(f"checkpoint file {local} not found; pass an existing file to --pretrained")
-    if model_name == "fairbench-tiny":
-        raise WeightsUnavailableError(f"arch 'tiny' has no hub weights ({pretrained!r}); it trains from random init "
-                                      "(--pretrained none) or loads a local checkpoint file")
-    cfg = open_clip.pretrained.get_pretrained_cfg(model_name, pretrained)
-    if not cfg:
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
-        raise WeightsUnavailableError(f"open_clip has no weights {pretrained!r} for {model_name} (known: {tags}); "
-                                      "pass one of those or --pretrained /path/to/checkpoint")
-    try:
-        with _quiet_root_logger():
-            path = open_clip.pretrained.download_pretrained(cfg)
-    except Exception as exc:
-        raise _hub_error(model_name, pretrained, exc) from None
-    if not path:
-        raise _hub_error(model_name, pretrained, RuntimeError("no download source"))
-    return f"open_clip weights {pretrained!r}"
+    return spec.check_hub_weights(pretrained)
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from fairbench.protocols import protocol_of
-from fairbench.runs.results import SELECTION_LABELS
+from fairbench.selection import selection_label  # noqa: F401 - re-exported: reports import it from here
 
 OVERALL = "overall"
 # Columns of the tidy frame, in order. `group` is "" for attribute-level metrics; `value` is raw (0–1), not × 100.
@@ -25,10 +25,6 @@ LONG_COLUMNS = (
 ROW_KEYS = ("dataset", "synthetic", "selection", "protocol", "method", "arch", "variant")
 _SKIP_CONFIG_KEYS = frozenset({"seed", "seeds", "out", "output", "attribute", "attr"})
 _MAX_VARIANT_KEYS = 3
-
-
-def selection_label(rule: str) -> str:
-    return SELECTION_LABELS.get(rule, f"selection rule {rule!r}")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

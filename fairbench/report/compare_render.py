@@ -54,7 +54,7 @@ def render_comparisons(comparisons: list[Comparison], width: int = 220) -> str:
     for c in comparisons:
         ci = f"{100 * (1 - c.alpha):.0f}%"
         table = Table(title=escape(title(c)), caption=escape(
-            f"values × 100; A/B: mean ± std over seeds (ddof = 1); Δ = A − B per seed; t-test: paired over seeds; "
+            f"{_scale_text(c)}; A/B: mean ± std over seeds (ddof = 1); Δ = A − B per seed; t-test: paired over seeds; "
             f"sign test: A wins/B wins; bootstrap: {c.n_resamples} paired resamples of the test samples per seed, "
             f"CI of the seed-averaged Δ ({ci}); α = {c.alpha}"), caption_justify="left")
         for name in ("metric", "A", "B", "Δ mean", "Δ per seed", "t-test p (seeds)", "sign test (seeds)",
@@ -86,12 +86,26 @@ def render_comparisons(comparisons: list[Comparison], width: int = 220) -> str:
     return buf.getvalue()
 
 
+def _scale_text(c: Comparison) -> str:
+    """"values × 100" when every compared metric prints × 100 (the built-ins), else which ones do."""
+    scaled = [m.label for m in c.metrics if m.scale == 100.0]
+    if len(scaled) == len(c.metrics):
+        return "values × 100"
+    return f"values × 100 for {', '.join(scaled)}, others as they are" if scaled else "values as they are"
+
+
+def _scale(c: Comparison) -> float | None:
+    scales = {m.scale for m in c.metrics}
+    return int(scales.pop()) if len(scales) == 1 else None
+
+
 def _num(x: float) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
 
 def to_json(comparisons: list[Comparison]) -> list[dict[str, Any]]:
-    """JSON-ready dicts (values × 100, NaN → null)."""
+    """JSON-ready dicts (values × `scale`, 100; NaN → null); when the compared metrics print at different scales,
+    `scale` is null and each metric carries its own."""
     out = []
     for c in comparisons:
         metrics = []
@@ -104,9 +118,11 @@ def to_json(comparisons: list[Comparison]) -> list[dict[str, Any]]:
                 "bootstrap_per_seed": [{"seed": s, "diff": _num(d), "low": _num(lo), "high": _num(hi), "p": _num(p)}
                                        for s, d, lo, hi, p in m.boot_seeds],
                 "verdict": m.verdict,
+                **({} if _scale(c) is not None else {"scale": int(m.scale)}),
             })
         out.append({"method_a": c.method_a, "method_b": c.method_b, "arch": c.arch, "attribute": c.attribute,
                     "dataset": c.dataset, "synthetic": c.synthetic, "selection": c.selection, "seeds": c.seeds,
-                    "n_resamples": c.n_resamples, "alpha": c.alpha, "scale": 100, "metrics": metrics,
+                    "n_resamples": c.n_resamples, "alpha": c.alpha, "scale": _scale(c) if c.metrics else 100,
+                    "metrics": metrics,
                     "notes": c.notes})
     return out

@@ -14,6 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from fairbench.metrics.catalog import table_metrics
+from fairbench.registry import LAYOUTS
 from fairbench.report.aggregate import selection_label, variant_labels
 from fairbench.report.load import Loaded
 from fairbench.report.paper import PaperTables
@@ -160,14 +162,16 @@ def build_report(loaded: Loaded, paper: PaperTables | None = None, attrs: list[s
     if not frame.empty:
         body.append("<h2>Protocol</h2>")
         body += _protocol(loaded.records)
-        body.append("<h2>Table 1 layout: ES-AUC, AUC, DPD, EOD per attribute</h2>")
-        tables = build_tables(frame, "table1", attrs=attrs)
-        if paper is not None:
-            real = build_tables(frame[~frame["synthetic"]], "table1", attrs=attrs, paper=paper)
-            tables = real + [t for t in tables if t.synthetic]
-        body += [render_html_table(t) for t in tables]
-        body.append("<h2>Ablation layout: ES-AUC per attribute</h2>")
-        body += [render_html_table(t) for t in build_tables(frame, "ablation", attrs=attrs)]
+        metrics = ", ".join(m.label for m in table_metrics())
+        for layout in LAYOUTS.values():
+            if layout.report_heading is None:
+                continue
+            body.append(f"<h2>{esc(layout.report_heading.format(metrics=metrics))}</h2>")
+            tables = build_tables(frame, layout.name, attrs=attrs)
+            if paper is not None and layout.report_paper:
+                real = build_tables(frame[~frame["synthetic"]], layout.name, attrs=attrs, paper=paper)
+                tables = real + [t for t in tables if t.synthetic]
+            body += [render_html_table(t) for t in tables]
         if plots:
             from fairbench.report.plots import make_plots
 

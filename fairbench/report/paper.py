@@ -26,8 +26,6 @@ PAPER_SELECTION = "test"
 _REQUIRED = ("table", "attribute", "method", "arch", "metric", "mean", "std")
 # The paper's backbone names ↔ fairbench arch names.
 ARCH_ALIASES = {"vit-b/16": "b16", "vitb16": "b16", "vit-l/14": "l14", "vitl14": "l14"}
-# fairbench metric keys ↔ the paper's column names.
-METRIC_NAMES = {"es_auc": "ES-AUC", "auc": "AUC", "dpd": "DPD", "eod": "EOD"}
 
 
 class PaperTableError(ValueError):
@@ -99,6 +97,9 @@ class PaperTables:
         return cls(frame, str(path))
 
     def get(self, attribute: str, method: str, arch: str, metric: str) -> PaperValue | None:
-        """Published value (× 100) for a fairbench metric key such as "es_auc", or None."""
-        name = METRIC_NAMES.get(metric, metric)
+        """Published value (× 100) for a fairbench metric key such as "es_auc", or None. The CSV names a metric by
+        its column label in the paper, which is the registered metric's label ("ES-AUC")."""
+        from fairbench.registry import METRICS
+
+        name = METRICS.get(metric).label if metric in METRICS else metric
         return self._index.get((attribute, method, normalise_arch(arch), name))

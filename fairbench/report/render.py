@@ -19,10 +19,10 @@ DASH = "–"
 _BEST = "\x01"  # internal prefix marking a best value until a renderer styles it
 
 
-def fmt(value: float, signed: bool = False) -> str:
+def fmt(value: float, signed: bool = False, digits: int = 2) -> str:
     if value is None or math.isnan(value):
         return DASH
-    return f"{value:+.2f}" if signed else f"{value:.2f}"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def cell_text(cell: Cell | None) -> str:
@@ -31,7 +31,7 @@ def cell_text(cell: Cell | None) -> str:
         return DASH
     if math.isnan(cell.mean):
         return DASH
-    return f"{fmt(cell.mean)} ± {fmt(cell.std)}" + (" ⚠" if cell.wide else "")
+    return f"{fmt(cell.mean, digits=cell.digits)} ± {fmt(cell.std, digits=cell.digits)}" + (" ⚠" if cell.wide else "")
 
 
 def paper_text(cell: Cell | None, default_table: int | None) -> str:
@@ -42,7 +42,7 @@ def paper_text(cell: Cell | None, default_table: int | None) -> str:
 
 
 def _default_table(table: Table) -> int | None:
-    return 1 if table.layout == "table1" else None
+    return table.paper_table
 
 
 def _n_text(row_seeds: tuple[int, ...], flag: str) -> str:
@@ -174,8 +174,14 @@ def _csv_num(value: float | None) -> str:
     return "" if value is None or math.isnan(value) else repr(round(float(value), 6))
 
 
+def _csv_scale(table: Table) -> int | str:
+    """The `scale` column: 100 when every column is printed × 100 (the built-in metrics), else each column's."""
+    scales = [int(c.scale) for c in table.columns]
+    return scales[0] if len(set(scales)) == 1 else "/".join(map(str, scales))
+
+
 def render_csv(tables: list[Table]) -> str:
-    """Wide CSV, one line per table row; numbers × 100 as in the tables (see the `scale` column)."""
+    """Wide CSV, one line per table row; numbers scaled as in the tables (see the `scale` column)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     metric_cols = ("mean", "std", "n", "best", "paper_mean", "paper_std", "paper_table", "diff")
@@ -189,7 +195,7 @@ def render_csv(tables: list[Table]) -> str:
         for row in table.rows:
             line = [table.dataset, table.synthetic, table.selection, table.protocol, table.layout,
                     table.attribute or "", row.method, row.arch, row.variant, len(row.seeds),
-                    " ".join(map(str, row.seeds)), row.flag, 100]
+                    " ".join(map(str, row.seeds)), row.flag, _csv_scale(table) if table.columns else 100]
             for col in table.columns:
                 line += _csv_cell(col, row.cells.get(col.key))
             writer.writerow(line)

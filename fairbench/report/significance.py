@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from fairbench.metrics.catalog import Metric, compare_metrics
 from fairbench.report.aggregate import variant_labels
 from fairbench.report.load import load_predictions
-
-METRICS: tuple[tuple[str, str], ...] = (("auc", "AUC"), ("es_auc", "ES-AUC"))
 
 
 class CompareError(ValueError):
@@ -33,7 +32,7 @@ class CompareError(ValueError):
 
 @dataclass
 class MetricComparison:
-    """A − B for one metric (values × 100)."""
+    """A − B for one metric (values scaled as the metric prints, × 100 for rates)."""
 
     metric: str
     label: str
@@ -48,6 +47,7 @@ class MetricComparison:
     boot_p: float = math.nan
     boot_seeds: list[tuple[int, float, float, float, float]] = field(default_factory=list)  # seed, Δ, lo, hi, p
     verdict: str = ""
+    scale: float = 100.0  # the metric's print scale: bootstrap differences are reported in it
 
     @property
     def diff(self) -> float:
@@ -70,11 +70,16 @@ class Comparison:
     alpha: float = 0.05
 
 
-def _metric_value(rec: dict[str, Any], metric: str, attr: str) -> float:
+def _overall(metric: Metric) -> bool:
+    """Compared over all test rows (AUC), not per attribute (ES-AUC)."""
+    return "overall" in metric.levels
+
+
+def _metric_value(rec: dict[str, Any], metric: Metric, attr: str) -> float:
     suite = rec["metrics"]["test"]
     block = (suite.get("attributes") or {}).get(attr) or {}
-    value = block.get(metric, suite.get(metric) if metric == "auc" else None)
-    return math.nan if value is None else 100.0 * float(value)
+    value = block.get(metric.name, suite.get(metric.name) if _overall(metric) else None)
+    return math.nan if value is None else metric.scale * float(value)
 
 
 def _pick(records: list[dict[str, Any]], method: str, attr: str, config: str | None,
@@ -146,8 +151,9 @@ def _bootstrap(mc_by_key: dict[tuple[str, ...], MetricComparison], pairs: list[t
             if key not in res.samples:
                 continue
             diff = res.difference(*key)
-            mc.boot_seeds.append((seed, 100 * diff.estimate, 100 * diff.low, 100 * diff.high, diff.p_value))
-            replicates[key].append(100 * res.samples[key])
+            mc.boot_seeds.append((seed, mc.scale * diff.estimate, mc.scale * diff.low, mc.scale * diff.high,
+                                  diff.p_value))
+            replicates[key].append(mc.scale * res.samples[key])
     if len(test_sets) > 1:
         notes.append("seeds were scored on different test samples; no pooled bootstrap CI over seeds")
         return
@@ -214,8 +220,10 @@ def _verdict(mc: MetricComparison, alpha: float, names: tuple[str, str]) -> str:
 def compare_methods(records: list[dict[str, Any]], method_a: str, method_b: str, attr: str,
                     arch: str | None = None, dataset: str | None = None, select: str | None = None,
                     config_a: str | None = None, config_b: str | None = None, n_resamples: int = 1000,
-                    boot_seed: int = 0, alpha: float = 0.05, bootstrap: bool = True) -> list[Comparison]:
-    """Paired comparisons of A vs B on `attr`, one per (dataset, selection rule, arch) both methods ran."""
+                    boot_seed: int = 0, alpha: float = 0.05, bootstrap: bool = True,
+                    metrics: list[Metric] | None = None) -> list[Comparison]:
+    """Paired comparisons of A vs B on `attr`, one per (dataset, selection rule, arch) both methods ran, of
+    `metrics` (default: every metric registered with compare=True)."""
     labels = variant_labels(records)
     runs_a = _pick(records, method_a, attr, config_a, labels)
     runs_b = _pick(records, method_b, attr, config_b, labels)
@@ -239,12 +247,13 @@ def compare_methods(records: list[dict[str, Any]], method_a: str, method_b: str,
             out.append(comp)
             continue
         by_key: dict[tuple[str, ...], MetricComparison] = {}
-        for metric, label in METRICS:
-            mc = MetricComparison(metric, label if metric == "auc" else f"{label} {attr}", seeds,
+        for metric in metrics if metrics is not None else compare_metrics():
+            mc = MetricComparison(metric.name, metric.label if _overall(metric) else f"{metric.label} {attr}", seeds,
                                   [_metric_value(a[s], metric, attr) for s in seeds],
                                   [_metric_value(b[s], metric, attr) for s in seeds])
             _seed_tests(mc)
-            by_key[("auc",) if metric == "auc" else (attr, metric)] = mc
+            by_key[(metric.name,) if _overall(metric) else (attr, metric.name)] = mc
+            mc.scale = metric.scale
             comp.metrics.append(mc)
         if bootstrap:
             pairs = []

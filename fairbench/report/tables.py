@@ -1,7 +1,10 @@
-"""Table layouts as plain data: Table 1 (one table per attribute) and the ablation layout (Tables 2–6).
+"""Tables as plain data, and the two table shapes layouts build from (fairbench.report.layouts registers them):
+one table per attribute with a column per metric (`per_attribute_tables`, Table 1), and one table with a column
+per attribute for one metric (`across_attributes_table`, the ablation Tables 2–6).
 
 Building a table is separate from rendering it, so terminal, markdown, LaTeX, CSV and HTML all show
-the same numbers, the same best markers and the same warnings.
+the same numbers, the same best markers and the same warnings. A column's label, direction, scale and digits
+come from its registered metric (fairbench.metrics.catalog).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from fairbench.metrics.info import METRICS
+from fairbench.metrics.catalog import get_metric
 from fairbench.report.aggregate import (
     eval_attributes,
     for_attribute,
@@ -22,10 +25,7 @@ from fairbench.report.aggregate import (
 )
 from fairbench.report.paper import PAPER_CITATION, PAPER_SELECTION, PaperTables, PaperValue
 
-LAYOUTS = ("table1", "ablation")
-SCALE = 100.0  # the papers print these metrics × 100
-TABLE1_METRICS: tuple[str, ...] = ("es_auc", "auc", "dpd", "eod")
-STD_NOTE = "mean ± std over seeds (sample std, ddof = 1), × 100"
+STD_NOTE = "mean ± std over seeds (sample std, ddof = 1)"
 # A cell of a ↑ metric (AUC, ES-AUC, accuracy) is flagged when its std over seeds exceeds this share of its
 # mean: seed-to-seed spread of a few points is normal there, a spread of ~20 % of the mean means one seed
 # collapsed. ↓ metrics (DPD, EOD, AUC gaps) are gaps near zero, where any spread is a large share of the
@@ -35,22 +35,33 @@ DEFAULT_SPREAD = 0.10
 
 @dataclass(frozen=True)
 class Column:
+    """`metric`'s values for `attribute` (None: the table's own attribute), under `label`."""
+
     key: str
     label: str
     metric: str
+    attribute: str | None = None
 
     @property
     def higher_is_better(self) -> bool:
-        return bool(METRICS[self.metric].higher_is_better)
+        return bool(get_metric(self.metric).higher_is_better)
 
     @property
     def arrow(self) -> str:
-        return METRICS[self.metric].arrow
+        return get_metric(self.metric).arrow
+
+    @property
+    def scale(self) -> float:
+        return get_metric(self.metric).scale
+
+    @property
+    def digits(self) -> int:
+        return get_metric(self.metric).digits
 
 
 @dataclass
 class Cell:
-    """One mean ± std (already × 100) over `n` non-null seed values."""
+    """One mean ± std (already scaled as its metric prints, e.g. × 100) over `n` non-null seed values."""
 
     mean: float
     std: float
@@ -58,8 +69,9 @@ class Cell:
     seeds: tuple[int, ...]
     best: bool = False
     paper: PaperValue | None = None
-    per_seed: tuple[tuple[int, float], ...] = ()  # (seed, value × 100) for the non-null values
+    per_seed: tuple[tuple[int, float], ...] = ()  # (seed, scaled value) for the non-null values
     wide: bool = False  # std over seeds above the table's spread share of the mean (see DEFAULT_SPREAD)
+    digits: int = 2  # decimals its metric prints
 
     @property
     def diff(self) -> float:
@@ -101,22 +113,31 @@ class Table:
     compare: bool = False
     spread: float = DEFAULT_SPREAD
     protocol: str = ""
+    lead: str = ""  # what the table shows, when its columns do not say it (first in the caption)
+    paper_table: int | None = None  # the paper's table this layout mirrors: its numbers need no table note
 
 
-def _title(layout: str, attribute: str | None, dataset: str, synthetic: bool, selection: str, protocol: str) -> str:
-    what = f"Table 1 layout · attribute: {attribute}" if layout == "table1" else "Ablation layout · ES-AUC"
+def _title(heading: str, dataset: str, synthetic: bool, selection: str, protocol: str) -> str:
     warn = "SYNTHETIC DATA (not the real dataset) — " if synthetic else ""
-    return f"{warn}{what} · dataset: {dataset} · protocol: {protocol} · selection: {selection_label(selection)}"
+    return f"{warn}{heading} · dataset: {dataset} · protocol: {protocol} · selection: {selection_label(selection)}"
 
 
-def _caption(layout: str, n_max: int, compare: bool, spread: float | None) -> str:
+def _scale_note(columns: list[Column]) -> str:
+    """', × 100' when every column is printed × 100 (the papers' convention), else which ones are."""
+    scaled = [c.label for c in columns if c.scale == 100.0]
+    if len(scaled) == len(columns):
+        return ", × 100"
+    return f", × 100 for {', '.join(scaled)}" if scaled else ""
+
+
+def _caption(table: Table, n_max: int, compare: bool, spread: float | None) -> str:
     """`spread`: the share behind a ⚠ on a value, when any value carries one."""
-    parts = [f"{STD_NOTE}; n = seeds per row (up to {n_max})", "↑ higher is better, ↓ lower is better",
-             "best per column marked"]
+    parts = [f"{STD_NOTE}{_scale_note(table.columns)}; n = seeds per row (up to {n_max})",
+             "↑ higher is better, ↓ lower is better", "best per column marked"]
     if spread is not None:
         parts.append(f"⚠ on a value: its std over seeds is above {spread:.0%} of its mean (see the note)")
-    if layout == "ablation":
-        parts.insert(0, "ES-AUC per evaluation attribute")
+    if table.lead:
+        parts.insert(0, table.lead)
     if compare:
         parts.append(f"paper = {PAPER_CITATION}; Δ = ours − paper")
     return "; ".join(parts) + "."
@@ -127,7 +148,7 @@ def _mark_best(columns: list[Column], rows: list[Row]) -> None:
         cells = [r.cells[col.key] for r in rows if col.key in r.cells and not math.isnan(r.cells[col.key].mean)]
         if len(cells) < 2:
             continue
-        rounded = [round(c.mean, 2) for c in cells]
+        rounded = [round(c.mean, col.digits) for c in cells]
         target = max(rounded) if col.higher_is_better else min(rounded)
         for cell, value in zip(cells, rounded, strict=True):
             cell.best = value == target
@@ -178,15 +199,18 @@ def _flag_rows(columns: list[Column], rows: list[Row], spread: float) -> None:
         row.flag = "; ".join(reasons)
 
 
-def _rows(summary: pd.DataFrame, column_of: str) -> list[Row]:
-    """Pivot a summary (one line per row key × column) into Rows, sorted by method, arch, variant."""
+def _rows(summary: pd.DataFrame, column_of: str, columns: list[Column]) -> list[Row]:
+    """Pivot a summary (one line per row key × column) into Rows, sorted by method, arch, variant; each value
+    scaled as its column's metric prints it."""
+    by_key = {c.key: c for c in columns}
     rows: dict[tuple[str, str, str], Row] = {}
     for rec in summary.itertuples(index=False):
         key = (rec.method, rec.arch, rec.variant)
         row = rows.setdefault(key, Row(rec.method, rec.arch, rec.variant, {}))
-        per_seed = tuple((int(s), SCALE * v) for s, v in rec.per_seed)
-        row.cells[getattr(rec, column_of)] = Cell(SCALE * rec.mean, SCALE * rec.std, int(rec.n), rec.seeds,
-                                                  per_seed=per_seed)
+        col = by_key[getattr(rec, column_of)]
+        per_seed = tuple((int(s), col.scale * v) for s, v in rec.per_seed)
+        row.cells[col.key] = Cell(col.scale * rec.mean, col.scale * rec.std, int(rec.n), rec.seeds,
+                                  per_seed=per_seed, digits=col.digits)
     for row in rows.values():
         row.seeds = tuple(sorted(set().union(*(c.seeds for c in row.cells.values()))))
     return [rows[k] for k in sorted(rows)]
@@ -209,8 +233,7 @@ def _attach_paper(table: Table, paper: PaperTables) -> None:
             cell = row.cells.get(col.key)
             if cell is None:
                 continue
-            attr = table.attribute if table.layout == "table1" else col.key
-            cell.paper = paper.get(attr, row.method, row.arch, col.metric)
+            cell.paper = paper.get(col.attribute or table.attribute, row.method, row.arch, col.metric)
             if cell.paper is not None:
                 used.add(cell.paper.table)
     table.compare = True
@@ -236,19 +259,20 @@ def _absent_notes(table: Table, part: pd.DataFrame) -> list[str]:
     another attribute's table would otherwise show an attribute-free method alone, without saying why.
     """
     trained = trained_on(part)
-    wanted = [table.attribute] if table.layout == "table1" else [c.key for c in table.columns]
+    one_attribute = table.attribute is not None  # absent runs have no row; else they have a row with a gap
+    wanted = list(dict.fromkeys(c.attribute or table.attribute for c in table.columns))
     missing: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
     for (method, arch), attrs in sorted(trained.items()):
         if "" in attrs:
             continue  # trained on no attribute: evaluated on every one, never absent for this reason
         gaps = tuple(a for a in wanted if a not in attrs)
-        if table.layout == "ablation" and not any(r.method == method and r.arch == arch for r in table.rows):
+        if not one_attribute and not any(r.method == method and r.arch == arch for r in table.rows):
             continue
         if gaps:
             missing.setdefault((gaps, tuple(sorted(attrs))), []).append(f"{method}/{arch}")
     notes = []
     for (gaps, attrs), names in missing.items():
-        if table.layout == "table1":
+        if one_attribute:
             notes.append(f"{', '.join(names)}: not trained on {gaps[0]} (trained on: {', '.join(attrs)}), so not "
                          f"in this table; add with `fairbench run --attr {gaps[0]}`.")
         else:
@@ -271,51 +295,74 @@ def _finish(table: Table, paper: PaperTables | None, part: pd.DataFrame) -> Tabl
     if paper is not None:
         _attach_paper(table, paper)
     wide = any(c.wide for r in table.rows for c in r.cells.values())
-    table.caption = _caption(table.layout, n_max, paper is not None, table.spread if wide else None)
+    table.caption = _caption(table, n_max, paper is not None, table.spread if wide else None)
     return table
 
 
-def _table1(frame: pd.DataFrame, key: tuple, attr: str, paper: PaperTables | None, spread: float) -> Table | None:
-    sub = for_attribute(frame, attr)
-    sub = sub[(sub["group"] == "") & sub["metric"].isin(TABLE1_METRICS)]
-    if sub.empty:
-        return None
-    summary = summarise(sub, ["method", "arch", "variant", "metric"])
-    columns = [Column(m, METRICS[m].label, m) for m in TABLE1_METRICS]
-    dataset, synthetic, selection, protocol = key
-    table = Table(_title("table1", attr, dataset, synthetic, selection, protocol), "", "table1", dataset, synthetic,
-                  selection, attr, columns, _rows(summary, "metric"), spread=spread, protocol=protocol)
-    return _finish(table, paper, frame)
+@dataclass(frozen=True)
+class Scope:
+    """What a layout builds tables for: one part of the tidy frame that shares a dataset, synthetic flag, selection
+    rule and protocol (`key`), never mixed, and the evaluation attributes wanted, in order."""
+
+    frame: pd.DataFrame
+    key: tuple[str, bool, str, str]
+    attributes: list[str]
+    layout: str
+    paper: PaperTables | None = None
+    spread: float = DEFAULT_SPREAD
+
+    def table(self, heading: str, attribute: str | None, columns: list[Column], rows: list[Row], *, lead: str = "",
+              paper_table: int | None = None) -> Table:
+        """A finished Table (best marked, rows flagged, notes and caption written) of this scope."""
+        dataset, synthetic, selection, protocol = self.key
+        table = Table(_title(heading, dataset, synthetic, selection, protocol), "", self.layout, dataset, synthetic,
+                      selection, attribute, columns, rows, spread=self.spread, protocol=protocol, lead=lead,
+                      paper_table=paper_table)
+        return _finish(table, self.paper, self.frame)
 
 
-def _ablation(frame: pd.DataFrame, key: tuple, attrs: list[str], paper: PaperTables | None,
-              spread: float) -> Table | None:
+def per_attribute_tables(scope: Scope, metrics: list[str], heading: str, paper_table: int | None = None) -> list[Table]:
+    """One table per evaluation attribute with a column per metric (`heading` may name `{attribute}`)."""
+    tables = []
+    for attr in scope.attributes:
+        sub = for_attribute(scope.frame, attr)
+        sub = sub[(sub["group"] == "") & sub["metric"].isin(metrics)]
+        if sub.empty:
+            continue
+        summary = summarise(sub, ["method", "arch", "variant", "metric"])
+        columns = [Column(m, get_metric(m).label, m) for m in metrics]
+        tables.append(scope.table(heading.format(attribute=attr), attr, columns, _rows(summary, "metric", columns),
+                                  paper_table=paper_table))
+    return tables
+
+
+def across_attributes_table(scope: Scope, metric: str, heading: str, lead: str = "") -> list[Table]:
+    """One table of `metric` with a column per evaluation attribute (empty when no run has it)."""
     parts = []
-    for attr in attrs:
-        sub = for_attribute(frame, attr)
-        parts.append(sub[(sub["group"] == "") & (sub["metric"] == "es_auc")])
-    sub = pd.concat(parts) if parts else frame.iloc[0:0]
+    for attr in scope.attributes:
+        sub = for_attribute(scope.frame, attr)
+        parts.append(sub[(sub["group"] == "") & (sub["metric"] == metric)])
+    sub = pd.concat(parts) if parts else scope.frame.iloc[0:0]
     if sub.empty:
-        return None
+        return []
     summary = summarise(sub, ["method", "arch", "variant", "eval_attribute"])
-    present = [a for a in attrs if a in set(summary["eval_attribute"])]
-    columns = [Column(a, f"ES-AUC {a}", "es_auc") for a in present]
-    dataset, synthetic, selection, protocol = key
-    table = Table(_title("ablation", None, dataset, synthetic, selection, protocol), "", "ablation", dataset,
-                  synthetic, selection, None, columns, _rows(summary, "eval_attribute"), spread=spread,
-                  protocol=protocol)
-    return _finish(table, paper, frame)
+    present = [a for a in scope.attributes if a in set(summary["eval_attribute"])]
+    label = get_metric(metric).label
+    columns = [Column(a, f"{label} {a}", metric, attribute=a) for a in present]
+    return [scope.table(heading, None, columns, _rows(summary, "eval_attribute", columns), lead=lead)]
 
 
 def build_tables(frame: pd.DataFrame, layout: str = "table1", attrs: list[str] | None = None,
                  dataset: str | None = None, select: str | None = None,
                  paper: PaperTables | None = None, spread: float = DEFAULT_SPREAD) -> list[Table]:
-    """Tables for a tidy frame: one set per (dataset, synthetic, selection rule, protocol), never mixed.
+    """Tables of a registered layout for a tidy frame: one set per (dataset, synthetic, selection rule, protocol),
+    never mixed.
 
     `spread`: flag ↑-metric cells whose std over seeds exceeds this share of their mean (0 = never).
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    from fairbench.registry import LAYOUTS
+
+    chosen = LAYOUTS.get(layout)
     if not spread >= 0:
         raise ValueError(f"spread share must be ≥ 0 (e.g. {DEFAULT_SPREAD}), got {spread}")
     if dataset is not None:
@@ -327,12 +374,9 @@ def build_tables(frame: pd.DataFrame, layout: str = "table1", attrs: list[str] |
     for key, part in sorted(frame.groupby(keys, sort=False),
                             key=lambda kv: (kv[0][1], kv[0][0], kv[0][2] != "val", kv[0][3])):
         wanted = [a for a in eval_attributes(part) if attrs is None or a in attrs]
-        if layout == "table1":
-            built = [_table1(part, key, a, paper, spread) for a in wanted]
-        else:
-            built = [_ablation(part, key, wanted, paper, spread)]
-        tables.extend(t for t in built if t is not None)
+        tables.extend(chosen.build(Scope(part, key, wanted, chosen.name, paper, spread)))
     return tables
 
 
-__all__ = ["DEFAULT_SPREAD", "LAYOUTS", "Cell", "Column", "Row", "Table", "build_tables"]
+__all__ = ["DEFAULT_SPREAD", "Cell", "Column", "Row", "Scope", "Table", "across_attributes_table", "build_tables",
+           "per_attribute_tables"]

@@ -36,11 +36,11 @@ from fairbench.runs.results import (
     PREDICTIONS_FILE,
     RESULT_FILE,
     RESULT_SCHEMA,
-    SELECTION_LABELS,
     STATE_FILE,
 )
+from fairbench.selection import selection_label
 
-Progress = Callable[[int, int], None]
+StepProgress = Callable[[int, int], None]  # (steps done, steps in the run)
 
 
 @dataclass
@@ -93,12 +93,15 @@ class ClaimLost(RuntimeError):
 
 
 @dataclass
-class _Progress:
+class SavedEpochs:
+    """How many epochs of the run its saved state holds: what a failure or an interrupt reports."""
+
     epochs_done: int = 0
 
 
 def execute(planned: PlannedJob, *, data_cache: DataCache | None = None, log: Callable[[str], None] = print,
-            progress: Progress | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
+            progress: StepProgress | None = None,
+            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
     """Train and evaluate one job unless a valid result exists or another live process is training it; resume
     from its saved state if an earlier attempt stopped. A diverged run is reported, not raised."""
     from fairbench.training.trainer import TrainingDiverged
@@ -110,7 +113,7 @@ def execute(planned: PlannedJob, *, data_cache: DataCache | None = None, log: Ca
         claim = acquire(planned.run_dir)
     except ClaimedElsewhere as exc:
         return JobResult(planned, "skipped", str(exc), holder=exc.info)
-    point = _Progress()
+    point = SavedEpochs()
     event = "released"
     try:
         if planned.state() == "done":  # another process finished it between our check and our claim
@@ -130,7 +133,7 @@ def execute(planned: PlannedJob, *, data_cache: DataCache | None = None, log: Ca
         return JobResult(planned, "skipped", str(exc))
     except Interrupted as exc:
         event = f"released (interrupted by {exc}, {point.epochs_done} epoch(s) saved)"
-        exc.run = StoppedRun(planned.label(), planned.run_dir, point.epochs_done, planned.train_settings().epochs)
+        exc.run = StoppedRun(planned.label(), planned.run_dir, point.epochs_done, planned.settings.epochs)
         raise
     except (KeyboardInterrupt, SystemExit) as exc:  # stopped, not failed: no failure.json
         event = f"released (stopped: {type(exc).__name__})"
@@ -196,7 +199,7 @@ def _set_aside_invalid_result(planned: PlannedJob, log: Callable[[str], None]) -
         "and training the run again")
 
 
-def _write_failure(planned: PlannedJob, exc: BaseException, point: _Progress) -> None:
+def _write_failure(planned: PlannedJob, exc: BaseException, point: SavedEpochs) -> None:
     if not (planned.run_dir / CONFIG_FILE).exists():
         return
     with contextlib.suppress(OSError):
@@ -221,8 +224,8 @@ def _load_resume_state(planned: PlannedJob, log: Callable[[str], None]):
     return state
 
 
-def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], progress: Progress | None,
-                     epoch_hook: Callable[[dict[str, Any]], None] | None, claim: Claim, point: _Progress) -> dict:
+def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], progress: StepProgress | None,
+                     epoch_hook: Callable[[dict[str, Any]], None] | None, claim: Claim, point: SavedEpochs) -> dict:
     import torch
 
     from fairbench.metrics import evaluate, overall_auc
@@ -235,7 +238,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     job, path, config = planned.job, planned.run_dir, planned.config
     spec = get_dataset(planned.dataset)
     method = planned.method_instance()
-    settings = planned.train_settings()
+    settings = planned.settings
     t_start = time.perf_counter()
     device = pick_device()
     weights = config["pretrained"]
@@ -310,7 +313,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
         "config_hash": planned.config_hash,
         "pretrained": pretrained_info or {"weights": weights or "random init"},
         "selection": {"rule": settings.select, "metric": "auc", "epoch": outcome.best_epoch,
-                      "label": SELECTION_LABELS[settings.select]},
+                      "label": selection_label(settings.select)},
         "metrics": suites,
         "epochs_trained": len(outcome.history),
         "warnings": outcome.warnings,

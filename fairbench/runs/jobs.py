@@ -1,9 +1,11 @@
 """Pure planning: from a command line's (methods × archs × attributes × seeds) to jobs with run folders.
 
-A planned job carries everything another process needs to execute it — its resolved config, the config
-hash, its run folder, the dataset's identity — and planning loads no tensor: the dataset fingerprint comes
-from file names, sizes and checksums (`Dataset.identify`). Launchers take planned jobs; `fairbench.runs.execute`
-runs one.
+A planned job carries everything another process needs to execute it — its resolved trainer settings (the one
+`TrainSettings` every reader uses), its config and config hash, its run folder, the dataset's identity — and
+planning loads no tensor: the dataset fingerprint comes from file names, sizes and checksums
+(`Dataset.identify`). Method settings stay `--set` strings until the method's plugin is loaded
+(`PlannedJob.method_instance`). Launchers take planned jobs; `fairbench.runs.execute` runs one.
+`fairbench.runs.request` turns command-line options or a study into the jobs planned here.
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fairbench.method import Method, SettingsError, convert_value, parse_settings, settings_dict
+from fairbench.method import Method, SettingsError, parse_settings, settings_dict
 from fairbench.registry import get_dataset, get_method
-from fairbench.runs.results import RESULT_FILE, CorruptResultError, config_hash, load_result, run_dir
+from fairbench.runs.results import RESULT_FILE, CorruptResultError, config_hash, load_result, run_config, run_dir
+from fairbench.training.settings import TrainSettings, resolve_train_settings, setting_names
+
+# The most jobs one command may plan: each is a training run, and planning holds every one in memory. The
+# Fair-MoE paper's whole study (studies/fair-moe-paper.toml) is 294 jobs.
+MAX_JOBS = 20_000
 
 
 @dataclass(frozen=True)
@@ -63,10 +70,8 @@ class PlannedJob:
     synthetic: bool
     n_train: int
     cache_dir: Path | None
-    method_overrides: dict[str, str]
-    train_overrides: dict[str, str]
-    epochs: int | None
-    select: str | None
+    method_overrides: dict[str, str]  # the method's --set strings, parsed where its plugin is loaded
+    settings: TrainSettings  # the trainer's settings, resolved once (fairbench.training.settings)
     plugins: tuple[str, ...] = ()
     protocol: str = "fairbench"
     pretraining: Any = None  # a fairbench.training.pretrain.PretrainTarget when the arch starts from one built here
@@ -95,21 +100,23 @@ class PlannedJob:
         n_groups = len(get_dataset(self.dataset).attributes[self.job.attribute]) if self.job.attribute else 0
         return cls(settings, self.job.attribute, n_groups)
 
-    def train_settings(self):
-        return train_settings_for(self.job.arch, self.train_overrides, self.epochs, self.select, self.protocol)
-
 
 def expand_jobs(methods: list[str], archs: list[str], attributes: list[str] | None, seeds: list[int],
                 dataset: str | None = None) -> list[Job]:
     """A method that trains on an attribute runs once per attribute (default: all of the dataset's); one that
-    uses none runs once per seed."""
+    uses none runs once per seed. More than MAX_JOBS jobs is a SettingsError, counted before any is made."""
     all_attributes = list(get_dataset(dataset).attributes)
+    per_method = [(get_method(name), list(attributes or all_attributes)) for name in methods]
+    count = sum(len(archs) * (len(attrs) if cls.uses_attribute else 1) * len(seeds) for cls, attrs in per_method)
+    if count > MAX_JOBS:
+        raise SettingsError(f"{count:,} jobs ({len(methods)} method(s) × {len(archs)} arch(s) × attributes × "
+                            f"{len(seeds)} seed(s)) is more than the {MAX_JOBS:,} one command may plan: every job is "
+                            "a training run and planning holds them all in memory; split the work into several "
+                            "commands or studies")
     jobs = []
-    for name in methods:
-        cls = get_method(name)
-        attrs: list[str | None] = list(attributes or all_attributes) if cls.uses_attribute else [None]
+    for cls, attrs in per_method:
         for arch in archs:
-            for attr in attrs:
+            for attr in attrs if cls.uses_attribute else [None]:
                 jobs.extend(Job(cls.name, arch, attr, seed) for seed in seeds)
     return jobs
 
@@ -121,9 +128,8 @@ def split_overrides(methods: list[str], overrides: dict[str, str]) -> tuple[dict
     groups are dotted (`group.field`) and routed whole.
     """
     from fairbench.method import did_you_mean, flat_settings
-    from fairbench.training.trainer import TrainSettings
 
-    train_fields = set(flat_settings(TrainSettings))
+    train_fields = set(setting_names())
     method_fields = {m: set(flat_settings(get_method(m).Settings)) for m in methods}
     per_method: dict[str, dict[str, str]] = {m: {} for m in methods}
     train: dict[str, str] = {}
@@ -142,87 +148,63 @@ def split_overrides(methods: list[str], overrides: dict[str, str]) -> tuple[dict
     return per_method, train
 
 
-def train_settings_for(arch: str, overrides: dict[str, str], epochs: int | None, select: str | None,
-                       protocol: str = "fairbench"):
-    """The trainer settings of one job: the arch's defaults, then the protocol's, then `--set`, then
-    --epochs/--select."""
-    from fairbench.protocols import get_protocol
-    from fairbench.training.trainer import TrainSettings, default_train_settings
-
-    base = {**default_train_settings(arch), **get_protocol(protocol).train}
-    defaults = TrainSettings(**base)
-    values = dict(base)
-    for key, raw in overrides.items():
-        values[key] = convert_value(raw, getattr(defaults, key), f"trainer setting {key!r}")
-    if epochs is not None:
-        values["epochs"] = epochs
-    if select is not None:
-        values["select"] = select
-    return TrainSettings(**values)
-
-
 def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
-    """Resolve every job's config, hash and run folder; raises SettingsError/DatasetError before anything runs.
+    """Resolve every job's settings, config, hash and run folder; raises SettingsError/DatasetError before
+    anything runs (and an UnknownNameError/InvalidNameError for an arch).
 
-    Run-control trainer settings (`fairbench.training.trainer.RUN_CONTROL_SETTINGS`) are left out of the config: they
-    change no number, so they must not change the hash."""
+    Run-control trainer settings (`fairbench.training.settings.RUN_CONTROL_SETTINGS`) are left out of the config:
+    they change no number, so they must not change the hash."""
+    from fairbench.models.archs import get_arch
     from fairbench.protocols import get_protocol
-    from fairbench.training.trainer import RUN_CONTROL_SETTINGS
+    from fairbench.registry import UnknownNameError
 
     try:
         get_protocol(options.protocol)
-    except ValueError as exc:
+    except UnknownNameError as exc:
         raise SettingsError(str(exc)) from None
     methods = list(dict.fromkeys(j.method for j in jobs))
+    archs = list(dict.fromkeys(j.arch for j in jobs))
+    for arch in archs:
+        get_arch(arch)  # an unknown or unsafe arch name fails before the data is looked at
     method_overrides, train_overrides = split_overrides(methods, options.overrides)
+    settings = {arch: resolve_train_settings(arch, options.protocol, train_overrides, epochs=options.epochs,
+                                             select=options.select) for arch in archs}
     spec = get_dataset(options.dataset)()
     text_source = spec.check_text_source(options.text_source)
     root = spec.resolve(options.data, options.cache_dir)
     identity = spec.identify(root, text_source)
-    targets = _pretraining_targets(options, jobs, spec.name)
+    targets = _pretraining_targets(options, archs, spec.name)
+    method_settings = {m: settings_dict(parse_settings(get_method(m).Settings, method_overrides.get(m, {}),
+                                                       owner=f"method {m!r}")) for m in methods}
     planned = []
     for job in jobs:
-        cls = get_method(job.method)
-        method_settings = parse_settings(cls.Settings, method_overrides.get(job.method, {}),
-                                         owner=f"method {job.method!r}")
         if job.attribute is not None and job.attribute not in spec.attributes:
             raise SettingsError(f"dataset {spec.name!r} has no attribute {job.attribute!r}; use one of "
                                 f"{', '.join(spec.attributes)}")
-        settings = train_settings_for(job.arch, train_overrides, options.epochs, options.select, options.protocol)
-        train_config = {k: v for k, v in settings_dict(settings).items() if k not in RUN_CONTROL_SETTINGS}
-        config = {
-            "protocol": options.protocol,
-            "method": job.method,
-            "arch": job.arch,
-            "pretrained": options.pretrained,
-            "attribute": job.attribute,
-            "text_source": text_source,
-            "method_settings": settings_dict(method_settings),
-            "train": train_config,
-        }
         target = targets.get(job.arch)
-        if target is not None:  # the checkpoint's key (recipe, data, torch) makes a new pretraining a new run folder
-            config["pretraining"] = target.key
+        config = run_config(protocol=options.protocol, method=job.method, arch=job.arch, pretrained=options.pretrained,
+                            attribute=job.attribute, text_source=text_source,
+                            method_settings=method_settings[job.method], train=settings[job.arch],
+                            pretraining=target.key if target is not None else None)
         h = config_hash({**config, "dataset": {"tag": identity.tag, "fingerprint": identity.fingerprint}})
         planned.append(PlannedJob(
             job=job, config=config, config_hash=h, out=Path(options.out),
             run_dir=run_dir(options.out, identity.tag, job.method, job.arch, job.attribute, h, job.seed),
             dataset=spec.name, data_root=root, data_tag=identity.tag, data_fingerprint=identity.fingerprint,
             synthetic=identity.synthetic, n_train=identity.n_train, cache_dir=options.cache_dir,
-            method_overrides=method_overrides.get(job.method, {}), train_overrides=train_overrides,
-            epochs=options.epochs, select=options.select, plugins=tuple(options.plugins),
-            protocol=options.protocol, pretraining=target))
+            method_overrides=method_overrides.get(job.method, {}), settings=settings[job.arch],
+            plugins=tuple(options.plugins), protocol=options.protocol, pretraining=target))
     return planned
 
 
-def _pretraining_targets(options: RunOptions, jobs: list[Job], dataset: str) -> dict[str, Any]:
+def _pretraining_targets(options: RunOptions, archs: list[str], dataset: str) -> dict[str, Any]:
     """arch → the pretrained start fairbench.training.pretrain builds for it (archs whose default weights it makes)."""
     if options.pretrained != "default":
         return {}
     from fairbench.training.pretrain import pretraining_target
 
     targets = {}
-    for arch in dict.fromkeys(j.arch for j in jobs):
+    for arch in archs:
         target = pretraining_target(arch, dataset, options.cache_dir)
         if target is not None:
             targets[arch] = target

@@ -8,10 +8,16 @@ result.json (schema "fairbench.result/1"):
   schema, run_id (path relative to the results root), method, arch, attribute (training attribute or
   null), seed, dataset {name (registry name; absent in older files), tag, synthetic, path, fingerprint,
   n {train,val,test}, n_dropped {val,test}},
-  config {...resolved settings...}, config_hash, selection {rule "val"|"test", metric, epoch, label},
+  config {protocol, method, arch, pretrained, attribute, text_source, method_settings, train, pretraining (archs
+  fairbench pretrains)} (`run_config`), config_hash,
+  pretrained {weights} or, for a start fairbench pretrained, that checkpoint's provenance {key, path, sha256,
+  recipe, val_auc, ...},
+  selection {rule (a registered selection rule: "val", "test"), metric, epoch, label},
   metrics {"val": suite, "test": suite} (suite = fairbench.metrics suite dict, NaN stored as null),
-  epochs_trained, versions {...}, device, timings {train_s, eval_s, total_s}, finished_at,
-  files {config, history, predictions_val, predictions_test}.
+  epochs_trained, warnings [one line each, e.g. a validation AUC below 0.5], versions {...},
+  code {git_commit, git_dirty} (empty outside a git checkout), device, timings {train_s, eval_s, total_s},
+  finished_at, files {config, history, predictions_val, predictions_test, checkpoint (only with the trainer
+  setting checkpoint=true, which b16 and l14 default to)}.
 """
 
 from __future__ import annotations
@@ -34,12 +40,6 @@ STATE_FILE = "train_state.pt"  # the training state after the last completed epo
 FAILURE_FILE = "failure.json"  # why the last attempt at a run failed; removed when the run finishes
 NO_ATTRIBUTE = "none"
 
-SELECTION_LABELS = {
-    "val": "best validation AUC",
-    "test": "best TEST AUC (papers' rule; optimistic)",
-}
-
-
 class CorruptResultError(ValueError):
     """A result.json that cannot be parsed or lacks required fields."""
 
@@ -50,8 +50,46 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def run_config(*, protocol: str, method: str, arch: str, pretrained: str | None, attribute: str | None,
+               text_source: str, method_settings: dict[str, Any], train: Any,
+               pretraining: str | None = None) -> dict[str, Any]:
+    """The config one run records (config.json, result.json's `config`) and hashes: `train` is the resolved
+    `TrainSettings`, stored without its run-control settings (they change no number, so not the hash)."""
+    from fairbench.method import settings_dict
+    from fairbench.training.settings import RUN_CONTROL_SETTINGS
+
+    config = {
+        "protocol": protocol,
+        "method": method,
+        "arch": arch,
+        "pretrained": pretrained,
+        "attribute": attribute,
+        "text_source": text_source,
+        "method_settings": method_settings,
+        "train": {k: v for k, v in settings_dict(train).items() if k not in RUN_CONTROL_SETTINGS},
+    }
+    if pretraining is not None:  # the checkpoint's key (recipe, data, torch) makes a new pretraining a new run folder
+        config["pretraining"] = pretraining
+    return config
+
+
+def configured_epochs(config: Any) -> int | None:
+    """The epoch count a run folder's config.json asks for (None if it cannot tell)."""
+    try:
+        return int(config["train"]["epochs"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
 def run_dir(out: Path, dataset_tag: str, method: str, arch: str, attribute: str | None,
             cfg_hash: str, seed: int) -> Path:
+    """<out>/<tag>/<method>/<arch>/<attribute|none>/<hash>/seed<N>; every part follows the naming rule, so a run
+    folder is always inside `out`."""
+    from fairbench.registry import check_name
+
+    for kind, part in (("dataset tag", dataset_tag), ("method", method), ("arch", arch),
+                       ("attribute", attribute or NO_ATTRIBUTE), ("config hash", cfg_hash)):
+        check_name(kind, part)
     return Path(out) / dataset_tag / method / arch / (attribute or NO_ATTRIBUTE) / cfg_hash / f"seed{seed}"
 
 

@@ -28,6 +28,7 @@ from fairbench.runs.results import (
     RESULT_FILE,
     STATE_FILE,
     CorruptResultError,
+    configured_epochs,
     load_result,
 )
 
@@ -116,11 +117,7 @@ def label_of(run_dir: Path) -> str:
 
 
 def _epochs(run_dir: Path) -> int | None:
-    config = _read_json(run_dir / CONFIG_FILE)
-    try:
-        return int(config["train"]["epochs"])
-    except (TypeError, KeyError, ValueError):
-        return None
+    return configured_epochs(_read_json(run_dir / CONFIG_FILE))
 
 
 def _resume_note(run_dir: Path, epochs: int | None) -> str:

@@ -21,28 +21,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fairbench.models.archs import PretrainRecipe, get_arch
+
 PRETRAIN_VERSION = 1  # bump when the pretraining code changes what it produces
 WEIGHTS_FILE = "weights.safetensors"
 PROVENANCE_FILE = "provenance.json"
 
 
-@dataclass(frozen=True)
-class PretrainRecipe:
-    """CLIP pretraining hyperparameters. AdamW 1e-3 at batch 64 with a short warm-up reached zero-shot AUC
-    0.84–0.91 in 4 epochs of 1,500 synthetic pairs in the feasibility study behind the synthetic dataset."""
-
-    epochs: int = 4
-    batch_size: int = 64
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    weight_decay: float = 0.1
-    warmup_steps: int = 30
-    seed: int = 0
-    max_steps_per_epoch: int = 0  # 0 = full epochs (tests shorten it)
-
-
-RECIPE = PretrainRecipe()  # the recipe every build uses; tests replace it with a shorter one
+# The recipe every build uses instead of the arch's own (`Arch.pretraining`); None: the arch's. Tests set a short one.
+RECIPE: PretrainRecipe | None = None
 
 
 @dataclass(frozen=True)
@@ -68,18 +55,17 @@ def pretraining_target(arch: str, dataset: str, cache_dir: Path | None = None) -
     import torch
 
     from fairbench.datasets.cache import cache_root
-    from fairbench.models.backbones import ARCHS, default_weights_built_here
     from fairbench.registry import get_dataset
 
-    if not default_weights_built_here(arch):
+    spec = get_arch(arch)
+    if not spec.builds_default_weights or spec.pretraining is None:
         return None
-    spec = ARCHS[arch]
     ds = get_dataset(dataset)()
     root = ds.pretraining_data(cache_dir)
     if root is None:
         return None
     identity = ds.identify(Path(root), ds.check_text_source(None))
-    recipe = RECIPE
+    recipe = RECIPE or spec.pretraining
     key_data = [PRETRAIN_VERSION, arch, spec.model_name, dataset, identity.fingerprint, asdict(recipe),
                 torch.__version__.split("+")[0]]
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
@@ -128,12 +114,12 @@ def _build(target: PretrainTarget, out: Path, cache_dir: Path | None) -> None:
 
     from fairbench.method import ContrastiveFineTune
     from fairbench.metrics import overall_auc
-    from fairbench.models import create_backbone
-    from fairbench.models.backbones import input_spec
+    from fairbench.models.backbones import create_backbone, input_spec
     from fairbench.phases import phase
     from fairbench.registry import get_dataset
     from fairbench.training.feeder import SplitData
-    from fairbench.training.trainer import TrainSettings, seed_everything, train
+    from fairbench.training.settings import TrainSettings
+    from fairbench.training.trainer import seed_everything, train
 
     r = target.recipe
     ds = get_dataset(target.dataset)()
@@ -146,9 +132,7 @@ def _build(target: PretrainTarget, out: Path, cache_dir: Path | None) -> None:
         seed_everything(r.seed)
         backbone = create_backbone(target.arch, pretrained=None)
         split = lambda s: SplitData(images=s.images, tokens=s.tokens, labels=s.labels)  # noqa: E731
-        settings = TrainSettings(epochs=r.epochs, batch_size=r.batch_size, optimizer="adamw", lr=r.lr,
-                                 betas=r.betas, eps=r.eps, weight_decay=r.weight_decay, warmup_steps=r.warmup_steps,
-                                 max_steps_per_epoch=r.max_steps_per_epoch, precision="fp32", select="val")
+        settings = TrainSettings(**r.train_settings(), precision="fp32", select="val")
         # The CPU keeps these bytes reproducible: a GPU's nondeterministic kernels would not.
         outcome = train(ContrastiveFineTune(), backbone.model, settings, train_data=split(data.train),
                         val_data=split(data.val), test_data=split(data.val), normalize=backbone.normalizer(),

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fairbench.training.settings import COMPILE_MODES
+
 if TYPE_CHECKING:
     from torch import nn
 
     from fairbench.method import Batch, Method
 
-COMPILE_MODES = ("auto", "off", "on", "cudagraphs")
 COMPILE_BACKEND: Any = None  # torch.compile's backend for TrainStep; None = inductor (tests swap in a cheap one)
 
 

@@ -20,83 +20,17 @@ import torch
 from torch import nn
 
 from fairbench.method import Batch, Method
+from fairbench.selection import EpochView, get_select_rule
 from fairbench.training.feeder import Feeder, SplitData, choose_placement, device_data_fraction, split_nbytes
 from fairbench.training.resume import TrainState, rng_state, set_rng_state
+from fairbench.training.settings import RUN_CONTROL_SETTINGS, TrainSettings  # noqa: F401 - re-exported
 from fairbench.training.step import (
-    COMPILE_MODES,
     EpochMeter,
     TrainingDiverged,  # noqa: F401 - raised by train(); callers import it here
     TrainStep,
     resolve_compile,
 )
 from fairbench.training.zeroshot import zero_shot_scores
-
-SELECT_RULES = ("val", "test")
-TIE_RULES = ("earlier", "later")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16-weights")
-
-
-@dataclass
-class TrainSettings:
-    """Trainer hyperparameters; every field can be set with `--set name=value`."""
-
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-5
-    betas: tuple[float, float] = (0.1, 0.1)
-    eps: float = 1e-6
-    weight_decay: float = 6e-5
-    warmup_steps: int = 0  # linear learning-rate warm-up; the published protocol has none
-    select: str = "val"
-    ties: str = "earlier"  # which epoch wins when the selection AUCs are equal
-    # auto = bf16 autocast with fp32 weights on CUDA, fp32 on CPU; fp16-weights = FairCLIP's released recipe on
-    # CUDA (fp16 weights and compute, fp32 only for the optimiser step, then rounded back), fp32 on CPU.
-    precision: str = "auto"
-    frozen: tuple[str, ...] = ()  # top-level model attributes whose parameters never train (see protocols)
-    fp32_numerics: bool = True  # scores and similarity distributions in fp32 outside autocast (training.precision)
-    eval_batch_size: int = 256
-    max_steps_per_epoch: int = 0  # 0 = full epochs; small values make smoke tests fast
-    checkpoint: bool = False  # save the selected epoch's weights as checkpoint.pt
-    threads: int = 0  # torch CPU threads; 0 = leave as is
-    keep_state: bool = False  # keep train_state.pt (the resume point) after the run finishes; run control only
-    # auto = torch.compile on CUDA, eager elsewhere; on / cudagraphs = torch.compile's default / reduce-overhead
-    # mode; off = eager. Compiled kernels round differently from eager ones, so this is part of the config.
-    compile: str = "auto"
-    # share of the free GPU memory the training split may take to live on the GPU for the whole job (gathered and
-    # normalised there); otherwise pinned host memory, copied one step ahead. 0 = always on the host. Run control.
-    device_data: float = 0.5
-
-    def __post_init__(self) -> None:
-        from fairbench.method import SettingsError
-
-        if self.select not in SELECT_RULES:
-            raise SettingsError(f"select must be one of {', '.join(SELECT_RULES)}, got {self.select!r}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise SettingsError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
-        if self.precision not in PRECISIONS:
-            raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.ties not in TIE_RULES:
-            raise SettingsError(f"ties must be one of {', '.join(TIE_RULES)}, got {self.ties!r}")
-        if self.compile not in COMPILE_MODES:
-            raise SettingsError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
-        if not 0.0 <= self.device_data <= 1.0:
-            raise SettingsError(f"device_data must be a fraction between 0 and 1 (0 = keep the training data on "
-                                f"the host), got {self.device_data!r}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise SettingsError("epochs must be ≥ 1 and batch_size ≥ 2")
-
-
-# Trainer settings that change how a run is executed but no number it produces: they stay out of the config
-# hash (and config.json), so setting them never turns an existing run into a new one.
-RUN_CONTROL_SETTINGS = ("keep_state", "device_data")
-
-
-def default_train_settings(arch: str) -> dict[str, Any]:
-    """The arch's training defaults (part of its description in fairbench.models.backbones.ARCHS)."""
-    from fairbench.models.backbones import arch_train_defaults
-
-    return arch_train_defaults(arch)
 
 
 @dataclass
@@ -219,7 +153,8 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
     outcome = TrainOutcome(best_epoch=-1, val_scores=np.zeros(0), test_scores=np.zeros(0))
     best_key = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
-    keep_best = settings.select == "val" or settings.checkpoint
+    rule = get_select_rule(settings.select)
+    keep_best = rule.split == "val" or settings.checkpoint
     first_epoch = 0
     if resume is not None:
         first_epoch, best_key, best_state = _restore(resume, model, optimizer, scheduler, generator, sampler,
@@ -256,11 +191,12 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
         record: dict[str, Any] = {"epoch": epoch, "train": meter.means(steps),
                                   "val_auc": val_auc, "train_seconds": train_s}
         test_scores = None
-        if settings.select == "test":
+        if rule.split == "test":
             test_scores = score(test_data)
             record["test_auc"] = auc(test_data.labels.numpy(), test_scores)
         record.update(method.step_stats(model))
-        key = record["test_auc"] if settings.select == "test" else val_auc
+        key = rule.key(_epoch_view(rule.split, val_data, val_scores, val_auc) if rule.split == "val"
+                       else _epoch_view(rule.split, test_data, test_scores, record["test_auc"]))
         key = -math.inf if key is None or math.isnan(key) else key
         better = key >= best_key if settings.ties == "later" else key > best_key
         if better or outcome.best_epoch < 0:
@@ -285,7 +221,7 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
                 test_scores=outcome.test_scores, best_is_current=keep_best and outcome.best_epoch == epoch,
                 best_weights=best_state if keep_best and outcome.best_epoch != epoch else None,
                 train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds))
-    if settings.select == "val":  # test data is scored once, with the selected weights
+    if rule.split == "val":  # test data is scored once, with the selected weights
         t1 = time.perf_counter()
         model.load_state_dict(best_state)
         outcome.test_scores = score(test_data)
@@ -298,6 +234,11 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
             f"{prompts[0]!r} / {prompts[1]!r} may be inverted for this text source; check that the training texts "
             "use the prompts' wording)")
     return outcome
+
+
+def _epoch_view(split: str, data: SplitData, scores: np.ndarray, split_auc: float) -> EpochView:
+    groups = data.groups.numpy() if data.groups is not None else None
+    return EpochView(split, data.labels.numpy(), scores, groups, split_auc)
 
 
 class EpochPlan:
@@ -380,8 +321,9 @@ def _restore(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimiz
 
 
 def _make_optimizer(parameters, s: TrainSettings) -> torch.optim.Optimizer:
-    """Adam/AdamW over the method's trainable parameters, fused where this torch build supports it (≈ 11 % off a
-    small CPU step: most of a small CLIP's parameters are the 6.3 M-entry token embedding, updated densely)."""
+    """Adam/AdamW over the method's trainable parameters, fused where this torch build supports it: one update
+    kernel over all of them instead of several per tensor, which a small CLIP feels (most of its parameters are the
+    token embedding, updated densely)."""
     params = [p for p in parameters if p.requires_grad]
     if not params:
         raise ValueError("the method's trainable_parameters() gave no parameter that requires a gradient")

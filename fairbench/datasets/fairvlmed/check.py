@@ -16,7 +16,6 @@ from fairbench.datasets.fairvlmed.format import (
     ATTRIBUTES,
     IMAGE_KEY,
     READ_ERRORS,
-    SPLIT_DIRS,
     SPLITS,
     UNKNOWN,
     DatasetError,
@@ -101,7 +100,3 @@ def check_dataset(root: str | os.PathLike[str]) -> CheckReport:
                 rep.counts[(attr, code, rec.glaucoma)] += 1
     return report
 
-
-def split_label(split: str, report: CheckReport) -> str:
-    rep = report.splits.get(split)
-    return rep.folder if rep else SPLIT_DIRS[split][0]
