@@ -1,9 +1,9 @@
 """The `fairbench` command line: a thin Typer shell over the library.
 
 Command modules are imported here, but they import torch/pandas only inside command bodies, so
-`fairbench --help` answers without loading torch. Each command is a `LiveCommand`: typer reads its options when
-it builds the CLI, so help texts list what is registered then, and `run` offers every registered launcher's
-options; `main` loads the plugins first (--plugin, $FAIRBENCH_PLUGINS, entry points).
+`fairbench --help` answers without loading torch. Each command is a `LiveCommand` (typer reads its options when it
+builds the CLI, so `run` offers every registered launcher's options) and a `ListingCommand` (its help lists what is
+registered when it is shown); `main` loads the plugins first (--plugin, $FAIRBENCH_PLUGINS, entry points).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ _COMMANDS: list[tuple[str, str, str, str]] = [
 
 
 def _register() -> None:
-    from fairbench.commands.common import LiveCommand
+    from fairbench.commands.common import ListingCommand, LiveCommand
 
     for module_name, attr, name, kind in _COMMANDS:
         try:
@@ -67,7 +67,7 @@ def _register() -> None:
         if kind == "group":
             app.add_typer(target, name=name)
         else:
-            app.command(name)(LiveCommand(target, getattr(module, "EXTRA_OPTIONS", None)))
+            app.command(name, cls=ListingCommand)(LiveCommand(target, getattr(module, "EXTRA_OPTIONS", None)))
 
 
 _register()

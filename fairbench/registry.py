@@ -207,12 +207,12 @@ def _same(a: Any, b: Any) -> bool:
     return a is b or a == b
 
 
-def registry_of(plural: str) -> Registry[Any]:
-    """The registry of a kind by its plural name ("methods", "metrics", ...)."""
-    try:
-        return REGISTRIES[plural]
-    except KeyError:
-        raise UnknownNameError(f"unknown kind {plural!r}. Use one of {', '.join(REGISTRIES)}.") from None
+def registry_of(kind: str) -> Registry[Any]:
+    """The registry of a kind by its plural or singular name ("metrics", "metric", "select-rules", ...)."""
+    for plural, registry in REGISTRIES.items():
+        if kind in (plural, registry.kind, registry.kind.replace(" ", "-"), plural.rstrip("s")):
+            return registry
+    raise UnknownNameError(f"unknown kind {kind!r}. Use one of {', '.join(REGISTRIES)}.")
 
 
 def _import_builtin_package() -> None:

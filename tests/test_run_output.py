@@ -79,7 +79,7 @@ def test_cpu_estimate_bounds_a_big_arch_and_stays_quiet_for_tiny():
 
     from fairbench.models.backbones import cpu_estimate
 
-    job = SimpleNamespace(n_train=7000, config={"train": {"epochs": 10, "batch_size": 32}})
+    job = SimpleNamespace(n_train=7000, settings=SimpleNamespace(epochs=10, batch_size=32))
     text = cpu_estimate("l14", [job, job])
     assert text.startswith("2 l14 run(s) on a CPU: at least") and "4,380 steps of 16.9 TFLOP" in text
     assert cpu_estimate("tiny", [job]) is None

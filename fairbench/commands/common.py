@@ -3,7 +3,6 @@ declaration, one builder), and help texts that list what is registered when the 
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import re
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
 F = TypeVar("F", bound=Callable)
 
@@ -158,13 +158,14 @@ def exits_on_signal(command: F) -> F:
 
 # ------------------------------------------------------------------ help that lists what is registered
 
-_LISTING = re.compile("\x1f([a-z-]+)\x1f")
+_MARK = "\ue00a"  # a private-use character: never in a real help text, and not whitespace (typer strips help)
+_LISTING = re.compile(f"{_MARK}([a-z-]+){_MARK}")
 
 
 def registered(plural: str) -> str:
     """A placeholder for an option's help: replaced by `name: description; ...` of every registered entry of that
-    kind ("layouts", "launchers", "metrics", "select-rules", ...) when the CLI is built (`LiveCommand`)."""
-    return f"\x1f{plural}\x1f"
+    kind ("layouts", "launchers", "metrics", "select-rules", ...) when the help is shown (`ListingCommand`)."""
+    return f"{_MARK}{plural}{_MARK}"
 
 
 def listing(plural: str) -> str:
@@ -180,20 +181,26 @@ def listing(plural: str) -> str:
     return "; ".join(f"{name}: {description}" for name, description in registry_of(plural).describe())
 
 
-def _filled(default: Any) -> Any:
-    help_text = getattr(default, "help", None)
-    if not isinstance(help_text, str) or "\x1f" not in help_text:
-        return default
-    filled = copy.copy(default)
-    filled.help = _LISTING.sub(lambda m: listing(m.group(1)), help_text)
-    return filled
+def fill_listings(text: str) -> str:
+    """`text` with every `registered(...)` placeholder replaced by its listing."""
+    return _LISTING.sub(lambda m: listing(m.group(1)), text)
+
+
+class ListingCommand(TyperCommand):
+    """A command whose options' help may name what is registered (`registered`): filled in when its help is shown,
+    so a plugin loaded before is listed, and no other invocation pays for importing the registered kinds."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.get_params(ctx):
+            if isinstance(getattr(param, "help", None), str) and _MARK in param.help:
+                param.help = fill_listings(param.help)
+        super().format_help(ctx, formatter)
 
 
 class LiveCommand:
-    """A command function whose options are read from the registries each time the CLI is built (typer builds it on
-    every call): help texts list what is registered (`registered`), and `extra` adds options a registry declares
-    (`run` takes each launcher's own). A plugin loaded before that, from --plugin, $FAIRBENCH_PLUGINS or an entry
-    point (`preload_plugins`), shows up in --help and adds its options."""
+    """A command function whose options are read when the CLI is built (typer builds it on every call): `extra` adds
+    options a registry declares (`run` takes each registered launcher's own). A plugin loaded before that, from
+    --plugin, $FAIRBENCH_PLUGINS or an entry point (`preload_plugins`), adds its options."""
 
     def __init__(self, func: Callable[..., Any],
                  extra: Callable[[], list[tuple[str, type, Any]]] | None = None) -> None:
@@ -208,8 +215,7 @@ class LiveCommand:
     @property
     def __signature__(self) -> inspect.Signature:
         base = inspect.signature(self.func, eval_str=True)
-        params = [p.replace(default=_filled(p.default)) for p in base.parameters.values()
-                  if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        params = [p for p in base.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
         params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
                    for name, annotation, option in self._extra()]
         return base.replace(parameters=params)

@@ -71,7 +71,7 @@ def _read_parquet(path: Path) -> Any:
     try:
         import pyarrow  # noqa: F401 - pandas' Parquet engine, the optional `parquet` extra
     except ImportError:
-        raise _BadFile(f"{path}: reading Parquet needs pyarrow; pip install 'fairbench[parquet]'") from None
+        raise _BadFile(f"{path}: reading Parquet needs pyarrow; pip install 'fairbench-medvlm[parquet]'") from None
     return pd.read_parquet(path, engine="pyarrow")
 
 

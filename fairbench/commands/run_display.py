@@ -93,7 +93,7 @@ class ConsoleReporter:
         auc = record.get("val_auc")
         auc_text = "n/a" if auc is None or auc != auc else f"{auc:.3f}"
         loss = train.get("loss", float("nan"))
-        epochs = planned.config["train"]["epochs"]
+        epochs = planned.settings.epochs
         self.console.print(f"  {planned.label()} epoch {record['epoch'] + 1}/{epochs}: loss {loss:.4g} ({terms}), "
                            f"val AUC {auc_text}, {record.get('train_seconds', 0):.0f} s", highlight=False)
 

@@ -29,7 +29,8 @@ def table(
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder written by `fairbench run`."),
     attr: str = typer.Option(None, "--attr", "-a", help="Evaluation attributes, comma-separated (default: all)."),
     fmt: str = typer.Option("terminal", "--format", "-f", help=FORMAT_HELP),
-    layout: str = typer.Option("table1", "--layout", "-l", help=registered("layouts") + "."),
+    layout: str = typer.Option("table1", "--layout", "-l", help=registered("layouts") + ". Table 1's columns: "
+                               + registered("table-metrics") + "."),
     compare: str = typer.Option(None, "--compare", help="'paper': show the Fair-MoE paper's numbers and Δ."),
     dataset: str = typer.Option(None, "--dataset", "-d", help=RESULTS_DATASET_HELP),
     select: str = typer.Option(None, "--select", help="Only runs selected by this rule: " + registered("select-rules")

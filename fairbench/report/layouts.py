@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fairbench.metrics.catalog import table_metrics
 from fairbench.registry import LAYOUTS
-from fairbench.report.tables import Scope, Table, across_attributes_table, per_attribute_tables
+
+if TYPE_CHECKING:  # the builders import pandas only when they build: listing layouts (--help) stays light
+    from fairbench.report.tables import Scope, Table
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,16 @@ def list_layouts() -> list[str]:
 
 
 def _table1(scope: Scope) -> list[Table]:
+    from fairbench.metrics.catalog import table_metrics
+    from fairbench.report.tables import per_attribute_tables
+
     return per_attribute_tables(scope, [m.name for m in table_metrics()], "Table 1 layout · attribute: {attribute}",
                                 paper_table=1)
 
 
 def _ablation(scope: Scope) -> list[Table]:
+    from fairbench.report.tables import across_attributes_table
+
     return across_attributes_table(scope, "es_auc", "Ablation layout · ES-AUC", lead="ES-AUC per evaluation attribute")
 
 
