@@ -189,10 +189,18 @@ class FairCLIP(Method):
         return self.settings.group_batch_size
 
     def loss_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch]) -> dict[str, torch.Tensor]:
-        image, text = encode_batch(model, batch)
+        return self.fairclip_terms(model, batch, group_batches, encode_batch(model, batch))
+
+    def fairclip_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch],
+                       features: tuple[torch.Tensor, torch.Tensor],
+                       group_features: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                       ) -> dict[str, torch.Tensor]:
+        """FairCLIP's two terms from the batch's `features` (and the group batches', when a subclass encoded them
+        already, e.g. inside Fair-MoE's routing record): the contrastive loss and λ · the Sinkhorn distance."""
+        image, text = features
         s = self.settings
-        distance = fairclip_distance(model, batch, group_batches, form=s.form, blur=s.blur, features=(image, text),
-                                     monitor=self.spread)
+        distance = fairclip_distance(model, batch, group_batches, form=s.form, blur=s.blur, features=features,
+                                     group_features=group_features, monitor=self.spread)
         return {
             "contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp()),
             "sinkhorn": s.fair_lambda * distance,

@@ -18,11 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from fairbench.method import Batch, Method, SettingsError, encode_batch
+from fairbench.method import Batch, SettingsError, encode_batch
 from fairbench.registry import register_method
-from fairbench.training.losses import clip_contrastive_loss
 
-from ..fairclip import FairCLIPSettings, SpreadMonitor, encode_groups, fairclip_distance
+from ..fairclip import FairCLIP, FairCLIPSettings, encode_groups
 from .layers import TOWERS, MoEConfig, build_fair_moe, record_routing, routing_stats
 from .loss import FORMS as FOL_FORMS
 from .loss import FOLConfig, fol_terms
@@ -58,19 +57,12 @@ class FairMoESettings(FairCLIPSettings):
 
 
 @register_method("fairmoe", description="Fair-MoE: FO-MoE in both encoders + FOL (variance gaps + Sinkhorn) (Table 1)")
-class FairMoE(Method):
-    """Fair-MoE: CLIP with embedding- and feature-based MoE layers, trained with FairCLIP's loss plus FOL."""
+class FairMoE(FairCLIP):
+    """Fair-MoE: CLIP with embedding- and feature-based MoE layers, trained with FairCLIP's loss plus FOL.
 
-    uses_attribute = True
-    group_batches = True
+    FairCLIP's group batches, group batch size, Sinkhorn term and its spread monitor come from `FairCLIP`."""
+
     Settings = FairMoESettings
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.spread = SpreadMonitor()
-
-    def group_batch_size(self) -> int:
-        return self.settings.group_batch_size
 
     def build(self, model: nn.Module) -> nn.Module:
         return build_fair_moe(model, self.settings.moe, n_groups=self.n_groups)
@@ -81,19 +73,16 @@ class FairMoE(Method):
         # gate weights for the main batch, then for the group batches in dict order (one call, or one per group:
         # FOL reads them joined either way), matching `codes` below.
         with record_routing(model) as records:
-            image, text = encode_batch(model, batch)
+            features = encode_batch(model, batch)
             group_features = encode_groups(model, group_batches, s.form)
-        distance = fairclip_distance(model, batch, group_batches, form=s.form, blur=s.blur, features=(image, text),
-                                     group_features=group_features, monitor=self.spread)
-        terms = {"contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp()),
-                 "sinkhorn": s.fair_lambda * distance}
+        terms = self.fairclip_terms(model, batch, group_batches, features, group_features)
         codes = [_codes(batch, -1)] + [_codes(gb, g) for g, gb in group_batches.items()]
         terms.update(fol_terms(records, codes, self.n_groups, s.fol.weights(), form=s.fol.form,
                                released_lambda=s.fol.released_lambda))
         return terms
 
     def step_stats(self, model: nn.Module) -> dict[str, float]:
-        return {**routing_stats(model), **self.spread.pop(self.name)}
+        return {**routing_stats(model), **super().step_stats(model)}
 
 
 def _codes(batch: Batch, fallback: int) -> torch.Tensor:
