@@ -158,7 +158,7 @@ from fairbench.report.paper import find_paper_csv
 from fairbench.study import load_study, shipped_studies
 import fairbench, importlib
 load_builtin_methods()
-dist = distribution("fairbench")
+dist = distribution("fairbench-medvlm")
 builtins = [n for n in list_methods() if get_method(n).__module__.startswith(BUILTIN_PACKAGE)]
 study = load_study("fair-moe-paper")
 print(json.dumps({"csv": str(find_paper_csv()), "fairbench": fairbench.__file__, "version": dist.version,
@@ -227,4 +227,4 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["metrics", str(path)])
     assert result.exit_code == 2
     assert result.stderr.strip() == (f"error: {path}: reading Parquet needs pyarrow; "
-                                     "pip install 'fairbench[parquet]'")
+                                     "pip install 'fairbench-medvlm[parquet]'")

@@ -172,7 +172,7 @@ def slurm_unavailable() -> str | None:
     import importlib.util
 
     if importlib.util.find_spec("submitit") is None:
-        return "submitit is not installed (pip install 'fairbench[slurm]')"
+        return "submitit is not installed (pip install 'fairbench-medvlm[slurm]')"
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         return "no SLURM on this machine (sinfo/sbatch not found); sudo scripts/slurm_local.sh starts one"
     try:
