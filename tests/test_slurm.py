@@ -79,7 +79,7 @@ def test_slurm_launcher_without_submitit_or_sbatch_says_what_to_do(dataset, tmp_
     from fairbench.launchers import get_launcher
 
     monkeypatch.setitem(sys.modules, "submitit", None)  # import fails as if it were not installed
-    with pytest.raises(ValueError, match=r"pip install 'fairbench\[slurm\]'"):
+    with pytest.raises(ValueError, match=r"pip install 'fairbench-medvlm\[slurm\]'"):
         get_launcher("slurm")
     monkeypatch.undo()
     pytest.importorskip("submitit")
