@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +24,7 @@ from fairbench.registry import register_method
 from fairbench.training.losses import clip_contrastive_loss
 
 from ..fairclip import FairCLIPSettings, SpreadMonitor, encode_groups, fairclip_distance
-from .layers import TOWERS, MoEConfig, build_fair_moe, record_routing, routing_stats
-from .loss import FORMS as FOL_FORMS
+from .layers import TOWERS, MoEConfig, build_fair_moe, moe_layers, record_routing, routing_stats
 from .loss import FOLConfig, fol_terms
 
 
@@ -51,8 +51,6 @@ class FairMoESettings(FairCLIPSettings):
                             f"{moe.feature_experts})")
         if not set(moe.towers) <= set(TOWERS) or len(set(moe.towers)) != len(moe.towers):
             problems.append(f"moe.towers must be distinct names out of {', '.join(TOWERS)} (got {moe.towers!r})")
-        if self.fol.form not in FOL_FORMS:
-            problems.append(f"fol.form must be one of {', '.join(FOL_FORMS)} (got {self.fol.form!r})")
         if problems:
             raise SettingsError("fairmoe settings: " + "; ".join(problems))
 
@@ -68,12 +66,26 @@ class FairMoE(Method):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.spread = SpreadMonitor()
+        self.moe = self.settings.moe.resolved()
+        self.fol = self.settings.fol.resolved(self.settings.moe.form)
 
     def group_batch_size(self) -> int:
         return self.settings.group_batch_size
 
     def build(self, model: nn.Module) -> nn.Module:
         return build_fair_moe(model, self.settings.moe, n_groups=self.n_groups)
+
+    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
+        """Every parameter that requires a gradient, except the image feature MoE's where the form keeps it at its
+        initialisation: the released optimiser never holds it (FairMoEfinetune.py line 215, commented out)."""
+        frozen = set()
+        if self.moe.freeze_image_feature and getattr(model, "image_head", None) is not None:
+            frozen = {id(p) for p in model.image_head.parameters()}
+        return (p for p in model.parameters() if p.requires_grad and id(p) not in frozen)
+
+    def probe_parameters(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+        """The gates of every MoE layer, where FOL acts: the gradient probe reports each term's share there."""
+        return {"gates": [p for layer in moe_layers(model).values() for p in layer.gate.parameters()]}
 
     def loss_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch]) -> dict[str, torch.Tensor]:
         s = self.settings
@@ -88,8 +100,10 @@ class FairMoE(Method):
         terms = {"contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp()),
                  "sinkhorn": s.fair_lambda * distance}
         codes = [_codes(batch, -1)] + [_codes(gb, g) for g, gb in group_batches.items()]
-        terms.update(fol_terms(records, codes, self.n_groups, s.fol.weights(), form=s.fol.form,
-                               released_lambda=s.fol.released_lambda))
+        fol = self.fol
+        terms.update(fol_terms(records, codes, self.n_groups, fol.weights(), form=fol.form,
+                               released_lambda=fol.released_lambda, unbiased=fol.unbiased,
+                               group_sample=fol.group_sample))
         return terms
 
     def step_stats(self, model: nn.Module) -> dict[str, float]:
