@@ -148,7 +148,8 @@ def _build(target: PretrainTarget, out: Path, cache_dir: Path | None) -> None:
         split = lambda s: SplitData(images=s.images, tokens=s.tokens, labels=s.labels)  # noqa: E731
         settings = TrainSettings(epochs=r.epochs, batch_size=r.batch_size, optimizer="adamw", lr=r.lr,
                                  betas=r.betas, eps=r.eps, weight_decay=r.weight_decay, warmup_steps=r.warmup_steps,
-                                 max_steps_per_epoch=r.max_steps_per_epoch, precision="fp32", select="val")
+                                 max_steps_per_epoch=r.max_steps_per_epoch, precision="fp32", select="val",
+                                 grad_probe=False)  # one loss term: nothing to compare its gradient with
         # The CPU keeps these bytes reproducible: a GPU's nondeterministic kernels would not.
         outcome = train(ContrastiveFineTune(), backbone.model, settings, train_data=split(data.train),
                         val_data=split(data.val), test_data=split(data.val), normalize=backbone.normalizer(),

@@ -270,10 +270,13 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
         meter = EpochMeter(device)
         plan = EpochPlan(order, steps, settings.batch_size, sampler, feeder)
         batches = plan.batches(0)
-        probe = {}
-        if probe_sets:  # the batch the epoch trains on first, before it does
+        probe: dict[str, Any] = {}
+        probe_s = 0.0
+        if probe_sets:  # the batch the epoch trains on first, before it does; not counted as training time
+            t_probe = time.perf_counter()
             probe = probe_record(run_step.probe(*batches, probe_sets))
             method.step_stats(model)  # the probe's own diagnostics are not the epoch's
+            probe_s = time.perf_counter() - t_probe
         try:
             for i, step in enumerate(plan.steps):
                 batch, groups = batches
@@ -291,7 +294,7 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
                 meter.check(epoch)
             raise
         meter.check(epoch)
-        train_s = time.perf_counter() - t0
+        train_s = time.perf_counter() - t0 - probe_s
         outcome.train_seconds += train_s
         t1 = time.perf_counter()
         val_scores = score(val_data)

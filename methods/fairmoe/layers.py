@@ -9,16 +9,19 @@ Feature-based MoE: on each encoder's pooled feature; gate + softmax + Top_r (k�
 its form's value, and a switch set explicitly (`--set moe.renormalize=true`) overrides it for an ablation.
 
 * `paper` (default): §3.1 literally. Ŵ = Top_c(Top_r(softmax)) with no renormalisation; every token, the
-  pooled CLS/EOT one included, competes in Top_c; the feature MoE reads I₀² — the pooled token after the
-  tower's final LayerNorm, before its projection — and outputs Σ_b Ŵ_b² E_b²(I₀²) with no residual, which the
-  projection then maps to the embedding. Feature experts start at random (the paper does not say otherwise).
+  pooled CLS/EOT one included, competes in Top_c; the feature MoE reads I₀² — read here as the pooled token after
+  the tower's final LayerNorm, before its projection — and outputs Σ_b Ŵ_b² E_b²(I₀²) with no residual, which the
+  projection then maps to the embedding. Where the paper is silent this harness chooses: feature experts start at
+  random (N(0, 1/fan_in), zero biases), M₂ = 10 and k₂ = 3.
 * `release`: the released code's behaviour where it is defined: experts and token gate use ReLU (the experts
   still load the pretrained MLP weights); α = floor(C·197·k/M) for every tower and arch (197 is ViT-B/16's
   image token count, hard-coded there), over all token positions, text padding included (it competes in
   Top_c and counts as FOL draws); the token MoE returns its output minus its input (the release's "No
   Residual" line: with the block's `x + mlp(ln_2(x))` that subtracts the LayerNormed input, not the residual
   stream); the feature MoE sits after the projection, is dense (softmax over all experts), one expert per
-  group of the training attribute, with random-init, non-residual ReLU experts 4× wide and a QuickGELU gate.
+  group of the training attribute (FairMoEfinetune.py lines 126–127), with non-residual ReLU experts 4× wide that
+  start as `nn.Linear` layers do (FairMoE.py lines 14–21) and a QuickGELU gate; the image feature MoE never trains
+  (the released optimiser leaves it out, FairMoEfinetune.py line 215) and stays at its initialisation.
 * `v0.1`: fairbench v0.1's default, kept for comparison with runs made under it: Top_r weights renormalised
   (Switch/Mixtral style), the pooled token bypasses Top_c, residual identity-initialised feature experts after
   the projection — so an untrained model equals the backbone exactly. Its cost: with the MoE in the last

@@ -20,8 +20,8 @@ sample is one draw. A group with no draws adds nothing; unknown groups (−1) jo
   "− s" (1 in the release, which uses the same λ for both parts).
 
 `FOLConfig` leaves every field at None to take its form's value (`FOL_FORMS`); its form follows Fair-MoE's
-`moe.form` (`release` → "released", otherwise "paper") unless set. L_distance is FairCLIP's Sinkhorn term
-(`fairclip_distance` of the fairclip method module); it is added by the method.
+`moe.form` (`release` → "released", otherwise "paper") unless set, and `moe.form=v0.1` pools O_N|p as v0.1 did.
+L_distance is FairCLIP's Sinkhorn term (`fairclip_distance` of the fairclip method module); the method adds it.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ FOL_FORMS: dict[str, dict[str, Any]] = {
     "paper": {"ei": 1.0, "et": 1.0, "fi": 1.0, "ft": 1.0, "unbiased": False, "group_sample": "drawn"},
     "released": {"ei": 0.0, "et": 1e-4, "fi": 0.0, "ft": 1e-4, "unbiased": True, "group_sample": "drawn"},
 }
-# The FOL form each Fair-MoE form (`moe.form`) implies when `fol.form` is not set.
+# The FOL form each Fair-MoE form (`moe.form`) implies when `fol.form` is not set, and what a Fair-MoE form changes
+# on top of it: v0.1 (kept to compare with runs made under it) pooled the batch's members of p into O_N|p.
 FORM_OF_MOE = {"paper": "paper", "release": "released", "v0.1": "paper"}
+MOE_FORM_FOL: dict[str, dict[str, Any]] = {"v0.1": {"group_sample": "pooled"}}
 
 
 @dataclass
@@ -80,7 +82,8 @@ class FOLConfig:
     def resolved(self, moe_form: str = "paper") -> FOLConfig:
         """This config with its form taken from `moe_form` when unset and every other unset field from the form."""
         form = self.form or FORM_OF_MOE.get(moe_form, "paper")
-        unset = {name: value for name, value in FOL_FORMS[form].items() if getattr(self, name) is None}
+        values = {**FOL_FORMS[form], **MOE_FORM_FOL.get(moe_form, {})}
+        unset = {name: value for name, value in values.items() if getattr(self, name) is None}
         return dataclasses.replace(self, form=form, **unset)
 
     def weights(self) -> dict[str, float]:

@@ -30,7 +30,12 @@ from .loss import FOLConfig, fol_terms
 
 @dataclass
 class FairMoESettings(FairCLIPSettings):
-    """FairCLIP's settings plus FO-MoE's shape (`--set moe.capacity=…`) and FOL's weights (`--set fol.ei=…`)."""
+    """FairCLIP's settings plus FO-MoE's shape (`--set moe.capacity=…`) and FOL's weights (`--set fol.ei=…`).
+
+    FairCLIP's term keeps FairCLIP's launch-script values (λ 1e-6, blur 1e-6, group batch 32) in every form: the
+    Fair-MoE release's argparse defaults (1e-4, 1e-4, 64; FairMoEfinetune.py lines 57–59) are FairCLIP's own argparse
+    defaults (finetune_FairCLIP.py lines 50–52), which FairCLIP's script overrides, and the release ships no launch
+    script of its own; the paper aligns its protocol with FairCLIP's (§4.1)."""
 
     moe: MoEConfig = field(default_factory=MoEConfig)
     fol: FOLConfig = field(default_factory=FOLConfig)
