@@ -47,7 +47,8 @@ class Method:
                       default is a dataclass groups settings, set as `--set group.name=value`.
 
     Hooks the trainer calls besides `loss_terms`: `build` (the model to train), `trainable_parameters`
-    (what the optimiser updates), `group_batch_size` (the size of each group batch) and `step_stats`.
+    (what the optimiser updates), `group_batch_size` (the size of each group batch), `step_stats` and
+    `probe_parameters` (parameter sets the per-epoch gradient probe reports separately).
     """
 
     name: ClassVar[str] = ""
@@ -84,6 +85,12 @@ class Method:
 
     def step_stats(self, model: nn.Module) -> dict[str, float]:
         """Optional diagnostics logged per epoch (e.g. expert load). Default: none."""
+        return {}
+
+    def probe_parameters(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+        """Named parameter sets on which the trainer's per-epoch gradient probe (fairbench.training.probe) reports
+        each loss term's share separately, besides all trainable parameters: where a term is meant to act (Fair-MoE:
+        its gates). Default: none."""
         return {}
 
     @classmethod

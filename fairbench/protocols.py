@@ -57,6 +57,7 @@ register_protocol(Protocol(
     towers_only=True,
     differences={
         "model selection": "best validation AUC; ties keep the earlier epoch",
+        "group batches": "always full: a group's pool is reshuffled when fewer than a batch of it remain",
         "weights and compute": "fp32 weights; bf16 autocast on a GPU, fp32 on a CPU",
         "scores and fairness losses": "fp32 outside autocast",
     },

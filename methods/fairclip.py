@@ -12,7 +12,8 @@ extra batch per group of the training attribute. Two forms of the similarity dis
 Defaults follow the released launch script FairCLIP/scripts/finetune_FairCLIP.sh at HEAD (caedce4): λ = 1e-6
 (line 11), group batch 32 (line 12), blur 1e-6 (line 13; an earlier commit, 4520b88, had 1e-4).
 
-This module also registers the `fairclip` training protocol: the released fine-tuning recipe exactly.
+This module also registers the `fairclip` training protocol: the released fine-tuning recipe (its remaining
+differences from the release are listed in the README's protocol table).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from fairbench.method import Batch, ContrastiveFineTune, Method, encode_batch
 from fairbench.protocols import Protocol, register_protocol
 from fairbench.registry import register_method
 from fairbench.training.losses import clip_contrastive_loss, sinkhorn_distance
-from fairbench.training.precision import fp32_island
+from fairbench.training.precision import fp32_island, is_native
 
 FORMS = ("published", "aligned")
 # CLIP caps exp(logit_scale) at 100 (OpenAI's and open_clip's training clamp it there) and both protocols freeze
@@ -61,11 +62,19 @@ class FairCLIPSettings:
 def pair_similarities(model: nn.Module, image: torch.Tensor, text: torch.Tensor, form: str,
                       group_side: bool) -> torch.Tensor:
     """The per-sample similarity distribution FairCLIP compares (see the module docstring for the forms), in fp32
-    outside autocast: it feeds the fairness loss."""
+    outside autocast: it feeds the fairness loss.
+
+    Under the `fairclip` protocol's native numerics the published form is the released expression itself
+    (FairCLIP/finetune_FairCLIP.py lines 189-190 and 200-202): the diagonal of the B×B product of the logits with
+    themselves in the model's precision (fp16 on a GPU), then `.float()`, and a group's division by its sum in fp32.
+    Otherwise each row sum Σ_j L_ij·L_ji is formed directly in fp32 (the same value, without the B×B product)."""
     if form == "aligned":
         return (image * text).sum(-1)
     logits = model.logit_scale.exp() * image @ text.t()
-    sims = (logits * logits.t()).sum(-1)  # == diag(logits @ logits), without the B×B product
+    if is_native():
+        sims = (logits @ logits).diagonal().float()
+    else:
+        sims = (logits * logits.t()).sum(-1)
     return sims / sims.sum() if group_side else sims
 
 
@@ -211,23 +220,30 @@ class FairCLIP(Method):
 
 
 # FairCLIP's released fine-tuning (FairCLIP/finetune_FairCLIP.py at HEAD, caedce4), which Fair-MoE's release follows:
-#  - lines 148–151: Adam over `model.transformer` and `model.visual` only (towers_only: the arch's `frozen`
-#    parts, fairbench.models.archs.CLIP_FROZEN for a CLIP, stay as loaded);
-#  - lines 141–144 and 207–212: on a GPU the OpenAI weights stay fp16 and the forward runs in fp16; each step
-#    converts them to fp32 (`convert_models_to_fp32`), steps, and rounds back (`clip.model.convert_weights`);
-#    on a CPU everything is fp32 (`model.float()`);
+#  - lines 148–151: Adam over `model.transformer` and `model.visual` only, two parameter groups of the same lr
+#    (towers_only: the arch's `frozen` parts, fairbench.models.archs.CLIP_FROZEN for a CLIP, stay as loaded);
+#  - lines 117–124 with src/modules.py lines 256–259: one endless `DataLoader(shuffle=True, drop_last=False)` per
+#    group, re-iterated after each pass (`group_sampling="loader"`);
+#  - lines 97–98, 141–144 and 207–212: on a GPU, the plain fp16 OpenAI model (no autocast; inputs cast to fp16 by
+#    `encode_image`); each step converts every weight to fp32 (`convert_models_to_fp32`), steps, and rounds back
+#    (`clip.model.convert_weights`); on a CPU everything is fp32 (`model.float()`);
+#  - lines 183–204: the loss in the model's precision (fp16 logits, cross-entropy, similarity rows), the Sinkhorn on
+#    `.float()` inputs (`fp32_numerics=False`: fairbench's own fp32 islands step aside);
 #  - line 263: the reported epoch is the best TEST AUC, `if best_auc <= overall_auc`, so ties keep the later epoch.
 register_protocol(Protocol(
     name="fairclip",
-    description="the released FairCLIP / Fair-MoE fine-tuning exactly: towers only, fp16 weights with an fp32 "
-                "optimiser step on a GPU, best-test-epoch selection with ties to the later epoch",
-    train={"select": "test", "ties": "later", "precision": "fp16-weights", "fp32_numerics": False},
+    description="the released FairCLIP / Fair-MoE fine-tuning: towers only, FairCLIP's group loaders, a plain fp16 "
+                "model with an fp32 optimiser step on a GPU, best-test-epoch selection with ties to the later epoch",
+    train={"select": "test", "ties": "later", "precision": "fp16-weights", "fp32_numerics": False,
+           "group_sampling": "loader"},
     towers_only=True,
     differences={
         "model selection": "best TEST AUC; ties keep the later epoch (finetune_FairCLIP.py line 263)",
-        "weights and compute": "fp16 weights and fp16 compute on a GPU, fp32 only for the Adam step "
+        "group batches": "one endless shuffled loader per group: each pass over a group's pool is a permutation cut "
+                         "into batches of the group batch size, the last one short (lines 117–124)",
+        "weights and compute": "a plain fp16 model (no autocast) on a GPU, fp32 only for the Adam step "
                                "(lines 141–144, 207–212); fp32 on a CPU",
-        "scores and fairness losses": "fp16 similarities and scores as released; the Sinkhorn itself in fp32, as the "
-                                      "released code's `.float()` inputs make it",
+        "scores and fairness losses": "in the model's precision as released (fp16 on a GPU); the Sinkhorn itself in "
+                                      "fp32, as the released code's `.float()` inputs make it",
     },
 ))

@@ -71,3 +71,18 @@ def test_gpu_session_runs_both_checks_and_writes_their_outputs(tmp_path: Path) -
         assert re.search(rf"^{method}\s+race eod\s", check, re.M), check
     assert re.search(r"^tiny\s+clip\s+off\s+\d", (tmp_path / "bench_gpu.txt").read_text(), re.M)
     assert "torch" in (tmp_path / "machine.txt").read_text()
+
+
+@pytest.mark.slow
+def test_bench_loss_terms_prints_dominance_sinkhorn_multiples_and_fol_shares(tmp_path: Path) -> None:
+    from tests.helpers import small_synthetic
+
+    out = _run_script("bench_loss_terms.py", "--pretrained", "none", "--data", str(small_synthetic(tmp_path)))
+    assert len(re.findall(r"dominance at step 1: λ·Sinkhorn / contrastive = [\d.e+-]+; gradient norm ratio = "
+                          r"[\d.e+-]+", out)) == 2, out
+    assert re.search(r"logit scale 100\.0: contrastive [\d.]+", out), out
+    assert re.search(r"group 0: fairbench multiples \{1: \d+", out), out
+    for form, terms in (("paper", ("fol_ei", "fol_et", "fol_fi", "fol_ft")), ("release", ("fol_et", "fol_ft"))):
+        assert f"fairmoe moe.form={form}" in out
+        for term in terms:
+            assert re.search(rf"^  {term}\s+all [\d.e+-]+\s+gates [\d.e+-]+$", out, re.M), (term, out)

@@ -183,3 +183,58 @@ def test_form_is_recorded_and_labels_table_rows():
     recs = [record("paper", "a"), record("release", "b"), record("v0.1", "c")]
     assert variant_labels(recs) == {"a": "form=paper", "b": "form=release", "c": "form=v0.1"}
     assert flat_settings(get_method("fairmoe").Settings())["moe.form"] == "paper"
+
+
+def test_release_form_feature_experts_start_as_nn_linear_layers_do():
+    """FairMoE.py lines 14–21: each feature expert is two `nn.Linear` layers at PyTorch's default initialisation,
+    weights and biases uniform in ±1/√fan_in."""
+    model, _ = build("release", 0.8)
+    experts = model.text_head.experts.requires_grad_(False)
+    dim, hidden = experts.w1.shape[1], experts.w1.shape[2]
+    reference = [torch.nn.Linear(dim, hidden), torch.nn.Linear(hidden, dim)]  # what the release builds
+    for (weight, bias), layer in zip(((experts.w1, experts.b1), (experts.w2, experts.b2)), reference, strict=True):
+        bound = layer.in_features ** -0.5
+        assert float(weight.abs().max()) <= bound and float(bias.abs().max()) <= bound
+        assert float(bias.abs().max()) > 0.5 * bound  # biases are drawn too, not zero
+        # the spread of a uniform ±bound: std bound/√3, as nn.Linear's own weights have (not √3 times it)
+        assert float(weight.std()) == pytest.approx(float(layer.weight.std()), rel=0.1)
+    paper, _ = build("paper", 0.8)
+    assert float(paper.text_head.experts.b1.abs().max()) == 0.0  # the paper form keeps this harness's init
+
+
+def test_release_form_never_trains_the_image_feature_moe_and_weights_fol_text_only():
+    from fairbench.training.trainer import SplitData, TrainSettings, train
+
+    torch.manual_seed(0)
+    from fairbench.models.backbones import create_backbone
+
+    backbone = create_backbone("tiny", pretrained=None)
+    cls = get_method("fairmoe")
+    method = cls(cls.settings_from({"moe.form": "release", "group_batch_size": "4"}), attribute="race", n_groups=3)
+    model = method.build(backbone.model)
+    assert method.fol.weights() == {"fol_ei": 0.0, "fol_et": 1e-4, "fol_fi": 0.0, "fol_ft": 1e-4}
+    assert (method.fol.form, method.fol.unbiased, method.fol.group_sample) == ("released", True, "drawn")
+    image_head = {k: v.clone() for k, v in model.image_head.state_dict().items()}
+    text_head = {k: v.clone() for k, v in model.text_head.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    n = 24
+    data = SplitData(images=torch.randint(0, 256, (n, 3, 64, 64), dtype=torch.uint8, generator=g),
+                     tokens=backbone.tokenize(NOTES * (n // 3)), labels=torch.arange(n) % 2,
+                     groups=torch.arange(n) % 3)
+    seen: list[set[str]] = []
+    original = method.loss_terms
+
+    def recording(*args):
+        terms = original(*args)
+        seen.append(set(terms))
+        return terms
+
+    method.loss_terms = recording
+    settings = TrainSettings(epochs=1, batch_size=8, lr=1e-3, max_steps_per_epoch=2)
+    train(method, model, settings, train_data=data, val_data=data, test_data=data, normalize=lambda x: x.float() / 255,
+          tokenize=backbone.tokenize, prompts=("non-glaucoma", "glaucoma"), seed=0, device=torch.device("cpu"),
+          auc=lambda labels, scores: 0.5)
+    assert seen and all(s == {"contrastive", "sinkhorn", "fol_et", "fol_ft"} for s in seen)
+    assert all(torch.equal(v, model.image_head.state_dict()[k]) for k, v in image_head.items())
+    assert not all(torch.equal(v, model.text_head.state_dict()[k]) for k, v in text_head.items())
+    assert not {id(p) for p in model.image_head.parameters()} & {id(p) for p in method.trainable_parameters(model)}

@@ -41,9 +41,12 @@ FAIRMOE_SETTINGS = {
     "moe.renormalize": None, "moe.keep_pooled": None, "moe.relu_experts": None, "moe.release_routing": None,
     "moe.gate_hidden_ratio": 0.25, "moe.feature_input": None, "moe.feature_residual": None,
     "moe.feature_experts": None, "moe.feature_top_k": None, "moe.feature_hidden_ratio": None,
+    "moe.feature_init": None, "moe.freeze_image_feature": None,
     "moe.embedding_moe": True, "moe.feature_moe": True,
     "moe.towers": ("image", "text"),
-    "fol.ei": 1.0, "fol.et": 1.0, "fol.fi": 1.0, "fol.ft": 1.0, "fol.form": "paper", "fol.released_lambda": 1.0,
+    # None: FOL's form follows moe.form, and its form sets the rest (tests/test_fairmoe_loss.py)
+    "fol.ei": None, "fol.et": None, "fol.fi": None, "fol.ft": None, "fol.form": None, "fol.released_lambda": 1.0,
+    "fol.unbiased": None, "fol.group_sample": None,
 }
 NO_FOL = {"fol.ei": 0.0, "fol.et": 0.0, "fol.fi": 0.0, "fol.ft": 0.0}
 # Each variant's only differences from fairmoe (the paper's Tables 2–6).
@@ -75,7 +78,8 @@ def test_nested_settings_from_set():
                            "moe.towers": "text", "fair_lambda": "1e-5"})
     assert (s.moe.experts, s.moe.top_k, s.moe.capacity, s.moe.towers) == (4, 2, 1.5, ("text",))
     assert (s.fol.form, s.fair_lambda) == ("released", 1e-5)
-    assert settings_dict(s)["moe"]["towers"] == ["text"] and settings_dict(s)["fol"]["ei"] == 1.0
+    assert settings_dict(s)["moe"]["towers"] == ["text"] and settings_dict(s)["fol"]["ei"] is None
+    assert s.fol.resolved(s.moe.form).weights() == {"fol_ei": 0.0, "fol_et": 1e-4, "fol_fi": 0.0, "fol_ft": 1e-4}
     # A leaf override keeps the variant's own defaults in the rest of the group.
     no_text = get_method("fairmoe-no-text-moe").settings_from({"moe.capacity": "0.5"})
     assert (no_text.moe.capacity, no_text.moe.towers) == (0.5, ("image",))
@@ -125,7 +129,8 @@ def test_released_forms_build_run_and_reach_every_gate():
 
     cls = get_method("fairmoe")
     method = cls(cls.settings_from({"moe.feature_experts": "0", "moe.feature_top_k": "0", "fol.form": "released",
-                                    "form": "aligned"}), attribute="race", n_groups=3)
+                                    "fol.ei": "1e-4", "fol.fi": "1e-4", "form": "aligned"}),
+                 attribute="race", n_groups=3)
     model = method.build(backbone.model).train()
     assert model.image_head.n_experts == 3
     terms = method.loss_terms(model, batch(6), {p: batch(3, p) for p in range(3)})
@@ -145,5 +150,5 @@ def test_methods_command_lists_nested_settings_by_their_set_keys():
 
     r = CliRunner().invoke(app, ["methods", "fairmoe-no-text-moe", "--settings"], env={"COLUMNS": "1000"})
     assert r.exit_code == 0, r.output
-    assert "moe.capacity = 0.8" in r.output and "moe.towers = image\n" in r.output and "fol.ei = 1.0" in r.output
+    assert "moe.capacity = 0.8" in r.output and "moe.towers = image\n" in r.output and "fol.ei = None" in r.output
     assert "moe.form = paper" in r.output

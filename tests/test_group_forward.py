@@ -91,8 +91,9 @@ def _reference_fairmoe(method, model, batch, group_batches):
     terms = {"contrastive": clip_contrastive_loss(*features, model.logit_scale.exp()),
              "sinkhorn": _reference_distance(method, model, batch, features, group_features)}
     codes = [_codes(batch, -1)] + [_codes(gb, g) for g, gb in group_batches.items()]
-    terms.update(fol_terms(records, codes, method.n_groups, s.fol.weights(), form=s.fol.form,
-                           released_lambda=s.fol.released_lambda))
+    fol = s.fol.resolved(s.moe.form)
+    terms.update(fol_terms(records, codes, method.n_groups, fol.weights(), form=fol.form,
+                           released_lambda=fol.released_lambda, unbiased=fol.unbiased, group_sample=fol.group_sample))
     return terms
 
 

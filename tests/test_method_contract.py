@@ -82,7 +82,8 @@ def test_method_trains_two_epochs_and_scores(name, data):
     out = train(method, model, settings, train_data=split(data.train), val_data=split(data.val),
                 test_data=split(data.test), normalize=lambda x: normalize_images(x, mean, std),
                 tokenize=bb.tokenize, seed=0, device=torch.device("cpu"), auc=_auc, prompts=FairVLMed.prompts)
-    assert len(seen_terms) == 2
+    assert len(seen_terms) == 4  # two steps, each after the gradient probe's call at its epoch's start
+    assert all(set(h["grad_norms"]) == set(seen_terms[0]) for h in out.history)
     for terms in seen_terms:
         assert terms and all(isinstance(k, str) and k for k in terms)
         assert all(math.isfinite(v) for v in terms.values()), terms

@@ -6,6 +6,8 @@ import logging
 import time
 from typing import Any
 
+from fairbench.training.probe import format_shares
+
 _PHASE_HANDLER = "fairbench-console"
 
 
@@ -94,8 +96,10 @@ class ConsoleReporter:
         auc_text = "n/a" if auc is None or auc != auc else f"{auc:.3f}"
         loss = train.get("loss", float("nan"))
         epochs = planned.settings.epochs
+        shares = format_shares(record)
         self.console.print(f"  {planned.label()} epoch {record['epoch'] + 1}/{epochs}: loss {loss:.4g} ({terms}), "
-                           f"val AUC {auc_text}, {record.get('train_seconds', 0):.0f} s", highlight=False)
+                           f"val AUC {auc_text}, {record.get('train_seconds', 0):.0f} s"
+                           + (f"; {shares}" if shares else ""), highlight=False)
 
     def job_finished(self, result) -> None:
         task = self.step_tasks.pop(str(result.planned.run_dir), None)

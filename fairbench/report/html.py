@@ -143,6 +143,60 @@ def _protocol(records: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _read_history(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's history.json records ([] when it is missing or unreadable: the report still renders)."""
+    import json
+
+    path = Path(record["_dir"]) / ((record.get("files") or {}).get("history") or "history.json")
+    try:
+        history = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+
+
+def _gradient_shares(records: list[dict[str, Any]]) -> list[str]:
+    """Each loss term's share of the gradient (fairbench.training.probe) at the first and the last epoch, mean over
+    seeds, per run configuration; shares below the inert threshold are marked. Empty when no run has a probe."""
+    from fairbench.training.probe import INERT_SHARE
+
+    esc = html.escape
+    labels = variant_labels(records)
+    rows: dict[tuple, dict[tuple[str, str], list[list[float]]]] = defaultdict(lambda: defaultdict(lambda: [[], []]))
+    for r in records:
+        probed = [h for h in _read_history(r) if isinstance(h.get("grad_shares"), dict)]
+        if not probed:
+            continue
+        key = (r["method"], r["arch"], r.get("attribute") or "none", labels[r["_dir"]], r["config_hash"])
+        for slot, record in enumerate((probed[0], probed[-1])):
+            for term, per_set in record["grad_shares"].items():
+                for name, share in (per_set or {}).items():
+                    if isinstance(share, (int, float)):
+                        rows[key][(term, name)][slot].append(float(share))
+    if not rows:
+        return []
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return "–"
+        mean = sum(values) / len(values)
+        text = f"{mean:.2g}"
+        return f"<strong>{text} (inert)</strong>" if mean < INERT_SHARE else text
+
+    lines = []
+    for (method, arch, attr, variant, cfg), terms in sorted(rows.items()):
+        for (term, name), (first, last) in terms.items():
+            where = "all trainable parameters" if name == "all" else name
+            lines.append([esc(method) + (f" [{esc(variant)}]" if variant else ""), esc(arch), esc(attr), esc(cfg),
+                          esc(term), esc(where), cell(first), cell(last)])
+    return ["<h2>Loss terms: share of the gradient</h2>",
+            '<p class="meta">Each term\'s gradient norm over the sum of all terms\' norms on the same parameters, '
+            "measured on one batch at the start of each epoch (mean over seeds). A term below "
+            f"{INERT_SHARE:g} on every set cannot change what the model learns at these settings.</p>",
+            _small_table(["method", "arch", "trained on", "config", "term", "parameters", "first epoch",
+                          "last epoch"], lines)]
+
+
 def build_report(loaded: Loaded, paper: PaperTables | None = None, attrs: list[str] | None = None,
                  plots: bool = True, source: str = "") -> tuple[str, list[str]]:
     """The HTML page and the problems met building it (missing predictions etc.)."""
@@ -162,6 +216,7 @@ def build_report(loaded: Loaded, paper: PaperTables | None = None, attrs: list[s
     if not frame.empty:
         body.append("<h2>Protocol</h2>")
         body += _protocol(loaded.records)
+        body += _gradient_shares(loaded.records)
         metrics = ", ".join(m.label for m in table_metrics())
         for layout in LAYOUTS.values():
             if layout.report_heading is None:

@@ -6,10 +6,11 @@ DPD/EOD by more than a point; a Sinkhorn cost in bf16 changes FairCLIP's gradien
 computes them leaves autocast explicitly (`full_precision`) and casts its inputs to fp32 (`fp32`), while the
 encoders keep running in bf16.
 
-The `fairclip` protocol reproduces the released code, which scores and builds its similarity distributions in
-fp16: inside `native_numerics()` the islands that exist only for fairbench's own numerics step aside, while
-those the released code also has (its Sinkhorn runs on `.float()` inputs of a model without autocast, i.e. truly
-in fp32) stay (`always=True`).
+The `fairclip` protocol reproduces the released code, which runs a plain fp16 model on a GPU (no autocast) and so
+scores, normalises, computes its cross-entropy and builds its similarity distributions in fp16: inside
+`native_numerics()` the islands that exist only for fairbench's own numerics step aside, while those the released
+code also has (its Sinkhorn runs on `.float()` inputs, i.e. truly in fp32) stay (`always=True`). `release_fp16`
+turns a model into that plain fp16 model.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DEVICE_TYPES = ("cuda", "cpu")
@@ -73,3 +75,29 @@ def fp32_island(fn: F | None = None, *, always: bool = False) -> Any:
             return fn(*args, **kwargs)
 
     return wrapped
+
+
+def release_fp16(model: nn.Module) -> None:
+    """Make `model` the plain fp16 model FairCLIP fine-tunes on a GPU, in place.
+
+    OpenAI's `clip.load` on a GPU returns the model after `clip.model.convert_weights` (FairCLIP/finetune_FairCLIP.py
+    line 144 calls it again, and line 212 after every optimiser step): the weights and biases of every Linear and
+    Conv layer, the attention projections and the two output projections are fp16; LayerNorms, embeddings, the
+    class token and the logit scale stay fp32, and OpenAI's LayerNorm computes in fp32 and casts back
+    (clip/model.py's `LayerNorm`). open_clip's `convert_weights_to_lp` converts the same parameters; its default
+    `LayerNorm` would normalise an fp16 input in a mixed fp16/fp32 kernel, which rounds differently, so those
+    modules become open_clip's `LayerNormFp32` (same parameters, fp32 compute, as OpenAI's). A module that holds
+    Linear-like weights in its own parameters (Fair-MoE's stacked experts, which the release keeps as fp16
+    `nn.Linear` experts) lists them in a `half_precision_parameters()` method; they are converted too.
+    """
+    from open_clip.model import convert_weights_to_lp
+    from open_clip.transformer import LayerNorm, LayerNormFp32
+
+    convert_weights_to_lp(model, torch.float16)
+    for module in model.modules():
+        if type(module) is LayerNorm:
+            module.__class__ = LayerNormFp32
+        extra = getattr(module, "half_precision_parameters", None)
+        if callable(extra):
+            for p in extra():
+                p.data = p.data.half()

@@ -132,7 +132,8 @@ def _build(target: PretrainTarget, out: Path, cache_dir: Path | None) -> None:
         seed_everything(r.seed)
         backbone = create_backbone(target.arch, pretrained=None)
         split = lambda s: SplitData(images=s.images, tokens=s.tokens, labels=s.labels)  # noqa: E731
-        settings = TrainSettings(**r.train_settings(), precision="fp32", select="val")
+        settings = TrainSettings(**r.train_settings(), precision="fp32", select="val",
+                                 grad_probe=False)  # one loss term: nothing to compare its gradient with
         # The CPU keeps these bytes reproducible: a GPU's nondeterministic kernels would not.
         outcome = train(ContrastiveFineTune(), backbone.model, settings, train_data=split(data.train),
                         val_data=split(data.val), test_data=split(data.val), normalize=backbone.normalizer(),

@@ -19,11 +19,12 @@ OPTIMIZERS = ("adam", "adamw")
 TIE_RULES = ("earlier", "later")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16-weights")
 COMPILE_MODES = ("auto", "off", "on", "cudagraphs")
+GROUP_SAMPLING = ("reshuffle", "loader")
 MAX_THREADS = 1024  # torch CPU threads: more than any machine has cores
 
 # Trainer settings that change how a run is executed but no number it produces: they stay out of the config
 # hash (and config.json), so setting them never turns an existing run into a new one.
-RUN_CONTROL_SETTINGS = ("keep_state", "device_data")
+RUN_CONTROL_SETTINGS = ("keep_state", "device_data", "grad_probe")
 
 
 @dataclass
@@ -40,8 +41,11 @@ class TrainSettings:
     warmup_steps: int = 0  # linear learning-rate warm-up; the published protocol has none
     select: str = "val"  # a registered selection rule (fairbench.selection)
     ties: str = "earlier"  # which epoch wins when the selection keys are equal
+    # how group batches are cut from each group's pool (GroupSampler): reshuffle = always full batches; loader =
+    # FairCLIP's endless shuffled DataLoader, each pass a permutation ending in a short batch
+    group_sampling: str = "reshuffle"
     # auto = bf16 autocast with fp32 weights on CUDA, fp32 on CPU; fp16-weights = FairCLIP's released recipe on
-    # CUDA (fp16 weights and compute, fp32 only for the optimiser step, then rounded back), fp32 on CPU.
+    # CUDA (a plain fp16 model, no autocast, fp32 only for the optimiser step, then rounded back), fp32 on CPU.
     precision: str = "auto"
     frozen: tuple[str, ...] = ()  # top-level model attributes whose parameters never train (see protocols)
     fp32_numerics: bool = True  # scores and similarity distributions in fp32 outside autocast (training.precision)
@@ -56,6 +60,9 @@ class TrainSettings:
     # share of the free GPU memory the training split may take to live on the GPU for the whole job (gathered and
     # normalised there); otherwise pinned host memory, copied one step ahead. 0 = always on the host. Run control.
     device_data: float = 0.5
+    # once per epoch, each loss term's gradient norm on the trainable parameters (fairbench.training.probe), recorded
+    # in history.json; changes no number of the training. Run control.
+    grad_probe: bool = True
 
     def __post_init__(self) -> None:
         from fairbench.registry import UnknownNameError
@@ -99,6 +106,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0"),
     "warmup_steps": (lambda v: _integer(v) and v >= 0, "an integer ≥ 0 (0 = no warm-up)"),
     "ties": (lambda v: v in TIE_RULES, f"one of {', '.join(TIE_RULES)}"),
+    "group_sampling": (lambda v: v in GROUP_SAMPLING, f"one of {', '.join(GROUP_SAMPLING)}"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "frozen": (lambda v: all(isinstance(p, str) and p for p in v), "a list of model attribute names"),
     "eval_batch_size": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),

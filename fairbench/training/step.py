@@ -83,6 +83,25 @@ class TrainStep:
             terms = self.method.loss_terms(self.model, batch, groups)
         return terms, sum(t.float() for t in terms.values())
 
+    def probe(self, batch: Batch, groups: dict[int, Batch], sets: dict[str, list[nn.Parameter]]
+              ) -> dict[str, dict[str, float]]:
+        """Each loss term's gradient norm on each parameter set for this batch (`fairbench.training.probe`), computed
+        as the step computes its loss (eagerly), without changing anything the training depends on: eval mode, every
+        random generator restored, gradients through `torch.autograd.grad` only, the optimiser untouched."""
+        from fairbench.training.probe import gradient_norms
+        from fairbench.training.resume import rng_state, set_rng_state
+
+        was_training = self.model.training
+        saved = rng_state()
+        self.model.eval()
+        try:
+            with torch.autocast(self.device.type, dtype=self.compute, enabled=self.mixed):
+                terms = self.method.loss_terms(self.model, batch, groups)
+            return gradient_norms(terms, sets)
+        finally:
+            self.model.train(was_training)
+            set_rng_state(saved)
+
     def __call__(self, batch: Batch, groups: dict[int, Batch], static: bool = True
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         if self.compiled is not None and static:

@@ -8,6 +8,7 @@ should. Selection on validation AUC is the default; "test" reproduces the papers
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -22,8 +23,9 @@ from torch import nn
 from fairbench.method import Batch, Method
 from fairbench.selection import EpochView, get_select_rule
 from fairbench.training.feeder import Feeder, SplitData, choose_placement, device_data_fraction, split_nbytes
+from fairbench.training.probe import ALL, inert_warnings, probe_record
 from fairbench.training.resume import TrainState, rng_state, set_rng_state
-from fairbench.training.settings import RUN_CONTROL_SETTINGS, TrainSettings  # noqa: F401 - re-exported
+from fairbench.training.settings import GROUP_SAMPLING, RUN_CONTROL_SETTINGS, TrainSettings  # noqa: F401
 from fairbench.training.step import (
     EpochMeter,
     TrainingDiverged,  # noqa: F401 - raised by train(); callers import it here
@@ -58,23 +60,47 @@ def pick_device() -> torch.device:
 
 
 class GroupSampler:
-    """Endless shuffled batches per group, like FairCLIP's one DataLoader per group, without Python per-sample work."""
+    """Endless batches per group, one draw of every group per step, without Python per-sample work.
 
-    def __init__(self, groups: torch.Tensor, n_groups: int, batch_size: int, generator: torch.Generator) -> None:
+    `mode` says how a group's pool is cut into batches:
+
+    * "reshuffle" (fairbench's default): every batch is full (`batch_size`, or the whole pool when it is smaller);
+      when fewer than a batch remain, the pool is reshuffled and the batch is taken from the new order.
+    * "loader": as FairCLIP's group loaders yield them, an endless `DataLoader(group, batch_size, shuffle=True,
+      drop_last=False)` (FairCLIP/finetune_FairCLIP.py lines 117-124 and `endless_loader`, src/modules.py lines
+      256-259): each pass over a pool is one permutation cut into batches of `batch_size`, the last one short
+      (pool mod batch_size) when the size does not divide the pool; the next pass is a new permutation. A pool of
+      70 gives 32, 32, 6, 32, 32, 6, ...
+
+    Both draw one `torch.randperm` of the pool from `generator` per new order, so the state is the same pair of
+    dicts in either mode.
+    """
+
+    def __init__(self, groups: torch.Tensor, n_groups: int, batch_size: int, generator: torch.Generator,
+                 mode: str = "reshuffle") -> None:
+        if mode not in GROUP_SAMPLING:
+            raise ValueError(f"group sampling must be one of {', '.join(GROUP_SAMPLING)}, got {mode!r}")
         self.pools = {g: torch.nonzero(groups == g).flatten() for g in range(n_groups)}
         self.pools = {g: idx for g, idx in self.pools.items() if idx.numel() > 0}
         self.batch_size = batch_size
         self.generator = generator
+        self.mode = mode
         self.order: dict[int, torch.Tensor] = {}
         self.pos: dict[int, int] = {}
 
     def next(self) -> dict[int, torch.Tensor]:
+        """Each group's next batch of training indices."""
         out = {}
-        for g, pool in self.pools.items():
-            take = min(self.batch_size, pool.numel())
-            if g not in self.order or self.pos[g] + take > pool.numel():
-                self.order[g] = pool[torch.randperm(pool.numel(), generator=self.generator)]
+        for g, pool in self.pools.items():  # ≤ a handful of groups
+            n = pool.numel()
+            if self.mode == "loader":
+                new_order = g not in self.order or self.pos[g] >= n
+            else:
+                new_order = g not in self.order or self.pos[g] + min(self.batch_size, n) > n
+            if new_order:
+                self.order[g] = pool[torch.randperm(n, generator=self.generator)]
                 self.pos[g] = 0
+            take = min(self.batch_size, n - self.pos[g])
             out[g] = self.order[g][self.pos[g]:self.pos[g] + take]
             self.pos[g] += take
         return out
@@ -122,33 +148,35 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
         torch.set_num_threads(settings.threads)
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    half_weights = settings.precision == "fp16-weights" and device.type == "cuda"
+    half_weights, use_bf16 = precision_plan(settings.precision, device)
     if half_weights:
-        from open_clip.model import convert_weights_to_lp
+        from fairbench.training.precision import release_fp16
 
-        convert_weights_to_lp(model, torch.float16)  # what FairCLIP's OpenAI-CLIP weights are on a GPU
-    optimizer = _make_optimizer(_unfrozen(method.trainable_parameters(model), model, settings.frozen), settings)
+        release_fp16(model)  # FairCLIP's plain fp16 model on a GPU: fp16 inputs, no autocast
+        normalize = _to_half(normalize)
+    trainable = _unfrozen(method.trainable_parameters(model), model, settings.frozen)
+    optimizer = _make_optimizer(trainable, settings)
     warmup = max(settings.warmup_steps, 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and device.type == "cuda")
-    compute = torch.bfloat16 if use_bf16 else torch.float16
-    mixed = use_bf16 or half_weights
     n_train = train_data.labels.shape[0]
     steps = math.ceil(n_train / settings.batch_size)
     if settings.max_steps_per_epoch:
         steps = min(steps, settings.max_steps_per_epoch)
     sampler = None
+    full_groups: dict[int, int] = {}
     if method.group_batches:
         if train_data.groups is None:
             raise ValueError(f"method {method.name!r} needs group batches but no training attribute was given")
         size = method.group_batch_size() or settings.batch_size
-        sampler = GroupSampler(train_data.groups, method.n_groups, size, generator)
+        sampler = GroupSampler(train_data.groups, method.n_groups, size, generator, settings.group_sampling)
+        full_groups = {g: min(size, pool.numel()) for g, pool in sampler.pools.items()}
 
     placement = choose_placement(split_nbytes(train_data), device, device_data_fraction(settings.device_data))
     feeder = Feeder(train_data, device, normalize, placement)
-    run_step = TrainStep(method, model, optimizer, scheduler, device=device, compute=compute, mixed=mixed,
+    run_step = TrainStep(method, model, optimizer, scheduler, device=device, compute=torch.bfloat16, mixed=use_bf16,
                          optimizer_step=fp32_optimizer_step if half_weights else None,
                          mode=resolve_compile(settings.compile, device, half_weights))
+    probe_sets = _probe_sets(method, model, [p for p in trainable if p.requires_grad]) if settings.grad_probe else {}
 
     outcome = TrainOutcome(best_epoch=-1, val_scores=np.zeros(0), test_scores=np.zeros(0))
     best_key = -math.inf
@@ -160,18 +188,26 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
         first_epoch, best_key, best_state = _restore(resume, model, optimizer, scheduler, generator, sampler,
                                                      outcome, keep_best)
     score = lambda data: zero_shot_scores(  # noqa: E731 - a local shorthand
-        model, data.images, tokenize, prompts, normalize, device, settings.eval_batch_size, autocast=use_bf16,
-        half=half_weights)
+        model, data.images, tokenize, prompts, normalize, device, settings.eval_batch_size, autocast=use_bf16)
     for epoch in range(first_epoch, settings.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(n_train, generator=generator)
         meter = EpochMeter(device)
         plan = EpochPlan(order, steps, settings.batch_size, sampler, feeder)
+        batches = plan.batches(0)
+        probe: dict[str, Any] = {}
+        probe_s = 0.0
+        if probe_sets:  # the batch the epoch trains on first, before it does; not counted as training time
+            t_probe = time.perf_counter()
+            probe = probe_record(run_step.probe(*batches, probe_sets))
+            method.step_stats(model)  # the probe's own diagnostics are not the epoch's
+            probe_s = time.perf_counter() - t_probe
         try:
-            batches = plan.batches(0)
             for i, step in enumerate(plan.steps):
                 batch, groups = batches
-                terms, loss = run_step(batch, groups, static=batch.labels.shape[0] == settings.batch_size)
+                static = batch.labels.shape[0] == settings.batch_size and all(
+                    gb.labels.shape[0] == full_groups[g] for g, gb in groups.items())
+                terms, loss = run_step(batch, groups, static=static)
                 meter.add(step, terms, loss)
                 del terms, loss
                 if i + 1 < len(plan.steps):  # gathered and copied while the device runs this step
@@ -183,12 +219,12 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
                 meter.check(epoch)
             raise
         meter.check(epoch)
-        train_s = time.perf_counter() - t0
+        train_s = time.perf_counter() - t0 - probe_s
         outcome.train_seconds += train_s
         t1 = time.perf_counter()
         val_scores = score(val_data)
         val_auc = auc(val_data.labels.numpy(), val_scores)
-        record: dict[str, Any] = {"epoch": epoch, "train": meter.means(steps),
+        record: dict[str, Any] = {"epoch": epoch, "train": meter.means(steps), **probe,
                                   "val_auc": val_auc, "train_seconds": train_s}
         test_scores = None
         if rule.split == "test":
@@ -227,6 +263,7 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
         outcome.test_scores = score(test_data)
         outcome.eval_seconds += time.perf_counter() - t1
     outcome.state_dict = best_state if settings.checkpoint else None
+    outcome.warnings += inert_warnings(outcome.history)
     best_val = outcome.history[outcome.best_epoch]["val_auc"]
     if best_val is not None and not math.isnan(best_val) and best_val < 0.5:
         outcome.warnings.append(
@@ -243,7 +280,10 @@ def _epoch_view(split: str, data: SplitData, scores: np.ndarray, split_auc: floa
 
 class EpochPlan:
     """The steps an epoch runs and their batches: the shuffled order, and every group batch of the epoch drawn up
-    front in step order (the same draws as one `GroupSampler.next()` per step), moved where the data lives once."""
+    front in step order (the same draws as one `GroupSampler.next()` per step), moved where the data lives once.
+
+    A group's draws are kept as one flat index tensor with each step's offset, so a short batch (the "loader"
+    sampling's end of a pass) is sliced like any other."""
 
     def __init__(self, order: torch.Tensor, steps: int, batch_size: int, sampler: GroupSampler | None,
                  feeder: Feeder) -> None:
@@ -253,13 +293,43 @@ class EpochPlan:
         self.steps = [s for s in range(steps) if order[s * batch_size:(s + 1) * batch_size].numel() >= 2]
         self.order = feeder.indices(order)
         draws = [sampler.next() for _ in self.steps] if sampler else []
-        self.groups = {g: feeder.indices(torch.stack([d[g] for d in draws])) for g in draws[0]} if draws else {}
+        self.groups: dict[int, tuple[torch.Tensor, list[int]]] = {}
+        for g in draws[0] if draws else ():
+            offsets = [0, *itertools.accumulate(d[g].numel() for d in draws)]  # one entry per step, not per sample
+            self.groups[g] = (feeder.indices(torch.cat([d[g] for d in draws])), offsets)
 
     def batches(self, i: int) -> tuple[Batch, dict[int, Batch]]:
         """The i-th step's batch and group batches on the training device."""
         s = self.steps[i]
         batch = self.feeder.batch(self.order[s * self.batch_size:(s + 1) * self.batch_size])
-        return batch, {g: self.feeder.batch(idx[i]) for g, idx in self.groups.items()}
+        return batch, {g: self.feeder.batch(idx[offsets[i]:offsets[i + 1]]) for g, (idx, offsets) in
+                       self.groups.items()}
+
+
+def precision_plan(precision: str, device: torch.device) -> tuple[bool, bool]:
+    """(plain fp16 model, bf16 autocast) for a `precision` setting on `device`. `fp16-weights` is FairCLIP's model on
+    a GPU — fp16 weights and compute with no autocast at all — and fp32 on a CPU (finetune_FairCLIP.py lines 141–144);
+    `auto` is bf16 autocast over fp32 weights on a GPU and fp32 on a CPU; `bf16` autocasts everywhere."""
+    half = precision == "fp16-weights" and device.type == "cuda"
+    return half, precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def _to_half(normalize: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Model input for the plain fp16 model: OpenAI's CLIP casts the image to its weights' dtype in `encode_image`
+    (`image.type(self.dtype)`), open_clip's does not, so the normalised batch is cast here."""
+    return lambda images: normalize(images).half()
+
+
+def _probe_sets(method: Method, model: nn.Module, trainable: list[nn.Parameter]) -> dict[str, list[nn.Parameter]]:
+    """The parameter sets the gradient probe reports: every trainable parameter, and the method's named subsets
+    (`Method.probe_parameters`) restricted to the trainable ones (a frozen parameter's gradient cannot matter)."""
+    ids = {id(p) for p in trainable}
+    sets = {ALL: trainable}
+    for name, params in method.probe_parameters(model).items():
+        kept = [p for p in params if id(p) in ids]
+        if kept:
+            sets[name] = kept
+    return sets
 
 
 def _unfrozen(parameters, model: nn.Module, frozen: tuple[str, ...]) -> list[nn.Parameter]:

@@ -21,13 +21,14 @@ from fairbench.training.precision import fp32, full_precision, is_native
 @torch.no_grad()
 def zero_shot_scores(model: nn.Module, images_uint8: torch.Tensor, tokenize: Callable[[list[str]], torch.Tensor],
                      prompts: tuple[str, str], normalize: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                     batch_size: int = 256, autocast: bool = False, half: bool = False) -> np.ndarray:
-    """p(class 1) for every image, batched; `normalize` turns a uint8 batch on `device` into model input.
+                     batch_size: int = 256, autocast: bool = False) -> np.ndarray:
+    """p(class 1) for every image, batched; `normalize` turns a uint8 batch on `device` into model input (fp16 for
+    the `fairclip` protocol's plain fp16 model, which then scores in fp16 as FairCLIP's evaluation does).
 
-    `autocast` runs the encoders under bf16 autocast, `half` under fp16 autocast (fp16 weights)."""
+    `autocast` runs the encoders under bf16 autocast."""
     was_training = model.training
     model.eval()
-    mixed = torch.autocast(device.type, dtype=torch.float16 if half else torch.bfloat16, enabled=autocast or half)
+    mixed = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast)
     try:
         with mixed:  # the encoders run in bf16 when asked; the scores never do
             text_features = model.encode_text(tokenize(list(prompts)).to(device))

@@ -9,16 +9,19 @@ Feature-based MoE: on each encoder's pooled feature; gate + softmax + Top_r (k�
 its form's value, and a switch set explicitly (`--set moe.renormalize=true`) overrides it for an ablation.
 
 * `paper` (default): §3.1 literally. Ŵ = Top_c(Top_r(softmax)) with no renormalisation; every token, the
-  pooled CLS/EOT one included, competes in Top_c; the feature MoE reads I₀² — the pooled token after the
-  tower's final LayerNorm, before its projection — and outputs Σ_b Ŵ_b² E_b²(I₀²) with no residual, which the
-  projection then maps to the embedding. Feature experts start at random (the paper does not say otherwise).
+  pooled CLS/EOT one included, competes in Top_c; the feature MoE reads I₀² — read here as the pooled token after
+  the tower's final LayerNorm, before its projection — and outputs Σ_b Ŵ_b² E_b²(I₀²) with no residual, which the
+  projection then maps to the embedding. Where the paper is silent this harness chooses: feature experts start at
+  random (N(0, 1/fan_in), zero biases), M₂ = 10 and k₂ = 3.
 * `release`: the released code's behaviour where it is defined: experts and token gate use ReLU (the experts
   still load the pretrained MLP weights); α = floor(C·197·k/M) for every tower and arch (197 is ViT-B/16's
   image token count, hard-coded there), over all token positions, text padding included (it competes in
   Top_c and counts as FOL draws); the token MoE returns its output minus its input (the release's "No
   Residual" line: with the block's `x + mlp(ln_2(x))` that subtracts the LayerNormed input, not the residual
   stream); the feature MoE sits after the projection, is dense (softmax over all experts), one expert per
-  group of the training attribute, with random-init, non-residual ReLU experts 4× wide and a QuickGELU gate.
+  group of the training attribute (FairMoEfinetune.py lines 126–127), with non-residual ReLU experts 4× wide that
+  start as `nn.Linear` layers do (FairMoE.py lines 14–21) and a QuickGELU gate; the image feature MoE never trains
+  (the released optimiser leaves it out, FairMoEfinetune.py line 215) and stays at its initialisation.
 * `v0.1`: fairbench v0.1's default, kept for comparison with runs made under it: Top_r weights renormalised
   (Switch/Mixtral style), the pooled token bypasses Top_c, residual identity-initialised feature experts after
   the projection — so an untrained model equals the backbone exactly. Its cost: with the MoE in the last
@@ -56,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairbench.method import SettingsError, convert_value
+from fairbench.training.precision import is_native
 
 TOWERS = ("image", "text")
 RELEASE_TOKENS = 197  # the released code's α uses ViT-B/16's image token count for every tower and arch
@@ -65,13 +69,13 @@ FEATURE_INPUTS = ("pooled", "projected")  # feature MoE before (I₀²) or after
 FORMS: dict[str, dict[str, Any]] = {
     "paper": {"renormalize": False, "keep_pooled": False, "relu_experts": False, "release_routing": False,
               "feature_input": "pooled", "feature_residual": False, "feature_experts": 10, "feature_top_k": 3,
-              "feature_hidden_ratio": 4.0},
+              "feature_hidden_ratio": 4.0, "feature_init": "normal", "freeze_image_feature": False},
     "release": {"renormalize": False, "keep_pooled": False, "relu_experts": True, "release_routing": True,
                 "feature_input": "projected", "feature_residual": False, "feature_experts": 0, "feature_top_k": 0,
-                "feature_hidden_ratio": 4.0},
+                "feature_hidden_ratio": 4.0, "feature_init": "linear", "freeze_image_feature": True},
     "v0.1": {"renormalize": True, "keep_pooled": True, "relu_experts": False, "release_routing": False,
              "feature_input": "projected", "feature_residual": True, "feature_experts": 10, "feature_top_k": 3,
-             "feature_hidden_ratio": 1.0},
+             "feature_hidden_ratio": 1.0, "feature_init": "normal", "freeze_image_feature": False},
 }
 
 
@@ -160,6 +164,13 @@ def route_tokens(probs: torch.Tensor, top_k: int, capacity: float, valid: torch.
     return Routing(weights=base * kept, kept=kept, slots=slots, slot_ok=slot_ok, valid=valid)
 
 
+def gate_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """The gate's softmax: in fp32 (fairbench's numerics), or in the gate's own precision under the `fairclip`
+    protocol's native numerics, as the released fp16 model computes it (FairMoE.py lines 39, 75: `nn.Softmax` on
+    the fp16 gate output)."""
+    return logits.softmax(-1) if is_native() else logits.float().softmax(-1)
+
+
 class QuickGELU(nn.Module):
     """x·σ(1.702·x), the activation of OpenAI's CLIP and of the released code's feature-MoE gate."""
 
@@ -173,18 +184,37 @@ def make_gate(dim: int, n_experts: int, hidden_ratio: float, act: nn.Module | No
     return nn.Sequential(nn.Linear(dim, hidden), act if act is not None else nn.GELU(), nn.Linear(hidden, n_experts))
 
 
-class StackedExperts(nn.Module):
-    """M two-layer MLPs with weights stacked as (M, D, H) and (M, H, D), applied with batched matmuls."""
+EXPERT_INITS = ("normal", "linear")
 
-    def __init__(self, n_experts: int, dim: int, hidden: int, act: nn.Module) -> None:
+
+class StackedExperts(nn.Module):
+    """M two-layer MLPs with weights stacked as (M, D, H) and (M, H, D), applied with batched matmuls.
+
+    `init` = "normal": weights N(0, 1/fan_in), zero biases (this harness's choice); "linear": what M separate
+    `nn.Linear` layers start as, PyTorch's default, weights and biases U(−1/√fan_in, 1/√fan_in) (kaiming_uniform
+    with a = √5), as the released Fair-MoE's experts do (FairMoE.py lines 14–21: `Expert` is two `nn.Linear`)."""
+
+    def __init__(self, n_experts: int, dim: int, hidden: int, act: nn.Module, init: str = "normal") -> None:
         super().__init__()
+        if init not in EXPERT_INITS:
+            raise ValueError(f"expert init must be one of {', '.join(EXPERT_INITS)}, got {init!r}")
         self.w1 = nn.Parameter(torch.empty(n_experts, dim, hidden))
         self.b1 = nn.Parameter(torch.zeros(n_experts, hidden))
         self.w2 = nn.Parameter(torch.empty(n_experts, hidden, dim))
         self.b2 = nn.Parameter(torch.zeros(n_experts, dim))
         self.act = act
-        nn.init.normal_(self.w1, std=dim**-0.5)
-        nn.init.normal_(self.w2, std=hidden**-0.5)
+        if init == "normal":
+            nn.init.normal_(self.w1, std=dim**-0.5)
+            nn.init.normal_(self.w2, std=hidden**-0.5)
+        else:
+            for weight, bias, fan_in in ((self.w1, self.b1, dim), (self.w2, self.b2, hidden)):
+                nn.init.uniform_(weight, -fan_in**-0.5, fan_in**-0.5)
+                nn.init.uniform_(bias, -fan_in**-0.5, fan_in**-0.5)
+
+    def half_precision_parameters(self) -> list[nn.Parameter]:
+        """Every parameter: the stacked form of `nn.Linear` weights and biases, which FairCLIP's fp16 recipe
+        (`fairbench.training.precision.release_fp16`) keeps in fp16 like the released experts."""
+        return [self.w1, self.b1, self.w2, self.b2]
 
     @classmethod
     def from_mlp(cls, mlp: nn.Module, n_experts: int, act: nn.Module | None = None) -> StackedExperts:
@@ -247,7 +277,7 @@ class EmbeddingMoE(nn.Module):
         pooled = self.pooled_index
         if pooled is None and self.pooled_first:
             pooled = torch.zeros(B, dtype=torch.long, device=x.device)
-        probs = self.gate(x).float().softmax(-1)
+        probs = gate_softmax(self.gate(x))
         return route_tokens(probs, self.top_k, self.capacity, valid, pooled if self.keep_pooled else None,
                             self.renormalize, release_alpha=self.release_routing)
 
@@ -309,14 +339,14 @@ class FeatureMoE(nn.Module):
 
     def __init__(self, dim: int, n_experts: int, top_k: int, act: nn.Module, *, hidden_ratio: float = 1.0,
                  gate_hidden_ratio: float = 0.25, renormalize: bool = True, residual: bool = True,
-                 gate_act: nn.Module | None = None) -> None:
+                 gate_act: nn.Module | None = None, init: str = "normal") -> None:
         super().__init__()
         if n_experts < 1 or not 0 <= top_k <= n_experts:
             raise ValueError(f"feature MoE needs ≥ 1 expert and 0 ≤ top_k ≤ experts, got {n_experts}, {top_k}")
         hidden = max(int(dim * hidden_ratio), 1)
         self.n_experts, self.top_k, self.renormalize, self.residual = n_experts, top_k, renormalize, residual
         self.gate = make_gate(dim, n_experts, gate_hidden_ratio, gate_act)
-        self.experts = StackedExperts(n_experts, dim, hidden, act)
+        self.experts = StackedExperts(n_experts, dim, hidden, act, init=init)
         if residual:
             with torch.no_grad():  # a zero output layer: every residual expert starts as the identity
                 self.experts.w2.zero_()
@@ -324,7 +354,7 @@ class FeatureMoE(nn.Module):
         self._stats: dict[str, torch.Tensor] = {}
 
     def gate_weights(self, f: torch.Tensor) -> torch.Tensor:
-        probs = self.gate(f).float().softmax(-1)
+        probs = gate_softmax(self.gate(f))
         if not self.top_k or self.top_k == self.n_experts:
             return probs  # dense softmax (the released code's form)
         w = probs * top_r_mask(probs, self.top_k)
@@ -370,6 +400,8 @@ class MoEConfig:
     feature_experts: int | None = None  # M₂, feature-based MoE; 0 = one per group of the training attribute
     feature_top_k: int | None = None  # k₂; 0 = dense softmax
     feature_hidden_ratio: float | None = None  # feature expert hidden width / input width
+    feature_init: str | None = None  # normal (N(0, 1/fan_in), zero biases) | linear (nn.Linear's default)
+    freeze_image_feature: bool | None = None  # the image feature MoE never trains (stays at its init)
     embedding_moe: bool = True
     feature_moe: bool = True
     towers: tuple[str, ...] = field(default=TOWERS)  # encoders that get FO-MoE (and so their FOL terms)
@@ -384,6 +416,9 @@ class MoEConfig:
         if self.feature_input is not None and self.feature_input not in FEATURE_INPUTS:
             raise SettingsError(f"moe.feature_input must be one of {', '.join(FEATURE_INPUTS)} "
                                 f"(got {self.feature_input!r})")
+        if self.feature_init is not None and self.feature_init not in EXPERT_INITS:
+            raise SettingsError(f"moe.feature_init must be one of {', '.join(EXPERT_INITS)} "
+                                f"(got {self.feature_init!r})")
 
     def resolved(self) -> MoEConfig:
         """This config with every unset switch replaced by its form's value."""
@@ -538,7 +573,8 @@ def build_fair_moe(clip: nn.Module, config: MoEConfig, n_groups: int = 0) -> MoE
             heads[name] = FeatureMoE(dim, m2, k2, act, hidden_ratio=config.feature_hidden_ratio,
                                      gate_hidden_ratio=config.gate_hidden_ratio, renormalize=config.renormalize,
                                      residual=config.feature_residual,
-                                     gate_act=QuickGELU() if config.release_routing else None)
+                                     gate_act=QuickGELU() if config.release_routing else None,
+                                     init=config.feature_init)
     device = next(clip.parameters()).device
     return MoECLIP(clip, heads.get("image"), heads.get("text"), feature_input=config.feature_input).to(device)
 

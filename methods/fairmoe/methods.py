@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,14 +23,18 @@ from fairbench.method import Batch, SettingsError, encode_batch
 from fairbench.registry import register_method
 
 from ..fairclip import FairCLIP, FairCLIPSettings, encode_groups
-from .layers import TOWERS, MoEConfig, build_fair_moe, record_routing, routing_stats
-from .loss import FORMS as FOL_FORMS
+from .layers import TOWERS, MoEConfig, build_fair_moe, moe_layers, record_routing, routing_stats
 from .loss import FOLConfig, fol_terms
 
 
 @dataclass
 class FairMoESettings(FairCLIPSettings):
-    """FairCLIP's settings plus FO-MoE's shape (`--set moe.capacity=…`) and FOL's weights (`--set fol.ei=…`)."""
+    """FairCLIP's settings plus FO-MoE's shape (`--set moe.capacity=…`) and FOL's weights (`--set fol.ei=…`).
+
+    FairCLIP's term keeps FairCLIP's launch-script values (λ 1e-6, blur 1e-6, group batch 32) in every form: the
+    Fair-MoE release's argparse defaults (1e-4, 1e-4, 64; FairMoEfinetune.py lines 57–59) are FairCLIP's own argparse
+    defaults (finetune_FairCLIP.py lines 50–52), which FairCLIP's script overrides, and the release ships no launch
+    script of its own; the paper aligns its protocol with FairCLIP's (§4.1)."""
 
     moe: MoEConfig = field(default_factory=MoEConfig)
     fol: FOLConfig = field(default_factory=FOLConfig)
@@ -50,8 +55,6 @@ class FairMoESettings(FairCLIPSettings):
                             f"{moe.feature_experts})")
         if not set(moe.towers) <= set(TOWERS) or len(set(moe.towers)) != len(moe.towers):
             problems.append(f"moe.towers must be distinct names out of {', '.join(TOWERS)} (got {moe.towers!r})")
-        if self.fol.form not in FOL_FORMS:
-            problems.append(f"fol.form must be one of {', '.join(FOL_FORMS)} (got {self.fol.form!r})")
         if problems:
             raise SettingsError("fairmoe settings: " + "; ".join(problems))
 
@@ -64,8 +67,25 @@ class FairMoE(FairCLIP):
 
     Settings = FairMoESettings
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.moe = self.settings.moe.resolved()
+        self.fol = self.settings.fol.resolved(self.settings.moe.form)
+
     def build(self, model: nn.Module) -> nn.Module:
         return build_fair_moe(model, self.settings.moe, n_groups=self.n_groups)
+
+    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
+        """Every parameter that requires a gradient, except the image feature MoE's where the form keeps it at its
+        initialisation: the released optimiser never holds it (FairMoEfinetune.py line 215, commented out)."""
+        frozen = set()
+        if self.moe.freeze_image_feature and getattr(model, "image_head", None) is not None:
+            frozen = {id(p) for p in model.image_head.parameters()}
+        return (p for p in model.parameters() if p.requires_grad and id(p) not in frozen)
+
+    def probe_parameters(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+        """The gates of every MoE layer, where FOL acts: the gradient probe reports each term's share there."""
+        return {"gates": [p for layer in moe_layers(model).values() for p in layer.gate.parameters()]}
 
     def loss_terms(self, model: nn.Module, batch: Batch, group_batches: dict[int, Batch]) -> dict[str, torch.Tensor]:
         s = self.settings
@@ -77,8 +97,10 @@ class FairMoE(FairCLIP):
             group_features = encode_groups(model, group_batches, s.form)
         terms = self.fairclip_terms(model, batch, group_batches, features, group_features)
         codes = [_codes(batch, -1)] + [_codes(gb, g) for g, gb in group_batches.items()]
-        terms.update(fol_terms(records, codes, self.n_groups, s.fol.weights(), form=s.fol.form,
-                               released_lambda=s.fol.released_lambda))
+        fol = self.fol
+        terms.update(fol_terms(records, codes, self.n_groups, fol.weights(), form=fol.form,
+                               released_lambda=fol.released_lambda, unbiased=fol.unbiased,
+                               group_sample=fol.group_sample))
         return terms
 
     def step_stats(self, model: nn.Module) -> dict[str, float]:
