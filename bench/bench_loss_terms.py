@@ -65,7 +65,7 @@ def trainable(model):
     from fairbench.training.settings import resolve_train_settings
     from fairbench.training.trainer import _unfrozen
 
-    frozen = resolve_train_settings("tiny", "fairclip").frozen  # the towers-only rule, as a fairclip-protocol job has it
+    frozen = resolve_train_settings("tiny", "fairclip").frozen  # the towers-only rule of a fairclip-protocol job
     return _unfrozen((p for p in model.parameters() if p.requires_grad), model, frozen)
 
 
