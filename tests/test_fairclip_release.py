@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from fairbench.models.archs import TINY_CFG
+from fairbench.models.archs import TINY_CFG, get_arch
 from fairbench.models.backbones import create_backbone
 from fairbench.protocols import get_protocol
 from fairbench.registry import get_method
@@ -229,7 +229,10 @@ def _fairbench_steps(dtype: torch.dtype, lam: float, steps: int):
     start = copy.deepcopy(model)
     method = get_method("fairclip")(get_method("fairclip").settings_from({"fair_lambda": str(lam)}), "race", 3)
     recording = Recording(method)
-    settings = TrainSettings(**{**get_protocol("fairclip").train, "epochs": 1, "max_steps_per_epoch": steps})
+    protocol = get_protocol("fairclip")
+    assert protocol.towers_only  # the released optimiser holds the two towers only (lines 148–151)
+    settings = TrainSettings(**{**protocol.train, "frozen": get_arch("tiny").frozen, "epochs": 1,
+                                "max_steps_per_epoch": steps})
     small = SplitData(images=data.images[:4], tokens=data.tokens[:4], labels=torch.tensor([0, 1, 0, 1]),
                       groups=data.groups[:4])
     train(method, model, settings, train_data=data, val_data=small, test_data=small, normalize=normalize,
