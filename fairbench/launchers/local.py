@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fairbench.launchers.base import Launcher, Reporter
+from fairbench.launchers.base import Launcher, Reporter, failure_line
 
 if TYPE_CHECKING:
     from fairbench.runs.execute import JobResult
@@ -12,23 +12,28 @@ if TYPE_CHECKING:
 
 
 class SequentialLauncher(Launcher):
-    """One job at a time in the calling process; datasets load once and serve every job that shares them."""
+    """One job at a time in the calling process; datasets load once and serve every job that shares them. A job
+    that raises fails alone (one line, failure.json), as under the worker pool; the next job starts."""
 
     name = "local"
 
     def launch(self, jobs: list[PlannedJob], reporter: Reporter) -> list[JobResult]:
-        from fairbench.runs.execute import DataCache, JobResult, execute
+        from fairbench.runs.execute import DataCache, JobResult, execute, tidy_done
 
         cache = DataCache()
         results: list[JobResult] = []
         for index, planned in enumerate(jobs, start=1):
             if planned.state() == "done":
+                tidy_done(planned)
                 result = JobResult(planned, "skipped", "finished run with this config exists")
             else:
                 reporter.job_started(planned, index, len(jobs))
-                result = execute(planned, data_cache=cache, log=reporter.log,
-                                 progress=lambda done, total, _p=planned: reporter.step(_p, done, total),
-                                 on_epoch=lambda record, _p=planned: reporter.epoch_finished(_p, record))
+                try:
+                    result = execute(planned, data_cache=cache, log=reporter.log,
+                                     progress=lambda done, total, _p=planned: reporter.step(_p, done, total),
+                                     on_epoch=lambda record, _p=planned: reporter.epoch_finished(_p, record))
+                except (Exception, SystemExit) as exc:  # a stop (Interrupted, Ctrl-C) still ends the launch
+                    result = JobResult(planned, "failed", failure_line(exc))
             reporter.job_finished(result)
             results.append(result)
         return results
