@@ -48,8 +48,8 @@ def data(tmp_path_factory):
 def test_method_trains_two_epochs_and_scores(name, data):
     from fairbench.datasets import normalize_images
     from fairbench.datasets.fairvlmed import FairVLMed
-    from fairbench.models import create_backbone
     from fairbench.metrics import overall_auc as _auc
+    from fairbench.models import create_backbone
 
     cls = get_method(name)
     attribute = "race" if cls.uses_attribute else None
