@@ -143,15 +143,48 @@ def run(
         planned = plan(options, expand_jobs(methods, archs, attrs, seed_list, dataset=spec.name))
     except (SettingsError, DatasetError) as exc:
         fail(f"{where}: {exc}" if where else str(exc))
+    except OSError as exc:  # the cache (default data, pretraining set) cannot be written
+        fail(_os_error_line(exc, out))
     if dry_run:
         if chosen_study:
             console.print(f"study {chosen_study.name} ({chosen_study.source}): protocol {chosen_study.protocol}, "
                           f"select {chosen_study.selection_rule}", markup=False, highlight=False, soft_wrap=True)
         _print_plan(console, planned)
         return
-    _check_weights(console, planned)
+    _check_writable(out)
+    try:
+        _check_weights(console, planned)
+    except OSError as exc:
+        fail(_os_error_line(exc, out))
     _note_cpu_workers(console, chosen, planned)
     _run_all(console, chosen, planned, started)
+
+
+def _os_error_line(exc: OSError, out: Path) -> str:
+    """One line for a failed file operation before any job ran, naming the setting that picks the folder."""
+    from fairbench.datasets.cache import cache_root
+    from fairbench.files import describe_os_error
+
+    where = Path(exc.filename or "").absolute()
+    what = "--out" if where.is_relative_to(out.absolute()) else \
+        "$FAIRBENCH_CACHE" if where.is_relative_to(cache_root().absolute()) else ""
+    return describe_os_error(exc, what)
+
+
+def _check_writable(out: Path) -> None:
+    """The results folder takes files (a read-only, immutable or full folder fails here, before any job, with one
+    line naming it)."""
+    from fairbench.files import atomic_path
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / ".fairbench-write-check") as tmp:
+            tmp.write_bytes(b"ok")
+        (out / ".fairbench-write-check").unlink()
+    except FileExistsError:
+        fail(f"--out {out}: exists and is not a folder; choose another --out")
+    except OSError as exc:
+        fail(_os_error_line(exc, out))
 
 
 def _load_study(name: str, **fixed):
@@ -271,6 +304,9 @@ def _run_all(console, launcher, planned, started: float) -> None:
         except (DatasetError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
             reporter.close()
             fail(f"{reporter.current or 'run'}: {exc}")
+        except OSError as exc:
+            reporter.close()
+            fail(_os_error_line(exc, out))
     if any(r.record and r.record["dataset"]["synthetic"] for r in results):
         console.print("[bold yellow]These results are on SYNTHETIC data, not the real dataset.[/]")
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "submitted")}
@@ -285,4 +321,11 @@ def _run_all(console, launcher, planned, started: float) -> None:
                   f"skipped (already done){busy}, {counts['failed']} failed. Results under {out}/ — show them "
                   f"with `fairbench table --out {out}`{watch}.")
     if counts["failed"]:
+        failed = [r for r in results if r.status == "failed"]
+        console.print(f"[red]{len(failed)} run(s) failed[/] (why: failure.json in each folder, `fairbench status "
+                      f"--out {out}`); the same command retries them:", highlight=False)
+        for r in failed[:10]:
+            console.print(f"  {r.planned.label()}: {r.message}", markup=False, highlight=False, soft_wrap=True)
+        if len(failed) > 10:
+            console.print(f"  … and {len(failed) - 10} more", highlight=False)
         raise typer.Exit(1)
