@@ -14,3 +14,76 @@ def small_synthetic(root: Path) -> Path:
     if not path.exists():
         make_synthetic(path, **SMALL)
     return path
+
+
+def copy_dataset(source: Path, target: Path) -> Path:
+    """A private copy of a dataset folder, for a test that damages it."""
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def rewrite_summaries(root: Path, header: list[str], rows: list[list[str]]) -> Path:
+    """Replace the dataset's summary CSV with `header` and `rows`."""
+    import csv
+
+    path = root / "gpt-4_summarized_notes.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([header, *rows])
+    return path
+
+
+def summary_rows(root: Path) -> list[list[str]]:
+    """The rows (file name, note, summary) of the synthetic dataset's summary CSV, without its header."""
+    import csv
+
+    with open(root / "gpt-4_summarized_notes.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))[1:]
+
+
+def tiny_tokenize(texts: list[str]):
+    """A stand-in tokenizer (first 8 characters as codes), so data tests need no CLIP tokenizer."""
+    import torch
+
+    return torch.tensor([[ord(c) % 256 for c in (t + " " * 8)[:8]] for t in texts], dtype=torch.long)
+
+
+def load_small(root: Path, cache: Path, text_source: str = "gpt4"):
+    from fairbench.datasets.fairvlmed.load import load_fairvlmed
+
+    return load_fairvlmed(root, image_size=16, tokenize=tiny_tokenize, tokenizer_key="tiny-test",
+                          text_source=text_source, cache_dir=cache)
+
+
+def unwritable(path: Path):
+    """A context manager under which the folder `path` refuses new files, as a read-only or immutable folder does.
+
+    As root, permissions do not bind, so it sets the immutable attribute (`chattr +i`, which binds root too); as
+    another user it removes write permission. Skips the test where neither is possible."""
+    import contextlib
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    @contextlib.contextmanager
+    def block():
+        if os.geteuid() != 0:
+            mode = path.stat().st_mode
+            path.chmod(0o555)
+            try:
+                yield "chmod a-w"
+            finally:
+                path.chmod(mode)
+            return
+        chattr = shutil.which("chattr")
+        if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("running as root without a working `chattr +i`: no way to make a folder refuse root")
+        try:
+            yield "chattr +i"
+        finally:
+            subprocess.run([chattr, "-i", str(path)], capture_output=True)
+
+    return block()

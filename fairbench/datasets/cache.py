@@ -263,11 +263,13 @@ class SplitCache:
         path = self.dir / f"images_{size}.npy"
         want = (len(self.files), 1, size, size)
         loaded: list[np.ndarray] = []
+        checks: list[bool] = []
 
-        def ready() -> bool:
+        def ready() -> bool:  # called again once the build is claimed: warn about a damaged file only once
             if loaded:
                 return True
-            arr = self._load_checked(path, lambda a: a.shape == want and a.dtype == np.uint8)
+            arr = self._load_checked(path, lambda a: a.shape == want and a.dtype == np.uint8, warn=not checks)
+            checks.append(True)
             if arr is not None:
                 loaded.append(arr)
             return arr is not None
@@ -278,9 +280,9 @@ class SplitCache:
             raise DatasetError(f"{path}: image cache missing after it was built")
         return loaded[0]
 
-    def _load_checked(self, path: Path, fits: Callable[[np.ndarray], bool]) -> np.ndarray | None:
-        """The memory-mapped array at `path` if it matches its digest and `fits`; None (after one warning line,
-        removing it) when it is damaged, None silently when it does not exist."""
+    def _load_checked(self, path: Path, fits: Callable[[np.ndarray], bool], warn: bool = True) -> np.ndarray | None:
+        """The memory-mapped array at `path` if it matches its digest and `fits`; None (after one warning line if
+        `warn`) when it is damaged, None silently when it does not exist."""
         if not path.exists():
             return None
         try:
@@ -293,7 +295,8 @@ class SplitCache:
             why = f"is damaged ({str(exc).partition(': ')[2]})"
         except (OSError, ValueError) as exc:
             why = f"is unreadable ({short_error(exc)})"
-        log.warning("cache %s %s: rebuilding", path, why)
+        if warn:
+            log.warning("cache %s %s: rebuilding", path, why)
         return None
 
     def _build_images(self, path: Path, size: int, read_image: Callable[[Path], np.ndarray], progress: bool) -> None:
