@@ -184,7 +184,9 @@ def _check_writable(out: Path) -> None:
     except FileExistsError:
         fail(f"--out {out}: exists and is not a folder; choose another --out")
     except OSError as exc:
-        fail(_os_error_line(exc, out))
+        from fairbench.files import naming
+
+        fail(_os_error_line(naming(exc, out) if exc.filename and Path(exc.filename).parent == out else exc, out))
 
 
 def _load_study(name: str, **fixed):
