@@ -301,3 +301,15 @@ def test_sigterm_with_workers_names_the_runs_they_were_training(dataset, tmp_pat
     assert proc.returncode == 143
     assert ("interrupted (SIGTERM) while worker processes were training 2 run(s) (test-hold tiny - seed0, "
             "test-hold tiny - seed1); each resumes from its last saved epoch; continue with: fairbench run") in stderr
+
+
+def test_the_interrupt_message_names_runs_in_worker_processes():
+    from fairbench.runs.interrupt import Interrupted
+
+    stop = Interrupted(signal.SIGTERM)
+    assert stop.message("fairbench run x") == ("interrupted (SIGTERM) before any run was training; continue with: "
+                                               "fairbench run x")
+    stop.elsewhere = [f"clip tiny - seed{i}" for i in range(5)]
+    assert stop.message("fairbench run x") == (
+        "interrupted (SIGTERM) while worker processes were training 5 run(s) (clip tiny - seed0, clip tiny - seed1, "
+        "clip tiny - seed2 and 2 more); each resumes from its last saved epoch; continue with: fairbench run x")
