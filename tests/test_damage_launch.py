@@ -313,3 +313,34 @@ def test_the_interrupt_message_names_runs_in_worker_processes():
     assert stop.message("fairbench run x") == (
         "interrupted (SIGTERM) while worker processes were training 5 run(s) (clip tiny - seed0, clip tiny - seed1, "
         "clip tiny - seed2 and 2 more); each resumes from its last saved epoch; continue with: fairbench run x")
+
+
+def test_a_job_failing_before_its_config_is_written_still_leaves_failure_json(dataset, tmp_path, monkeypatch):
+    """Bad data found at load time (after planning) fails each job with one line and a failure.json that
+    `fairbench status` reads; v0.2 left no trace in the folder."""
+    from fairbench.datasets import DatasetError
+    from fairbench.datasets.fairvlmed import FairVLMed
+    from fairbench.launchers import SequentialLauncher
+    from fairbench.launchers.base import Reporter
+    from fairbench.registry import load_plugins
+    from fairbench.runs.jobs import RunOptions, expand_jobs, plan
+    from fairbench.runs.status import run_status
+
+    load_plugins()
+    jobs = plan(RunOptions(out=tmp_path, data=str(dataset), pretrained=None),
+                expand_jobs(["clip"], ["tiny"], None, [0, 1]))
+
+    message = f"{dataset}/Training/data_00003.npz: unreadable npz, corrupt or truncated; re-copy the file"
+
+    def broken(self, *args, **kwargs):
+        raise DatasetError(message)
+
+    monkeypatch.setattr(FairVLMed, "load", broken)
+    results = SequentialLauncher().launch(jobs, Reporter())
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert results[0].message == message
+    for job in jobs:
+        assert not (job.run_dir / "config.json").exists()
+        assert json.loads((job.run_dir / "failure.json").read_text())["error"].startswith("DatasetError: ")
+        status = run_status(job.run_dir)
+        assert status.state == "failed" and "data_00003.npz: unreadable npz" in status.detail

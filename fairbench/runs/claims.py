@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fairbench.files import new_temp_file
+from fairbench.files import naming, new_temp_file
 
 CLAIM_FILE = "claim.json"
 CLAIM_LOG = "claims.log"
@@ -343,7 +343,10 @@ def _create(path: Path, info: ClaimInfo) -> bool:
 
 
 def _write_temp(path: Path, info: ClaimInfo) -> Path:
-    tmp = new_temp_file(path)
+    try:
+        tmp = new_temp_file(path)
+    except OSError as exc:  # a read-only or full folder: name the claim, not a temporary name
+        raise naming(exc, path) from None
     data: dict[str, Any] = {k: v for k, v in asdict(info).items() if k not in ("readable", "empty")}
     data["started_at"] = datetime.fromtimestamp(info.started, timezone.utc).isoformat(timespec="seconds")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
