@@ -173,14 +173,17 @@ def _os_error_line(exc: OSError, out: Path) -> str:
 
 def _check_writable(out: Path) -> None:
     """The results folder takes files (a read-only, immutable or full folder fails here, before any job, with one
-    line naming it)."""
+    line naming it); folders made for the check are removed again, so a later failure leaves no trace."""
     from fairbench.files import atomic_path
 
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / ".fairbench-write-check") as tmp:
             tmp.write_bytes(b"ok")
         (out / ".fairbench-write-check").unlink()
+        for folder in made:
+            folder.rmdir()
     except FileExistsError:
         fail(f"--out {out}: exists and is not a folder; choose another --out")
     except OSError as exc:
