@@ -226,7 +226,8 @@ class SplitCache:
         if previous and previous != self.dir.name:
             old = self.dir.parent / previous
             if old.is_dir():
-                log.warning("cache for %s is stale (its files changed): rebuilding", self.folder)
+                why = "its files changed" if previous.endswith(f"-v{CACHE_VERSION}") else "built by an older fairbench"
+                log.warning("cache for %s is stale (%s): rebuilding", self.folder, why)
                 shutil.rmtree(old, ignore_errors=True)
         if previous != self.dir.name:
             write_json_atomic(index, {"folder": str(self.folder.resolve()), "dir": self.dir.name})
