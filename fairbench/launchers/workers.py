@@ -120,7 +120,8 @@ class _Pool:
             from fairbench.runs.interrupt import Interrupted
 
             if isinstance(exc, Interrupted):  # the message names the runs the workers were training
-                exc.elsewhere = [self.jobs[i].label() for i in self.holding.values() if i is not None]
+                held = sorted(i for i in self.holding.values() if i is not None)
+                exc.elsewhere = [self.jobs[i].label() for i in held]
             self._stop_all(wait_s=0)
             raise
         self._stop_all(wait_s=10)
