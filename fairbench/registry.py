@@ -341,22 +341,40 @@ def load_plugin(spec: str) -> None:
             module = importlib.util.module_from_spec(spec_obj)
             sys.modules[mod_name] = module
             try:
-                spec_obj.loader.exec_module(module)
-            except Exception as exc:  # a user's file: report which file broke and how
+                _guarded(f"plugin file {spec!r}", lambda: spec_obj.loader.exec_module(module))
+            except PluginError:
                 sys.modules.pop(mod_name, None)
-                raise PluginError(f"plugin file {spec!r} failed to import: {type(exc).__name__}: {exc}") from exc
+                raise
 
         _import_once(f"file:{resolved}", load_file)
         return
 
     def load_module() -> None:
         try:
-            importlib.import_module(spec)
-        except ImportError as exc:
-            raise PluginError(f"plugin module {spec!r} could not be imported ({exc}); "
-                              "pass a path to a .py file or an importable module name") from exc
+            _guarded(f"plugin module {spec!r}", lambda: importlib.import_module(spec))
+        except PluginError as exc:
+            if isinstance(exc.__cause__, ModuleNotFoundError) and exc.__cause__.name == spec.split(".")[0]:
+                raise PluginError(f"plugin module {spec!r} could not be imported ({exc.__cause__}); "
+                                  "pass a path to a .py file or an importable module name") from exc.__cause__
+            raise
 
     _import_once(f"module:{spec}", load_module)
+
+
+def _guarded(what: str, run: Callable[[], object]) -> None:
+    """Import a plugin; whatever it raises (or a `sys.exit` it calls) becomes a PluginError naming it, so a broken
+    plugin can never end a command silently (exit 0, no output) or with a traceback. Only a stop (Ctrl-C, a
+    signal) passes through."""
+    try:
+        run()
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as exc:
+        raise PluginError(f"{what} called sys.exit({exc.code!r}) while being imported; a plugin must only define and "
+                          "register its classes") from exc
+    except Exception as exc:  # a user's code: report which plugin broke and how
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise PluginError(f"{what} failed to import: {type(exc).__name__}: {first}") from exc
 
 
 def load_plugins(specs: list[str] | tuple[str, ...] = (), *, methods: bool = True) -> None:
@@ -370,7 +388,8 @@ def load_plugins(specs: list[str] | tuple[str, ...] = (), *, methods: bool = Tru
     groups = (PLUGIN_ENTRY_POINT_GROUP, DATASET_ENTRY_POINT_GROUP) + ((ENTRY_POINT_GROUP,) if methods else ())
     for group in groups:
         for ep in entry_points(group=group):
-            _import_once(f"entry:{ep.value}", ep.load)
+            what = f"plugin {ep.value!r} (entry point {ep.name!r} of {group})"
+            _import_once(f"entry:{ep.value}", lambda ep=ep, what=what: _guarded(what, ep.load))
     env = os.environ.get(PLUGIN_ENV, "")
     for spec in [s for s in env.split(os.pathsep) if s.strip()]:
         load_plugin(spec.strip())

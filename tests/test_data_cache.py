@@ -43,7 +43,8 @@ def build(root: Path, h: int = 50, w: int = 38, seed: int = 0) -> Path:
         _sample(root / folder / name, rng.uniform(0, 255, (h, w)).astype(np.float32), i % 2)
         names.append(name)
     with open(root / "gpt-4_summarized_notes.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([["file", "note", "summary"], *[[n, "x", f"summary {n}"] for n in names]])
+        csv.writer(fh).writerows([["File Name", "Original Note", "Summarized Note"],  # FairCLIP's script's header
+                                   *[[n, "x", f"summary {n}"] for n in names]])
     return root
 
 

@@ -146,7 +146,8 @@ def test_newer_summary_csv_name_and_real_resolution_float_images(tmp_path):
     write_sample(root / "Validation" / "data_00002.npz")
     write_sample(root / "Test" / "data_00003.npz", glaucoma=0)
     with open(root / "gpt-4_summarized_notes.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([["f", "n", "s"], *[[f"data_0000{i}.npz", "n", f"s{i}"] for i in (1, 2, 3)]])
+        csv.writer(fh).writerows([["File Name", "Original Note", "Summarized Note"],
+                                   *[[f"data_0000{i}.npz", "n", f"s{i}"] for i in (1, 2, 3)]])
     data = load(root, tmp_path)
     assert data.train.texts == ["s1"] and data.test.texts == ["s3"]
     img = data.train.images[0, 0].float()
@@ -281,20 +282,24 @@ def test_run_and_data_check_list_every_missing_piece(tmp_path):
     assert " ".join(check.output.split()).count("missing") == 1  # one problem line, not one per piece
 
 
-def test_summary_columns_are_read_by_header_name_in_any_order(tmp_path):
-    """A CSV whose named columns come in another order must not make the note the summary."""
+def test_a_summary_csv_without_a_published_header_is_an_error_until_its_column_is_named(tmp_path):
+    """No guessing: reordered published columns (or any other header) stop the load with the columns found and the
+    setting that picks one; naming the column reads it, whatever its position."""
     root = build_dataset(tmp_path / "ds")
     csv_path = root / "gpt4_summarized_notes.csv"
     with open(csv_path, newline="") as fh:
         header, *rows = list(csv.reader(fh))
-    order = [2, 0, 1]  # gpt4_summary, filename, note
+    order = [0, 2, 1]  # filename, gpt4_summary, note: the note would be column 2
     with open(csv_path, "w", newline="") as fh:
         csv.writer(fh).writerows([[header[i] for i in order], *[[r[i] for i in order] for r in rows]])
-    texts = load(root, tmp_path).train.texts
-    assert all(t.startswith("summary of") for t in texts), texts
-    with open(csv_path, "w", newline="") as fh:  # an unnamed header falls back to the published positions
-        csv.writer(fh).writerows([["a", "b", "c"], *rows])
-    assert all(t.startswith("summary of") for t in load(root, tmp_path / "again").train.texts)
+    with pytest.raises(DatasetError) as err:
+        load(root, tmp_path)
+    assert "unknown summary layout (columns: 'filename', 'gpt4_summary', 'note')" in str(err.value)
+    assert "--text-source gpt4:COLUMN" in str(err.value)
+    texts = load(root, tmp_path, text_source="gpt4:gpt4_summary").train.texts
+    assert texts and all(t.startswith("summary of") for t in texts), texts
+    with pytest.raises(DatasetError, match="no column 'summary' for text source gpt4:summary"):
+        load(root, tmp_path, text_source="gpt4:summary")
 
 
 @pytest.mark.parametrize("kind", ["dangling", "loop"])

@@ -142,3 +142,49 @@ def test_nan_interval_when_never_defined() -> None:
         res = bootstrap([0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4], {}, n_resamples=10)
     assert all(math.isnan(x) for x in res.interval("auc"))
     assert res.to_dict()["auc"] == [None, None]
+
+
+def test_blocked_resampling_is_bit_identical_to_drawing_all_resamples_at_once(monkeypatch) -> None:
+    """The blocks (a few resamples at a time, the AUC a few segments at a time) change no number: compared with
+    one (B, n) draw scored in one kernel call, as the bootstrap did before it worked in blocks."""
+    import sys
+
+    from fairbench.metrics import kernel
+    from fairbench.metrics.suite import prepare
+
+    boot_mod = sys.modules["fairbench.metrics.bootstrap"]
+
+    y, s, attrs = _data(500, seed=4)
+    attrs["language"] = np.random.default_rng(4).choice([0, 1, 2, -1], 500)  # a known-rows segment too
+    whole = prepare(y, s, attrs)
+    monkeypatch.setattr(kernel, "_CHUNK_ELEMENTS", 10**12)
+    at_once = kernel.suite_arrays(whole.layout, boot_mod._multiplicities(resample_indices(500, 37, seed=9)))
+    monkeypatch.setattr(boot_mod, "MEMORY_CEILING_BYTES", 32 * 500 * 5)  # blocks of 5 resamples (the last: 2)
+    monkeypatch.setattr(kernel, "_CHUNK_ELEMENTS", 3 * 500)  # one resample and three segments at a time
+    with pytest.warns(MetricWarning):
+        blocked = bootstrap(y, s, attrs, n_resamples=37, seed=9)
+        paired = paired_bootstrap(y, s, s[::-1].copy(), attrs, n_resamples=37, seed=9)
+    for key, values in blocked.samples.items():
+        assert np.array_equal(values, at_once[key], equal_nan=True), key
+    ones = kernel.suite_arrays(whole.layout, np.ones((1, 500)))
+    assert paired.estimates[("auc",)] == ones[("auc",)][0] - evaluate(y, s[::-1].copy(), attrs).auc
+
+
+def test_memory_does_not_grow_with_the_number_of_resamples(monkeypatch) -> None:
+    """Resamples are drawn and scored in blocks under MEMORY_CEILING_BYTES: 8× the resamples, the same peak.
+    (Drawn all at once, 80 resamples of 50,000 rows held four (80, 50000) arrays: 128 MB.)"""
+    import sys
+    import tracemalloc
+
+    ceiling = 8 * 2**20  # blocks of 5 resamples at 50,000 rows
+    monkeypatch.setattr(sys.modules["fairbench.metrics.bootstrap"], "MEMORY_CEILING_BYTES", ceiling)
+    y, s, attrs = _data(50_000, seed=5)
+    peaks = {}
+    for b in (10, 80):
+        tracemalloc.start()
+        bootstrap(y, s, attrs, n_resamples=b, seed=0)
+        peaks[b] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[80] - peaks[10] < 2**20, peaks
+    layout_and_auc = 100 * 2**20  # the problem's own arrays (as for `evaluate`) and the AUC's work arrays
+    assert peaks[80] < ceiling + layout_and_auc, peaks

@@ -89,7 +89,8 @@ def _fake_result(run_dir: Path, val_auc: float) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "result.json").write_text(json.dumps({
         "schema": "fairbench.result/1", "method": "m", "arch": "tiny", "seed": 0, "dataset": {},
-        "config_hash": "h", "selection": {}, "metrics": {"test": {}, "val": {"auc": val_auc}}}))
+        "config_hash": "h", "selection": {},
+        "metrics": {"test": {"auc": 0.5, "attributes": {}}, "val": {"auc": val_auc}}}))
 
 
 def test_a_seed_far_below_its_siblings_is_called_out(tmp_path):

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fairbench.cli import app
-from tests.helpers import small_synthetic
+from tests.helpers import slurm_unavailable, small_synthetic
 
 FAST = ["--epochs", "1", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
 RUN = ["run", "--method", "clip,fairclip", "--attr", "race", "--seeds", "2", *FAST]  # 4 jobs
@@ -165,29 +165,6 @@ def test_each_task_outcome_names_what_happened_and_the_log(dataset, tmp_path):
 
 
 # --- on a real cluster ------------------------------------------------------------------------------------------
-
-
-def slurm_unavailable() -> str | None:
-    """Why the cluster tests cannot run here, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("submitit") is None:
-        return "submitit is not installed (pip install 'fairbench-medvlm[slurm]')"
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "no SLURM on this machine (sinfo/sbatch not found); sudo scripts/slurm_local.sh starts one"
-    try:
-        nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, timeout=20)
-        accounting = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"SLURM does not answer ({exc}); sudo scripts/slurm_local.sh starts it"
-    states = nodes.stdout.split()
-    if nodes.returncode != 0 or not any(s.rstrip("*~#") in ("idle", "mix", "alloc") for s in states):
-        return (f"the SLURM cluster is down (sinfo: {(nodes.stdout + nodes.stderr).strip() or 'no nodes'}); "
-                "sudo scripts/slurm_local.sh starts it")
-    if accounting.returncode != 0:
-        return (f"sacct fails ({accounting.stderr.strip()}): without accounting submitit never notices a "
-                "cancelled job; sudo scripts/slurm_local.sh sets up slurmdbd")
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def test_every_state_is_told_from_the_files(tmp_path):
     done = _run_dir(out, 0)
     (done / "result.json").write_text(json.dumps({
         "schema": RESULT_SCHEMA, "method": "clip", "arch": "tiny", "seed": 0, "dataset": {}, "config_hash": "x",
-        "selection": {}, "metrics": {"test": {}}}))
+        "selection": {}, "metrics": {"test": {"auc": 0.9, "attributes": {}}}}))
     _claim(_run_dir(out, 1))
     _claim(_run_dir(out, 2), host=claims._HOST, pid_ns=claims._PID_NS, pid=_dead_pid())
     failed = _run_dir(out, 3)

@@ -70,17 +70,57 @@ def run(
     request = job_request(method=method, arch=arch, attr=attr, seeds=seeds, protocol=protocol, select=select,
                           dataset=dataset, set_=set_, study=study)
     chosen = _launcher(launcher, launcher_options)
-    planned = plan_request(request, out, data=data, pretrained=None if pretrained.lower() == "none" else pretrained,
-                           text_source=text_source, epochs=epochs, plugins=tuple(plugin or ()))
+    try:  # validates every --set and the data before any training starts
+        planned = plan_request(request, out, data=data,
+                               pretrained=None if pretrained.lower() == "none" else pretrained,
+                               text_source=text_source, epochs=epochs, plugins=tuple(plugin or ()))
+    except OSError as exc:  # the cache (default data, pretraining set) cannot be written
+        fail(_os_error_line(exc, out))
     if dry_run:
         if study is not None:
             console.print(f"{request.source}: protocol {request.protocol}, select {request.selection_rule}",
                           markup=False, highlight=False, soft_wrap=True)
         _print_plan(console, planned)
         return
-    _check_weights(console, planned)
+    _check_writable(out)
+    try:
+        _check_weights(console, planned)
+    except OSError as exc:
+        fail(_os_error_line(exc, out))
     _note_cpu_workers(console, chosen, planned)
     _run_all(console, chosen, planned, started)
+
+
+def _os_error_line(exc: OSError, out: Path) -> str:
+    """One line for a failed file operation before any job ran, naming the setting that picks the folder."""
+    from fairbench.datasets.cache import cache_root
+    from fairbench.files import describe_os_error
+
+    where = Path(exc.filename or "").absolute()
+    what = "--out" if where.is_relative_to(out.absolute()) else \
+        "$FAIRBENCH_CACHE" if where.is_relative_to(cache_root().absolute()) else ""
+    return describe_os_error(exc, what)
+
+
+def _check_writable(out: Path) -> None:
+    """The results folder takes files (a read-only, immutable or full folder fails here, before any job, with one
+    line naming it); folders made for the check are removed again, so a later failure leaves no trace."""
+    from fairbench.files import atomic_path
+
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / ".fairbench-write-check") as tmp:
+            tmp.write_bytes(b"ok")
+        (out / ".fairbench-write-check").unlink()
+        for folder in made:
+            folder.rmdir()
+    except FileExistsError:
+        fail(f"--out {out}: exists and is not a folder; choose another --out")
+    except OSError as exc:
+        from fairbench.files import naming
+
+        fail(_os_error_line(naming(exc, out) if exc.filename and Path(exc.filename).parent == out else exc, out))
 
 
 def launcher_options() -> list[tuple[str, type, Any]]:
@@ -209,6 +249,9 @@ def _run_all(console, launcher, planned, started: float) -> None:
         except (DatasetError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
             reporter.close()
             fail(f"{reporter.current or 'run'}: {exc}")
+        except OSError as exc:
+            reporter.close()
+            fail(_os_error_line(exc, out))
     if any(r.record and r.record["dataset"]["synthetic"] for r in results):
         console.print("[bold yellow]These results are on SYNTHETIC data, not the real dataset.[/]")
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "submitted")}
@@ -223,4 +266,11 @@ def _run_all(console, launcher, planned, started: float) -> None:
                   f"skipped (already done){busy}, {counts['failed']} failed. Results under {out}/ — show them "
                   f"with `fairbench table --out {out}`{watch}.")
     if counts["failed"]:
+        failed = [r for r in results if r.status == "failed"]
+        console.print(f"[red]{len(failed)} run(s) failed[/] (why: failure.json in each folder, `fairbench status "
+                      f"--out {out}`); the same command retries them:", highlight=False)
+        for r in failed[:10]:
+            console.print(f"  {r.planned.label()}: {r.message}", markup=False, highlight=False, soft_wrap=True)
+        if len(failed) > 10:
+            console.print(f"  … and {len(failed) - 10} more", highlight=False)
         raise typer.Exit(1)

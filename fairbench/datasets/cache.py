@@ -3,18 +3,25 @@
 For datasets stored as one npz (zip) file per sample with a 2-D grayscale image in it. Layout under the
 cache root (arg > $FAIRBENCH_CACHE > ~/.cache/fairbench), per dataset namespace (its name):
 
-    <namespace>/<split>-<fingerprint>/meta.json          file names and the dataset's per-file rows
-    <namespace>/<split>-<fingerprint>/images_<S>.npy     uint8 (N, 1, S, S), CLIP-transformed
-    <namespace>/<split>-<fingerprint>/tokens_<key>.npy   int32 (N, L)
-    <namespace>/index/<hash of split folder>.json        the fingerprint last cached for that folder
+    <namespace>/<split>-<content key>-v2/meta.json               file names, the dataset's per-file rows, digest
+    <namespace>/<split>-<content key>-v2/images_<S>.npy(.sha256)  uint8 (N, 1, S, S), CLIP-transformed
+    <namespace>/<split>-<content key>-v2/tokens_<key>.npy(.sha256) int32 (N, L)
+    <namespace>/index/<hash of split folder>.json                the entry last cached for that folder
+    <namespace>/index/<hash of split folder>.digests.json        SHA-256 of each file, by its stat (see below)
 
-Why the fingerprint is (name, size, CRC-32 of every npz member) and not (name, size, mtime_ns): a
-same-size rewrite whose mtime is preserved (cp -p, rsync -a, tar, coarse-mtime filesystems) would
-slip past mtime, while a plain copy or `touch` would force a needless rebuild. An npz is a zip, and
-its central directory already holds a CRC-32 of each member's uncompressed bytes, so the content
-key costs one small read at the end of each file. Entries are keyed by that fingerprint, so a stale
-entry can never be picked up; the per-folder index lets a changed folder be reported and its old
-entry removed. Every file is written to a temporary name and renamed, so readers never see half.
+An entry is keyed by what the data *is*: the SHA-256 of every file's bytes. A key from the zip directories alone
+(names, sizes, member CRC-32s) let a file whose compressed bytes were damaged, with its directory intact, train
+from a warm cache while `data check` reported the bad CRC. Hashing every byte on every load would cost a full
+read of the data, so each file's SHA-256 is remembered with its (size, mtime_ns, ctime_ns, inode), as git's index
+does: a file written again in any way (ctime cannot be set back) is hashed again; an unchanged one costs a stat.
+The zip-directory fingerprint (`files_fingerprint`, one small read per file) remains the data's identity in run
+configs, where it cannot change without changing every config hash.
+
+Every cached file carries a content digest written with it (`fairbench.digests`) and checked on every read:
+meta.json holds the digest of its rows, the .npy files a `.sha256` beside them. A damaged file (zeroed images,
+flipped labels) is named in one warning line and rebuilt from the data, never used. Every file is written to a
+temporary name and renamed, so readers never see half; an image cache build is claimed (`build_once`), so
+commands started side by side build it once.
 
 Images are stored with one channel (CLIP's RGB conversion of a grayscale image copies it three times)
 and exposed by the caller as a (N, 3, S, S) expanded view: a third of the disk and page cache. What a
@@ -24,6 +31,7 @@ returns the JSON rows the dataset builds.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -38,6 +46,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fairbench.datasets.errors import DatasetError, short_error
+from fairbench.digests import (
+    DigestMismatch,
+    check_sidecar,
+    file_sha256,
+    remove_with_sidecar,
+    value_digest,
+    write_sidecar,
+)
 from fairbench.files import atomic_path, write_json_atomic
 from fairbench.phases import phase
 
@@ -46,7 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fairbench.data")  # one logger for every dataset's loading and caching
 
-CACHE_VERSION = 1  # bump when the transform or the file layout changes
+CACHE_VERSION = 2  # bump when the transform or the file layout changes (2: content keys and digests)
 TOKENS_VERSION = 1  # bump when text building or truncation changes
 
 
@@ -98,11 +114,65 @@ def fingerprint_files(files: list[Path], relative_to: Path | None = None) -> str
     return digest.hexdigest()[:16]
 
 
+class FileDigests:
+    """SHA-256 of each file's bytes, remembered by (size, mtime_ns, ctime_ns, inode) in one JSON file per folder
+    (files named relative to `root`).
+
+    The memo carries a digest of itself; a damaged or unreadable memo is simply rebuilt (every file hashed), and one
+    that cannot be written (a read-only cache) only costs the hashing next time."""
+
+    def __init__(self, memo: Path, root: Path) -> None:
+        self.memo, self.root = memo, root
+
+    def of(self, files: list[Path]) -> list[str]:
+        known = self._read()
+        fresh: dict[str, list] = {}
+        out = []
+        for path in files:
+            try:
+                st = path.stat()
+            except OSError as exc:
+                raise DatasetError(f"{path}: unreadable ({short_error(exc)}); re-copy the file") from exc
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+            name = str(path.relative_to(self.root))
+            entry = known.get(name)
+            if entry is None or entry[:4] != stamp:
+                entry = [*stamp, _file_digest(path)]
+            fresh[name] = entry
+            out.append(entry[4])
+        if fresh != known:
+            try:
+                write_json_atomic(self.memo, {"files": fresh, "digest": value_digest(fresh)})
+            except OSError:
+                pass
+        return out
+
+    def _read(self) -> dict[str, list]:
+        try:
+            data = json.loads(self.memo.read_text())
+            files = data["files"]
+            if value_digest(files) == data["digest"] and isinstance(files, dict):
+                return files
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return {}
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise DatasetError(f"{path}: unreadable ({short_error(exc)}); re-copy the file") from exc
+
+
 # ---------------------------------------------------------------- atomic writes
 
 def write_npy_atomic(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
+    """An .npy file and its content digest (the digest first: a reader never finds the file without it)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+        write_sidecar(path, file_sha256(tmp))
 
 
 # ---------------------------------------------------------------- the CLIP image transform
@@ -136,14 +206,16 @@ def _progress(total: int, label: str, enabled: bool) -> tuple[Callable[[], None]
 # ---------------------------------------------------------------- one split's cache entry
 
 class SplitCache:
-    """The cache entry of one split folder, valid for exactly the files it was built from."""
+    """The cache entry of one split folder, valid for exactly the files (and bytes) it was built from."""
 
     def __init__(self, root: Path, namespace: str, folder: Path, split: str, files: list[Path]) -> None:
         self.folder, self.split, self.files = folder, split, files
-        self.fingerprint = files_fingerprint(files)
-        base = root / namespace
-        self.dir = base / f"{split}-{self.fingerprint}-v{CACHE_VERSION}"
-        self._retire_stale(base / "index" / f"{_sha(str(folder.resolve()))[:16]}.json")
+        self.fingerprint = files_fingerprint(files)  # the data's identity in run configs (zip directories)
+        index = root / namespace / "index" / _sha(str(folder.resolve()))[:16]
+        self.digests = FileDigests(index.with_name(index.name + ".digests.json"), folder).of(files)
+        self.key = _sha("\n".join(f"{p.name}\0{d}" for p, d in zip(files, self.digests, strict=True)))[:16]
+        self.dir = root / namespace / f"{split}-{self.key}-v{CACHE_VERSION}"
+        self._retire_stale(index.with_name(index.name + ".json"))
 
     def _retire_stale(self, index: Path) -> None:
         """Report and remove the entry built from an earlier state of this folder."""
@@ -154,43 +226,79 @@ class SplitCache:
         if previous and previous != self.dir.name:
             old = self.dir.parent / previous
             if old.is_dir():
-                log.warning("cache for %s is stale (its files changed): rebuilding", self.folder)
+                why = "its files changed" if previous.endswith(f"-v{CACHE_VERSION}") else "built by an older fairbench"
+                log.warning("cache for %s is stale (%s): rebuilding", self.folder, why)
                 shutil.rmtree(old, ignore_errors=True)
         if previous != self.dir.name:
             write_json_atomic(index, {"folder": str(self.folder.resolve()), "dir": self.dir.name})
 
     # -- the dataset's per-file rows (labels, attributes, notes)
     def meta(self, build: Callable[[], list[list]]) -> list[list]:
-        """One JSON row per file, from meta.json when it matches these files, else from `build()` (then stored)."""
+        """One JSON row per file, from meta.json when it matches these files and its digest, else from `build()`
+        (then stored)."""
         path = self.dir / "meta.json"
         names = [p.name for p in self.files]
-        try:
-            meta = json.loads(path.read_text())
-            if meta["files"] == names and meta["fingerprint"] == self.fingerprint:
-                return meta["records"]
-            log.warning("cache %s does not match its files: rebuilding", path)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        if path.exists():
+            try:
+                meta = json.loads(path.read_text())
+                body = [meta["key"], meta["files"], meta["records"]]
+                if value_digest(body) != meta["digest"]:
+                    raise DigestMismatch("content does not match its digest")
+                if body[:2] == [self.key, names]:
+                    return meta["records"]
+                why = "was built from other files"
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                why = "is damaged" + (f" ({exc})" if isinstance(exc, DigestMismatch) else " (unreadable)")
+            log.warning("cache %s %s: rebuilding", path, why)
         rows = build()
-        write_json_atomic(path, {"fingerprint": self.fingerprint, "files": names, "records": rows})
+        write_json_atomic(path, {"key": self.key, "files": names, "records": rows,
+                                 "digest": value_digest([self.key, names, rows])})
         return rows
 
     # -- images
     def images(self, size: int, read_image: Callable[[Path], np.ndarray], progress: bool = False) -> np.ndarray:
         """uint8 (N, 1, S, S), memory-mapped copy-on-write; built on first use from `read_image(file)`, a 2-D
-        0–255 image."""
+        0–255 image. Checked against its digest on every call; a damaged file is rebuilt."""
+        from fairbench.runs.claims import build_once
+
         path = self.dir / f"images_{size}.npy"
         want = (len(self.files), 1, size, size)
-        if path.exists():
-            try:
-                arr = np.load(path, mmap_mode="c", allow_pickle=False)
-                if arr.shape == want and arr.dtype == np.uint8:
-                    return arr
-            except (OSError, ValueError):
-                pass
-            log.warning("cache %s is damaged or of the wrong shape: rebuilding", path)
-        self._build_images(path, size, read_image, progress)
-        return np.load(path, mmap_mode="c", allow_pickle=False)
+        loaded: list[np.ndarray] = []
+        checks: list[bool] = []
+
+        def ready() -> bool:  # called again once the build is claimed: warn about a damaged file only once
+            if loaded:
+                return True
+            arr = self._load_checked(path, lambda a: a.shape == want and a.dtype == np.uint8, warn=not checks)
+            checks.append(True)
+            if arr is not None:
+                loaded.append(arr)
+            return arr is not None
+
+        build_once(self.dir, ready, lambda: self._build_images(path, size, read_image, progress),
+                   f"building the {size}-px image cache of {self.folder}", log=log.info)
+        if not loaded and not ready():  # pragma: no cover - the build just wrote and checked it
+            raise DatasetError(f"{path}: image cache missing after it was built")
+        return loaded[0]
+
+    def _load_checked(self, path: Path, fits: Callable[[np.ndarray], bool], warn: bool = True) -> np.ndarray | None:
+        """The memory-mapped array at `path` if it matches its digest and `fits`; None (after one warning line if
+        `warn`) when it is damaged, None silently when it does not exist."""
+        if not path.exists():
+            return None
+        try:
+            check_sidecar(path)
+            arr = np.load(path, mmap_mode="c", allow_pickle=False)
+            if fits(arr):
+                return arr
+            why = f"has shape {arr.shape} {arr.dtype}, not what these files need"
+        except DigestMismatch as exc:
+            why = f"is damaged ({str(exc).partition(': ')[2]})"
+        except (OSError, ValueError) as exc:
+            why = f"is unreadable ({short_error(exc)})"
+        if warn:
+            log.warning("cache %s %s: rebuilding", path, why)
+        return None
 
     def _build_images(self, path: Path, size: int, read_image: Callable[[Path], np.ndarray], progress: bool) -> None:
         advance, stop = _progress(len(self.files), f"caching {self.split} images", progress)
@@ -200,17 +308,20 @@ class SplitCache:
             advance()
             return out
 
+        remove_with_sidecar(path)  # a damaged or stale file: never left next to a new digest
         try:
             with phase(f"building the {size}-px image cache of {self.folder} ({len(self.files)} files, once)"), \
                     atomic_path(path) as tmp:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                                 shape=(len(self.files), 1, size, size))
+                _reserve(tmp)
                 workers = max(1, min(8, os.cpu_count() or 1))
                 with ThreadPoolExecutor(workers) as pool:  # PIL resize and zlib release the GIL
                     for i, img in enumerate(pool.map(one, self.files)):
                         arr[i, 0] = img
                 arr.flush()
                 del arr
+                write_sidecar(path, file_sha256(tmp))
         finally:
             stop()
 
@@ -221,13 +332,9 @@ class SplitCache:
         ctx = getattr(tokenize, "context_length", None)
         key = _sha(json.dumps([TOKENS_VERSION, tokenizer_key, ctx, text_source, _sha("\0".join(texts))]))[:16]
         path = self.dir / f"tokens_{key}.npy"
-        if path.exists():
-            try:
-                arr = np.load(path, allow_pickle=False)
-                if arr.ndim == 2 and arr.shape[0] == len(texts):
-                    return arr
-            except (OSError, ValueError):
-                pass
+        arr = self._load_checked(path, lambda a: a.ndim == 2 and a.shape[0] == len(texts))
+        if arr is not None:
+            return np.asarray(arr)
         tok = tokenize(list(texts))
         arr = np.asarray(tok.cpu().numpy() if hasattr(tok, "cpu") else tok)
         if arr.ndim != 2 or arr.shape[0] != len(texts):
@@ -235,3 +342,17 @@ class SplitCache:
         dtype = np.int32 if arr.size == 0 or (arr.min() >= 0 and arr.max() < 2**31) else np.int64
         write_npy_atomic(path, arr.astype(dtype))
         return arr
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now: on a full disk the write fails here as an OSError naming the
+    file, where writing into a sparse mapping would kill the process with SIGBUS."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: carry on
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        os.close(fd)

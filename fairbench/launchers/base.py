@@ -9,6 +9,9 @@ registered launcher's options and passes the given ones to its constructor.
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +68,10 @@ class LauncherOption:
 class Launcher(ABC):
     """Executes planned jobs; subclass it, declare `options`, and decorate with `register_launcher`.
 
-    `panel` names the --help section of its options (None: with run's own options)."""
+    `panel` names the --help section of its options (None: with run's own options). The contract every launcher
+    keeps: one failed job never stops the others. A job that raises ends as a "failed" JobResult with one line
+    (`failure_line`) and `execute` leaves failure.json in its folder; only a stop (Ctrl-C, SIGTERM) ends the launch
+    early."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -77,15 +83,57 @@ class Launcher(ABC):
         """Run every job (skipping finished ones) and return one result per job, in order."""
 
 
+def error_line(exc: BaseException) -> str:
+    """`Type: message (at file.py:line)`: where the innermost frame of the traceback raised it."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}{_where(exc)}"
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line for a job that raised: an error fairbench raises for bad input says what and how to fix it, so its
+    own message; a failed file operation names the path and what went wrong; anything else (a plugin's bug) its
+    type, message and where it was raised."""
+    from fairbench.files import describe_os_error
+
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return describe_os_error(exc)
+    if isinstance(exc, _user_errors()):
+        text = str(exc).strip().splitlines()
+        return text[0] if text else type(exc).__name__
+    if isinstance(exc, SystemExit):
+        return f"the job called sys.exit({exc.code!r}){_where(exc)}"
+    return error_line(exc)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types whose message is already the one line for the user (imported where they live)."""
+    from fairbench.datasets.errors import DatasetError
+    from fairbench.method import SettingsError
+    from fairbench.registry import PluginError, UnknownNameError
+
+    found: list[type[BaseException]] = [DatasetError, SettingsError, PluginError, UnknownNameError]
+    for module, name in (("fairbench.models.backbones", "WeightsUnavailableError"),
+                         ("fairbench.training.step", "TrainingDiverged")):
+        if module in sys.modules:  # not loaded: nothing can have raised it
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
 def set_aside_finished(jobs: list[PlannedJob], reporter: Reporter) -> tuple[dict[int, JobResult], list[int]]:
     """Report every job that already has a valid result as skipped; return those results by index and the
     indices of the jobs still to run (what a launcher hands to its workers or its cluster)."""
-    from fairbench.runs.execute import JobResult
+    from fairbench.runs.execute import JobResult, tidy_done
 
     results: dict[int, JobResult] = {}
     pending: list[int] = []
     for index, planned in enumerate(jobs):
         if planned.state() == "done":
+            tidy_done(planned)
             results[index] = JobResult(planned, "skipped", "finished run with this config exists")
             reporter.job_finished(results[index])
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fairbench.launchers.base import Launcher, LauncherOption, Reporter, register_launcher
+from fairbench.launchers.base import Launcher, LauncherOption, Reporter, failure_line, register_launcher
 
 if TYPE_CHECKING:
     from fairbench.runs.execute import JobResult
@@ -48,19 +48,24 @@ class LocalLauncher(Launcher):
 
 
 def run_in_this_process(jobs: list[PlannedJob], reporter: Reporter) -> list[JobResult]:
-    """One job at a time in the calling process; datasets load once and serve every job that shares them."""
-    from fairbench.runs.execute import DataCache, JobResult, execute
+    """One job at a time in the calling process; datasets load once and serve every job that shares them. A job
+    that raises fails alone (one line, failure.json), as under the worker pool; the next job starts."""
+    from fairbench.runs.execute import DataCache, JobResult, execute, tidy_done
 
     cache = DataCache()
     results: list[JobResult] = []
     for index, planned in enumerate(jobs, start=1):
         if planned.state() == "done":
+            tidy_done(planned)
             result = JobResult(planned, "skipped", "finished run with this config exists")
         else:
             reporter.job_started(planned, index, len(jobs))
-            result = execute(planned, data_cache=cache, log=reporter.log,
-                             progress=lambda done, total, _p=planned: reporter.step(_p, done, total),
-                             on_epoch=lambda record, _p=planned: reporter.epoch_finished(_p, record))
+            try:
+                result = execute(planned, data_cache=cache, log=reporter.log,
+                                 progress=lambda done, total, _p=planned: reporter.step(_p, done, total),
+                                 on_epoch=lambda record, _p=planned: reporter.epoch_finished(_p, record))
+            except (Exception, SystemExit) as exc:  # a stop (Interrupted, Ctrl-C) still ends the launch
+                result = JobResult(planned, "failed", failure_line(exc))
         reporter.job_finished(result)
         results.append(result)
     return results

@@ -5,6 +5,10 @@ cluster. It loads the job's plugins and calls `fairbench.runs.execute.execute`, 
 resume and result checks behave the same on a cluster. On a time limit or a preemption submitit calls its
 `checkpoint()`, which hands submitit the same task to requeue; the requeued task calls `execute` again, which
 continues from the run's last saved epoch. Submission files and logs live in `<out>/slurm/`.
+
+A request no node can satisfy (more CPUs, memory or GPUs per task than any node of the partition has) would wait
+in the queue forever without a word: it is checked against `sinfo` before anything is submitted, and while
+waiting, a task held for a reason other than ordinary queueing (squeue's pending reason) is reported once.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import csv
 import os
 import re
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,70 @@ DEFAULT_TIME_MIN = 60
 LOG_FOLDER = "slurm"  # under the results root
 # SLURM states after which a task will not run again (a requeued task passes through PENDING/REQUEUED).
 _FINAL = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT")
+# Pending reasons that only mean "waiting its turn"; any other one is reported while waiting.
+_QUEUEING = frozenset({"None", "Priority", "Resources", "BeginTime", "Dependency", "JobArrayTaskLimit",
+                       "QOSMaxJobsPerUserLimit", "AssocMaxJobsLimit", "Prolog", "NodeDown", "Reservation"})
+_UNITS_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def check_request(parameters: dict[str, Any], run: Any = subprocess.run) -> None:
+    """Raise ValueError (one line, naming the option and the largest node) when no node of the partition `sinfo`
+    lists can ever hold one task of `parameters`; nothing when sinfo cannot be asked (the wait reports reasons)."""
+    try:
+        done = run(["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return
+    nodes = [line.split("|") for line in done.stdout.splitlines() if line.count("|") == 3]
+    if done.returncode != 0 or not nodes:
+        return
+    wanted = parameters.get("partition")
+    default = next((p.rstrip("*") for p, *_ in nodes if p.endswith("*")), None)
+    partition = wanted or default
+    if partition is None:
+        return
+    mine = [n for n in nodes if n[0].rstrip("*") == partition]
+    if not mine:
+        known = ", ".join(sorted({p.rstrip("*") for p, *_ in nodes}))
+        raise ValueError(f"--slurm-partition {partition}: no such partition (sinfo lists {known})")
+    where = f"partition {partition}" + ("" if wanted else " (the default)")
+    cpus = max(_number(n[1]) for n in mine)
+    want = parameters.get("cpus_per_task")
+    if want and cpus and want > cpus:
+        raise ValueError(f"--slurm-cpus-per-task {want}: no node of {where} has more than {cpus} CPUs (sinfo), so "
+                         f"the task would wait forever; ask for at most {cpus}")
+    mem = max(_number(n[2]) for n in mine)
+    want_mem = _megabytes(parameters.get("mem"))
+    if want_mem and mem and want_mem > mem:
+        raise ValueError(f"--slurm-mem {parameters['mem']}: no node of {where} has more than {mem} MB of memory "
+                         f"(sinfo), so the task would wait forever; ask for at most {mem}M")
+    gpus = max(_gpus(n[3]) for n in mine)
+    want_gpus = parameters.get("gpus_per_task")
+    if want_gpus and want_gpus > gpus:
+        raise ValueError(f"--slurm-gpus-per-task {want_gpus}: no node of {where} has more than {gpus} GPU(s) "
+                         "(sinfo), so the task would wait forever" + (f"; ask for at most {gpus}" if gpus else
+                                                                      "; pick a partition with GPUs"))
+
+
+def _number(text: str) -> int:
+    match = re.match(r"\d+", text.strip())
+    return int(match.group()) if match else 0
+
+
+def _megabytes(mem: str | None) -> float:
+    if not mem:
+        return 0.0
+    match = re.fullmatch(r"(\d+)([KMGT]?)", mem.strip().upper())
+    return int(match.group(1)) * _UNITS_MB[match.group(2) or "M"] if match else 0.0
+
+
+def _gpus(gres: str) -> int:
+    """GPUs of one node from sinfo's %G, e.g. "gpu:4", "gpu:a100:2(S:0-1)", "(null)"."""
+    total = 0
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and len(parts) >= 2 and parts[-1].isdigit():
+            total += int(parts[-1])
+    return total
 
 
 def parse_time(value: str | int) -> int:
@@ -154,6 +223,7 @@ class SlurmLauncher(Launcher):
                     "mem": check_mem(mem) if mem else None, "account": account, "qos": qos,
                     "array_parallelism": array_parallelism}
         parameters.update({k: v for k, v in optional.items() if v is not None})
+        check_request(parameters)
         self.parameters = parameters
         self.wait = wait
         self.poll_s = poll_s
@@ -206,10 +276,12 @@ class SlurmLauncher(Launcher):
               reporter: Reporter) -> None:
         seen: dict[str, str] = {}
         ran: set[str] = set()
+        reasons: set[str] = set()
         last_sync = float("-inf")
         while pending:
             if time.monotonic() - last_sync >= self.sync_s:
                 next(iter(pending.values())).watcher.update()  # one sacct call for the whole array
+                _report_pending_reasons(reporter, next(iter(pending.values())).job_id.split("_")[0], reasons)
                 last_sync = time.monotonic()
             for index, job in list(pending.items()):
                 info = job.get_info(mode="cache")
@@ -227,6 +299,23 @@ class SlurmLauncher(Launcher):
                     del pending[index]
             if pending:
                 time.sleep(self.poll_s)
+
+
+def _report_pending_reasons(reporter: Reporter, array_id: str, reported: set[str]) -> None:
+    """One line per new reason squeue gives for holding a task that is not ordinary queueing (e.g. PartitionConfig,
+    ReqNodeNotAvail): such a task may never start."""
+    try:
+        done = subprocess.run(["squeue", "-h", "-j", array_id, "-t", "PENDING", "-o", "%i|%r"], capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return
+    for line in done.stdout.splitlines():
+        task, _, reason = line.partition("|")
+        reason = reason.strip()
+        if reason and reason not in _QUEUEING and reason not in reported:
+            reported.add(reason)
+            reporter.log(f"[yellow]warning[/]: SLURM {task.strip()} pending: {reason} — the cluster may never run "
+                         f"it as asked; cancel with scancel {array_id} and change the --slurm-* options")
 
 
 def _report_state(reporter: Reporter, job_id: str, planned: PlannedJob, before: str | None, state: str,

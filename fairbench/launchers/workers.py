@@ -14,11 +14,10 @@ from __future__ import annotations
 import os
 import queue
 import time
-import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fairbench.launchers.base import Reporter, set_aside_finished
+from fairbench.launchers.base import Reporter, error_line, failure_line, set_aside_finished
 
 if TYPE_CHECKING:
     from fairbench.runs.execute import JobResult
@@ -116,7 +115,12 @@ class _Pool:
                 if time.monotonic() - checked >= POLL_S:  # also while busy workers keep the queue full
                     self._check_health()
                     checked = time.monotonic()
-        except BaseException:  # Ctrl-C, SIGTERM turned into an exception, a reporter error: stop workers now
+        except BaseException as exc:  # Ctrl-C, SIGTERM turned into an exception, a reporter error: stop workers now
+            from fairbench.runs.interrupt import Interrupted
+
+            if isinstance(exc, Interrupted):  # the message names the runs the workers were training
+                held = sorted(i for i in self.holding.values() if i is not None)
+                exc.elsewhere = [self.jobs[i].label() for i in held]
             self._stop_all(wait_s=0)
             raise
         self._stop_all(wait_s=10)
@@ -302,16 +306,11 @@ def _run_one(slot: WorkerSlot, index: int, planned: PlannedJob, cache, events, p
         result = execute(planned, data_cache=cache, log=lambda m: events.put(("log", slot.index, m)),
                          progress=progress, on_epoch=lambda r: events.put(("epoch", slot.index, index, r)))
     except Exception as exc:  # reported to the parent as this job's failure, never lost
-        return "failed", f"{error_line(exc)} [{slot.label}]", None
+        return "failed", f"{failure_line(exc)} [{slot.label}]", None
     return result.status, result.message, result.record
 
 
-def error_line(exc: BaseException) -> str:
-    """`Type: message (at file.py:line)`: where the innermost frame of the traceback raised it."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}{where}"
+__all__ = ["WorkerPool", "WorkerSlot", "error_line", "worker_main", "worker_slots"]
 
 
 def _next_task(inbox, parent):

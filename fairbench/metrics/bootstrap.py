@@ -1,15 +1,18 @@
 """Bootstrap confidence intervals for the suite, and the paired bootstrap for comparing two methods.
 
-Resamples are drawn over test samples (rows), all B at once as an index matrix, turned into row
-multiplicities and scored in one batched kernel call (see kernel.py). Intervals are percentile
-intervals over the resamples where the metric is defined (a resample can, rarely, drop every
-positive of a small group; that replicate is skipped for that metric only).
+Resamples are drawn over test samples (rows) as index matrices, turned into row multiplicities and scored
+in batched kernel calls (see kernel.py), a block of resamples at a time: the draws come from one generator in
+order, so they are exactly those of one (B, n) draw (`resample_indices`), and the block size keeps the working
+memory under `MEMORY_CEILING_BYTES` (with about 100 MB for the AUC's work arrays, kernel.py) whatever n and B are.
+A million rows with 200 resamples needs a few hundred MB, not the 7 GB of drawing all resamples at once.
+Intervals are percentile intervals over the resamples where the metric is defined (a resample can, rarely, drop
+every positive of a small group; that replicate is skipped for that metric only).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,17 +29,46 @@ from fairbench.metrics.suite import (
     warn_undefined,
 )
 
+# The resampling's own working memory: a block's indices (int64), their counts (int64), the weights (float64)
+# and the kernel's sorted copy of them (float64): 32 bytes per (resample, row).
+MEMORY_CEILING_BYTES = 128 * 2**20
+_BYTES_PER_CELL = 32
+
 
 def resample_indices(n: int, n_resamples: int, seed: int = 0) -> np.ndarray:
-    """(B, n) row indices drawn with replacement; the exact draws `bootstrap(seed=...)` uses."""
+    """(B, n) row indices drawn with replacement; the exact draws `bootstrap(seed=...)` uses (in blocks)."""
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def block_size(n: int, ceiling: int | None = None) -> int:
+    """Resamples per block so that one block's arrays fit in `ceiling` bytes (default MEMORY_CEILING_BYTES; at
+    least one resample)."""
+    return max(1, (MEMORY_CEILING_BYTES if ceiling is None else ceiling) // (_BYTES_PER_CELL * max(n, 1)))
+
+
+def _weight_blocks(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """(b, n) float row multiplicities, block after block, of the resamples `resample_indices` draws at once."""
+    rng = np.random.default_rng(seed)
+    rows = block_size(n)
+    for start in range(0, n_resamples, rows):
+        yield _multiplicities(rng.integers(0, n, size=(min(rows, n_resamples - start), n)))
 
 
 def _multiplicities(idx: np.ndarray) -> np.ndarray:
     """(B, n) indices → (B, n) float counts of each row in each resample, via one bincount."""
     b, n = idx.shape
-    flat = (idx + np.arange(b)[:, None] * n).ravel()
-    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+    idx += np.arange(b)[:, None] * n  # in place: the indices are ours
+    return np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def _replicates(layouts: list[Any], n: int, n_resamples: int, seed: int) -> list[dict[Key, np.ndarray]]:
+    """The suite of every resample for each layout (same resamples for all), block by block."""
+    parts: list[list[dict[Key, np.ndarray]]] = [[] for _ in layouts]
+    for weights in _weight_blocks(n, n_resamples, seed):
+        for layout, out in zip(layouts, parts, strict=True):
+            out.append(suite_arrays(layout, weights))
+        del weights
+    return [{k: np.concatenate([p[k] for p in blocks]) for k in blocks[0]} for blocks in parts]
 
 
 def _check(n_resamples: int, ci: float) -> None:
@@ -100,8 +132,7 @@ def bootstrap(labels: Any, scores: Any, attributes: Mapping[str, Any], *, n_resa
     problem = prepare(labels, scores, attributes, threshold=threshold, group_names=group_names)
     point = point_estimate(problem)
     warn_undefined(point, stacklevel=2)
-    weights = _multiplicities(resample_indices(problem.n, n_resamples, seed))
-    flat = suite_arrays(problem.layout, weights)
+    (flat,) = _replicates([problem.layout], problem.n, n_resamples, seed)
     samples = {k: v for k, v in flat.items() if not get_metric(k[-1]).count}  # counts get no interval
     return BootstrapResult(point, samples, n_resamples, seed, ci)
 
@@ -164,8 +195,7 @@ def paired_bootstrap(labels: Any, scores_a: Any, scores_b: Any, attributes: Mapp
                  score_name="scores_b")
     ones = np.ones((1, pa.n))
     flat_a, flat_b = suite_arrays(pa.layout, ones), suite_arrays(pb.layout, ones)
-    weights = _multiplicities(resample_indices(pa.n, n_resamples, seed))
-    rep_a, rep_b = suite_arrays(pa.layout, weights), suite_arrays(pb.layout, weights)
+    rep_a, rep_b = _replicates([pa.layout, pb.layout], pa.n, n_resamples, seed)
     keys = [k for k in rep_a if not get_metric(k[-1]).count]
     point_a, point_b = suite_from_flat(pa, flat_a), suite_from_flat(pb, flat_b)
     warn_undefined(point_a, stacklevel=2)

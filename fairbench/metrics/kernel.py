@@ -8,6 +8,11 @@ sklearn's `roc_auc_score`), and counts are one matrix product. `evaluate` is the
 unit weights, so point estimates and bootstrap replicates share one code path.
 
 A "segment" is a row subset: all rows, the known-value rows of one attribute, or one group.
+
+Memory is bounded whatever the number of rows: the AUC works through blocks of (weight vectors × segments) of at
+most `_CHUNK_ELEMENTS` elements, and the segment masks are stored as booleans. With integer weights (unit weights,
+bootstrap multiplicities) every sum the kernel forms is of integers or half-integers below 2**53, so it is exact in
+any order: how the work is blocked never changes a number.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from fairbench.metrics.inputs import EncodedAttribute
 
 Key = tuple[str, ...]
 
-# Elements of (chunk, segments, N) float64 work arrays per chunk: bounds memory to a few tens of MB.
+# Elements of one (weight vectors, segments, N) float64 work array of the AUC: about six such arrays live at once,
+# so the AUC's working memory stays near 6 × 8 × this = 96 MB however many rows there are.
 _CHUNK_ELEMENTS = 2_000_000
 
 
@@ -96,8 +102,8 @@ class Layout:
 
     order: np.ndarray  # permutation sorting scores ascending; weights are permuted by it
     starts: np.ndarray | None  # first sorted position of each tie block; None when all distinct
-    pos_masks: np.ndarray  # (S, N) segment ∧ label 1, sorted order
-    neg_masks: np.ndarray  # (S, N) segment ∧ label 0, sorted order
+    pos_masks: np.ndarray  # (S, N) bool: segment ∧ label 1, sorted order
+    neg_masks: np.ndarray  # (S, N) bool: segment ∧ label 0, sorted order
     features: np.ndarray  # (N, 4S) sorted order: [segment, segment∧y, segment∧ŷ, segment∧y∧ŷ]
     attributes: tuple[AttributeLayout, ...]
     scores: np.ndarray  # (N,) sorted ascending
@@ -130,8 +136,12 @@ def build_layout(labels: np.ndarray, scores: np.ndarray, threshold: float,
         masks.extend((index == g).astype(np.float64) for g in range(len(enc.codes)))
         attr_layouts.append(AttributeLayout(enc.name, seg, np.arange(first, len(masks)), enc.names))
     m = np.stack(masks)
-    features = np.concatenate([m, m * y, m * yhat, m * (y * yhat)]).T.copy()
-    return Layout(order=order, starts=starts, pos_masks=m * y, neg_masks=m * (1.0 - y),
+    s = len(masks)
+    features = np.empty((len(y), 4 * s))  # filled block by block: no (4S, N) temporary beside it
+    for block, factor in enumerate((None, y, yhat, y * yhat)):
+        features[:, block * s:(block + 1) * s] = (m if factor is None else m * factor).T
+    in_segment, positive = m > 0, y > 0
+    return Layout(order=order, starts=starts, pos_masks=in_segment & positive, neg_masks=in_segment & ~positive,
                   features=features, attributes=tuple(attr_layouts), scores=s_sorted, labels=y)
 
 
@@ -142,10 +152,10 @@ def div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _weighted_auc(layout: Layout, w: np.ndarray) -> np.ndarray:
-    """(b, N) sorted-order weights → (b, S) AUC per segment; NaN where a segment lacks a class."""
-    pw = w[:, None, :] * layout.pos_masks[None]
-    nw = w[:, None, :] * layout.neg_masks[None]
+def _weighted_auc(layout: Layout, w: np.ndarray, segments: slice = slice(None)) -> np.ndarray:
+    """(b, N) sorted-order weights → (b, S') AUC per segment of `segments`; NaN where a segment lacks a class."""
+    pw = w[:, None, :] * layout.pos_masks[None, segments]
+    nw = w[:, None, :] * layout.neg_masks[None, segments]
     if layout.starts is not None:  # collapse tied scores into blocks so ties count 1/2
         pw = np.add.reduceat(pw, layout.starts, axis=2)
         nw = np.add.reduceat(nw, layout.starts, axis=2)
@@ -158,10 +168,14 @@ def _weighted_auc(layout: Layout, w: np.ndarray) -> np.ndarray:
 def segment_stats(layout: Layout, weights: np.ndarray) -> Stats:
     """(B, N) weights in original row order → weighted counts and AUC per segment, each (B, S)."""
     w = np.ascontiguousarray(weights[:, layout.order], dtype=np.float64)
-    s = layout.n_segments
+    s, n = layout.n_segments, w.shape[1]
     counts = w @ layout.features
-    chunk = max(1, _CHUNK_ELEMENTS // (s * w.shape[1]))
-    auc = np.concatenate([_weighted_auc(layout, w[i:i + chunk]) for i in range(0, len(w), chunk)])
+    rows = max(1, _CHUNK_ELEMENTS // (s * n))  # weight vectors per block, all segments at once
+    step = s if rows > 1 else max(1, _CHUNK_ELEMENTS // n)  # else one vector, segments in groups
+    auc = np.empty((len(w), s))
+    for i in range(0, len(w), rows):
+        for j in range(0, s, step):
+            auc[i:i + rows, j:j + step] = _weighted_auc(layout, w[i:i + rows], slice(j, j + step))
     masks = layout.features[:, :s]  # (N, S) sorted order: row i belongs to segment j
 
     def row_sum(values: np.ndarray) -> np.ndarray:

@@ -141,6 +141,15 @@ def ensure_weights(arch: str, pretrained: str | None = "default") -> str:
         return "pretrained on the dataset's pretraining set (built once, fairbench.training.pretrain)"
     local = Path(str(pretrained)).expanduser()
     if local.is_file():
+        if local.suffix == ".safetensors":  # its header says how long it must be: a truncated copy fails here, once
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(local), framework="pt"):
+                    pass
+            except Exception as exc:
+                raise WeightsUnavailableError(f"cannot read checkpoint {local} ({type(exc).__name__}: "
+                                              f"{str(exc)[:160]}); it is truncated or damaged, copy it again") from None
         return f"local checkpoint {local}"
     if local.suffix in CHECKPOINT_SUFFIXES or os.sep in str(pretrained):
         raise WeightsUnavailableError(f"checkpoint file {local} not found; pass an existing file to --pretrained")
@@ -152,7 +161,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError (truncated, bad header) and OSError: the file is unusable
+            raise WeightsUnavailableError(f"cannot read checkpoint {path} ({type(exc).__name__}: "
+                                          f"{str(exc)[:160]}); it is truncated or damaged, copy it again") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except RuntimeError as exc:

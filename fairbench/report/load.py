@@ -36,20 +36,6 @@ class Loaded:
                 for w in (rec.get("warnings") or []) if isinstance(w, str)]
 
 
-def _malformed(rec: dict[str, Any]) -> str:
-    """Why a record that passed load_result still cannot be tabulated ("" if it can)."""
-    if not isinstance(rec.get("dataset"), dict) or not isinstance(rec.get("selection"), dict):
-        return "dataset/selection must be objects"
-    test = rec["metrics"].get("test")
-    if not isinstance(test, dict) or not isinstance(test.get("attributes", {}), dict):
-        return "metrics.test is not a metric-suite object"
-    try:
-        int(rec["seed"])
-    except (TypeError, ValueError):
-        return f"seed {rec['seed']!r} is not an integer"
-    return ""
-
-
 def dataset_name(record: dict[str, Any]) -> str:
     """The registry name of the dataset a run used; v0.1 result files carry only its tag, so the name is the
     registered dataset owning that tag (else the tag itself)."""
@@ -64,18 +50,15 @@ def dataset_name(record: dict[str, Any]) -> str:
 
 
 def load_results(out: Path) -> Loaded:
-    """Collect result.json files under `out`; unreadable or malformed ones become problems, not crashes.
+    """Collect result.json files under `out`; unreadable or malformed ones (`load_result`) become problems, not
+    crashes.
 
     Every kept record's `dataset` block has a `name` (filled in for v0.1 files, see `dataset_name`)."""
     found = collect_results(Path(out))
     records, problems = [], list(found.problems)
     for rec in found.records:
-        why = _malformed(rec)
-        if why:
-            problems.append(f"skipped {rec['_dir']}/result.json: {why}; delete it or rerun that run")
-        else:
-            rec["dataset"].setdefault("name", dataset_name(rec))
-            records.append(rec)
+        rec["dataset"].setdefault("name", dataset_name(rec))
+        records.append(rec)
     if not records and not problems:
         problems.append(f"no finished runs (result.json) under {out}; run `fairbench run` first or pass --out")
     return Loaded(records, long_frame(records), problems, found.unfinished)

@@ -10,6 +10,10 @@ the claim it judged dead before it creates its own.
 
 Every acquisition and release is appended to `claims.log` in the run folder, a human-readable audit trail.
 
+`build_once` claims a shared cache build (the synthetic data, a pretrained checkpoint, an image cache) the same
+way, so commands started side by side on an empty cache build it once: the others wait for it instead of
+building it again, and take the build over if its builder dies.
+
 Environment: FAIRBENCH_CLAIM_TIMEOUT (seconds without a heartbeat before a claim is dead; default 300) and
 FAIRBENCH_HEARTBEAT (seconds between heartbeats; default a quarter of the timeout, at most 30).
 """
@@ -23,18 +27,23 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fairbench.files import new_temp_file
+from fairbench.files import naming, new_temp_file
 
 CLAIM_FILE = "claim.json"
 CLAIM_LOG = "claims.log"
 TIMEOUT_ENV = "FAIRBENCH_CLAIM_TIMEOUT"
 HEARTBEAT_ENV = "FAIRBENCH_HEARTBEAT"
 DEFAULT_TIMEOUT_S = 300.0
+BUILD_POLL_S = 0.5  # how often a process waiting for another's cache build looks again
+# An empty claim file younger than this may be one being written by the no-hard-link fallback of `_create`; any
+# other unreadable claim file is garbage, and dead at once.
+_EMPTY_GRACE_S = 5.0
 
 _HELD: set[str] = set()  # tokens of the claims this process holds
 
@@ -76,6 +85,7 @@ class ClaimInfo:
     epoch: int = 0  # epochs completed so far
     job: str = ""  # the owner's batch job, "slurm:<job id>:<restart count>": a requeued job's old claim is dead
     readable: bool = True
+    empty: bool = False  # an unreadable claim file with no content at all
 
     def owner(self) -> str:
         return f"{self.host} pid {self.pid}"
@@ -113,12 +123,18 @@ def read_claim_file(path: Path) -> ClaimInfo | None:
                          pid_ns=str(data.get("pid_ns", "")), pid_start=str(data.get("pid_start", "")),
                          epoch=int(data.get("epoch", 0)), job=str(data.get("job", "")))
     except (ValueError, KeyError, TypeError):
-        return ClaimInfo(host="?", pid=0, started=mtime, heartbeat=mtime, readable=False)
+        return ClaimInfo(host="?", pid=0, started=mtime, heartbeat=mtime, readable=False, empty=not raw.strip())
 
 
 def is_dead(info: ClaimInfo, timeout: float | None = None, now: float | None = None) -> str:
     """Why the claim's owner is dead, or "" while it is alive."""
     timeout = claim_timeout() if timeout is None else timeout
+    if not info.readable:  # garbage from a crash or a broken disk: no owner can be alive behind it
+        age = info.age(now)
+        if not info.empty:
+            return "its claim file is unreadable (not a claim)"
+        if age > _EMPTY_GRACE_S:
+            return f"its claim file is empty (written {age:.0f} s ago)"
     mine = batch_job()
     if info.job and mine and info.job.rpartition(":")[0] == mine.rpartition(":")[0] and info.job != mine:
         return f"its batch job {info.job.split(':')[1]} was requeued"
@@ -242,6 +258,36 @@ def _acquire(run_dir: Path, timeout: float | None) -> Claim:
     raise ClaimedElsewhere(current or ClaimInfo(host="?", pid=0, started=0.0, heartbeat=time.time()))
 
 
+def build_once(lock_dir: Path, ready: Callable[[], bool], build: Callable[[], None], what: str,
+               log: Callable[[str], None] | None = None, poll_s: float = BUILD_POLL_S) -> None:
+    """Run `build` unless `ready()`, holding a claim on `lock_dir` (created if missing) while it runs.
+
+    Another process already building it (a live claim) is waited for, with one line via `log`, until `ready()`;
+    a dead builder's claim is taken over and the build run here. `build` must be all-or-nothing (build beside,
+    then rename), so a build killed half-way leaves nothing `ready()` accepts."""
+    announced = False
+    while not ready():
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            claim = acquire(lock_dir)
+        except ClaimedElsewhere as exc:
+            if not announced and log is not None:
+                log(f"waiting for {exc.info.owner()}, which is {what}")
+                announced = True
+            time.sleep(poll_s)
+            continue
+        event = "released (failed)"
+        try:
+            claim.start_heartbeat()
+            if not ready():
+                claim.log(what)
+                build()
+            event = "released (built)"
+        finally:
+            claim.release(event)
+        return
+
+
 def append_log(run_dir: Path, line: str) -> None:
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     fd = os.open(Path(run_dir) / CLAIM_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -297,8 +343,11 @@ def _create(path: Path, info: ClaimInfo) -> bool:
 
 
 def _write_temp(path: Path, info: ClaimInfo) -> Path:
-    tmp = new_temp_file(path)
-    data: dict[str, Any] = {k: v for k, v in asdict(info).items() if k != "readable"}
+    try:
+        tmp = new_temp_file(path)
+    except OSError as exc:  # a read-only or full folder: name the claim, not a temporary name
+        raise naming(exc, path) from None
+    data: dict[str, Any] = {k: v for k, v in asdict(info).items() if k not in ("readable", "empty")}
     data["started_at"] = datetime.fromtimestamp(info.started, timezone.utc).isoformat(timespec="seconds")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     return tmp

@@ -64,16 +64,30 @@ class JobResult:
 
 @dataclass
 class DataCache:
-    """Loaded datasets shared by the jobs one process executes (keyed by everything that changes the tensors)."""
+    """Loaded datasets shared by the jobs one process executes (keyed by everything that changes the tensors).
+
+    A load that failed on the data (DatasetError) or the disk (OSError) fails every later job on the same data at
+    once with the same error, instead of reading the whole dataset again to fail the same way."""
 
     loaded: dict[tuple, Any] = field(default_factory=dict)
+    failed: dict[tuple, BaseException] = field(default_factory=dict)
 
     def get(self, planned: PlannedJob):
+        from fairbench.datasets import DatasetError
         from fairbench.models.backbones import input_spec
 
         inputs = input_spec(planned.job.arch)
         text_source = planned.config["text_source"]
         key = (planned.dataset, str(planned.data_root), inputs.image_size, inputs.tokenizer_key, text_source)
+        if key in self.failed:
+            raise self.failed[key]
+        try:
+            return self._load(planned, key, inputs, text_source)
+        except (DatasetError, OSError) as exc:
+            self.failed[key] = exc
+            raise
+
+    def _load(self, planned: PlannedJob, key: tuple, inputs, text_source: str):
         if key not in self.loaded:
             spec = get_dataset(planned.dataset)()
             data = spec.load(planned.data_root, image_size=inputs.image_size, tokenize=inputs.tokenize,
@@ -143,9 +157,21 @@ def execute(planned: PlannedJob, *, data_cache: DataCache | None = None, log: Ca
         _write_failure(planned, exc, point)
         raise
     finally:
-        claim.release(event)
+        with contextlib.suppress(OSError):  # a full or read-only disk: the failure itself is what gets reported
+            claim.release(event)
         _remove_if_unused(planned.run_dir, created)
     return JobResult(planned, "done", record=record)
+
+
+def tidy_done(planned: PlannedJob) -> list[str]:
+    """Tidy the finished run folder of `planned` (fairbench.runs.tidy); the names removed."""
+    from fairbench.runs.results import CorruptResultError, load_result
+    from fairbench.runs.tidy import tidy_finished
+
+    try:
+        return tidy_finished(planned.run_dir, load_result(planned.result_path))
+    except (CorruptResultError, OSError):
+        return []
 
 
 def _make_dirs(path: Path) -> Path | None:
@@ -160,9 +186,10 @@ def _make_dirs(path: Path) -> Path | None:
 
 
 def _remove_if_unused(run_dir: Path, created: Path | None) -> None:
-    """A run that failed before writing its config leaves no folder (only the claim log was in it); folders are
-    removed only while empty, so a sibling run another process started in a shared parent is never touched."""
-    if created is None or (run_dir / CONFIG_FILE).exists():
+    """A run stopped before writing its config (and without a failure to report) leaves no folder (only the claim
+    log was in it); folders are removed only while empty, so a sibling run another process started in a shared
+    parent is never touched."""
+    if created is None or (run_dir / CONFIG_FILE).exists() or (run_dir / FAILURE_FILE).exists():
         return
     from fairbench.runs.claims import CLAIM_LOG
 
@@ -200,7 +227,9 @@ def _set_aside_invalid_result(planned: PlannedJob, log: Callable[[str], None]) -
 
 
 def _write_failure(planned: PlannedJob, exc: BaseException, point: SavedEpochs) -> None:
-    if not (planned.run_dir / CONFIG_FILE).exists():
+    """failure.json: why the attempt failed (also before config.json exists: bad data, an unreadable checkpoint),
+    so `fairbench status` names the reason; nothing if the folder cannot be written."""
+    if not planned.run_dir.is_dir():
         return
     with contextlib.suppress(OSError):
         write_json_atomic(planned.run_dir / FAILURE_FILE, {
@@ -210,13 +239,21 @@ def _write_failure(planned: PlannedJob, exc: BaseException, point: SavedEpochs) 
 
 
 def _load_resume_state(planned: PlannedJob, log: Callable[[str], None]):
-    from fairbench.runs.state import StateError, load_state
+    """The saved training state to resume from, or None. A damaged one (digest mismatch, non-finite weights) is
+    named in one warning and set aside as train_state.pt.damaged (removed once the run finishes), never used."""
+    from fairbench.runs.state import DamagedState, StateError, load_state
+    from fairbench.runs.tidy import DAMAGED_STATE
 
     path = planned.run_dir / STATE_FILE
     if not path.exists():
         return None
     try:
         state = load_state(path, planned.config_hash)
+    except DamagedState as exc:
+        os.replace(path, path.with_name(DAMAGED_STATE))
+        log(f"[yellow]warning[/]: {planned.label()}: {exc}; set it aside as {DAMAGED_STATE} and training from the "
+            "first epoch (the only earlier good state)")
+        return None
     except StateError as exc:
         log(f"[yellow]warning[/]: {planned.label()}: {exc}; training from the first epoch")
         return None
@@ -301,6 +338,8 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     if outcome.state_dict is not None:
         torch.save(outcome.state_dict, path / "checkpoint.pt")
         files["checkpoint"] = "checkpoint.pt"
+    if settings.keep_state:
+        files["state"] = STATE_FILE  # kept on purpose: `fairbench.runs.tidy` leaves it
     record = {
         "schema": RESULT_SCHEMA,
         "run_id": str(path.relative_to(planned.out)) if path.is_relative_to(planned.out) else str(path),
@@ -328,7 +367,10 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     if not claim.beat():
         raise ClaimLost("stopped before writing result.json: another process took the run over")
     write_json_atomic(path / RESULT_FILE, record)  # last: its presence marks the run finished
+    from fairbench.runs.tidy import DAMAGED_STATE
+
     (path / FAILURE_FILE).unlink(missing_ok=True)
+    (path / DAMAGED_STATE).unlink(missing_ok=True)
     if not settings.keep_state:
         (path / STATE_FILE).unlink(missing_ok=True)
     return record

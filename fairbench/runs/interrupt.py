@@ -37,6 +37,7 @@ class Interrupted(BaseException):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.run: StoppedRun | None = None
+        self.elsewhere: list[str] = []  # labels of the runs worker processes were training when it came
 
     @property
     def exit_code(self) -> int:
@@ -45,6 +46,11 @@ class Interrupted(BaseException):
     def message(self, command: str) -> str:
         name = signal.Signals(self.signum).name
         run = self.run
+        if run is None and self.elsewhere:
+            shown = ", ".join(self.elsewhere[:3]) + (f" and {len(self.elsewhere) - 3} more" if len(self.elsewhere) > 3
+                                                     else "")
+            return (f"interrupted ({name}) while worker processes were training {len(self.elsewhere)} run(s) "
+                    f"({shown}); each resumes from its last saved epoch; continue with: {command}")
         if run is None:
             return f"interrupted ({name}) before any run was training; continue with: {command}"
         if run.epochs_done >= run.epochs:

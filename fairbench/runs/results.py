@@ -97,7 +97,10 @@ REQUIRED_KEYS = ("schema", "method", "arch", "seed", "dataset", "config_hash", "
 
 
 def load_result(path: Path) -> dict[str, Any]:
-    """Read and minimally validate one result.json; raise CorruptResultError naming the file."""
+    """Read and validate one result.json as far as every report needs it; raise CorruptResultError naming the file.
+
+    What a report cannot tabulate must not count as finished either: `fairbench run` then sets the file aside and
+    trains the run again, where a report would only ever say "rerun that run"."""
     path = Path(path)
     try:
         record = json.loads(path.read_text())
@@ -110,10 +113,27 @@ def load_result(path: Path) -> dict[str, Any]:
         raise CorruptResultError(f"{path}: missing {', '.join(missing)}; delete it or rerun that run")
     if record["schema"] != RESULT_SCHEMA:
         raise CorruptResultError(f"{path}: schema {record['schema']!r} is not {RESULT_SCHEMA!r}")
-    if "test" not in record["metrics"]:
-        raise CorruptResultError(f"{path}: no test metrics; delete it or rerun that run")
+    why = _malformed(record)
+    if why:
+        raise CorruptResultError(f"{path}: {why}; delete it or rerun that run")
     record["_dir"] = str(path.parent)
     return record
+
+
+def _malformed(record: dict[str, Any]) -> str:
+    """Why a result.json with every required key still cannot be tabulated ("" if it can)."""
+    if not isinstance(record["dataset"], dict) or not isinstance(record["selection"], dict):
+        return "dataset/selection must be objects"
+    metrics = record["metrics"]
+    test = metrics.get("test") if isinstance(metrics, dict) else None
+    if not isinstance(test, dict) or not test:
+        return "no test metrics"
+    if "auc" not in test or not isinstance(test.get("attributes", {}), dict):
+        return "metrics.test is not a metric-suite object"
+    seed = record["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return f"seed {seed!r} is not an integer"
+    return ""
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Where each run of a results folder stands, read from its files alone (no process is asked anything).
 
-  done     result.json loads
+  done     result.json loads (leftovers of an attempt killed after it finished are tidied: fairbench.runs.tidy)
   running  a live claim: host, pid, epochs done, heartbeat age
   stale    a claim whose owner is dead (no heartbeat within the timeout, or its process on this host is gone);
            a rerun takes it over and resumes from the saved state
@@ -31,6 +31,7 @@ from fairbench.runs.results import (
     configured_epochs,
     load_result,
 )
+from fairbench.runs.tidy import tidy_finished
 
 if TYPE_CHECKING:
     from fairbench.runs.jobs import PlannedJob
@@ -58,10 +59,13 @@ def run_status(run_dir: Path, label: str | None = None, *, timeout: float | None
     bad_result = ""
     if result.exists():
         try:
-            load_result(result)
-            return RunStatus(run_dir, label, "done")
+            record = load_result(result)
         except CorruptResultError as exc:
             bad_result = str(exc)
+        else:
+            removed = tidy_finished(run_dir, record, timeout)
+            note = f"tidied {', '.join(removed)} left by an attempt killed after it finished" if removed else ""
+            return RunStatus(run_dir, label, "done", note)
     epochs = _epochs(run_dir)
     claim = read_claim(run_dir)
     if claim is not None:

@@ -6,22 +6,25 @@ this module CLIP-pretrains the arch on its training split with every parameter t
 weights once under the fairbench cache, keyed by everything that changes them (arch, recipe, pretraining data
 fingerprint, torch version). Same key → same bytes on the same machine: the init and the batch order are
 seeded. The key enters each run's config hash; the provenance (path, SHA-256, recipe, zero-shot validation
-AUC) goes into result.json. The build writes to a temporary folder and renames it, so concurrent callers are
-safe and a reader never sees half a checkpoint.
+AUC) goes into result.json. The weights' SHA-256 is checked against the provenance on every use: a damaged
+checkpoint is named in one warning and built again, never loaded. The build writes to a temporary folder and
+renames it, so a reader never sees half a checkpoint, and it is claimed (`fairbench.runs.claims.build_once`), so
+commands started side by side on an empty cache pretrain once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from fairbench.models.archs import PretrainRecipe, get_arch
+
+log = logging.getLogger("fairbench")
 
 PRETRAIN_VERSION = 1  # bump when the pretraining code changes what it produces
 WEIGHTS_FILE = "weights.safetensors"
@@ -75,42 +78,67 @@ def pretraining_target(arch: str, dataset: str, cache_dir: Path | None = None) -
 
 
 def ensure_pretrained(target: PretrainTarget, cache_dir: Path | None = None) -> dict[str, Any]:
-    """The checkpoint's provenance, building it first if it is not cached yet."""
-    provenance = read_provenance(target)
-    if provenance is not None:
-        return provenance
-    target.path.parent.mkdir(parents=True, exist_ok=True)
-    if target.path.exists():  # an interrupted older attempt: no provenance, so incomplete
-        shutil.rmtree(target.path, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.path.name}.", dir=target.path.parent))
-    try:
-        _build(target, tmp, cache_dir)
-        os.rename(tmp, target.path)
-    except OSError:
-        if read_provenance(target) is None:  # unless another process finished it first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    provenance = read_provenance(target)
-    if provenance is None:  # pragma: no cover - the rename just succeeded
+    """The checkpoint's provenance, building it first if it is not cached yet (or is damaged)."""
+    from fairbench.files import new_temp_dir, remove_tree
+    from fairbench.runs.claims import build_once
+
+    found: list[dict[str, Any]] = []
+    warned: list[str] = []
+
+    def ready() -> bool:
+        provenance, damage = _check(target)
+        if damage and damage not in warned:
+            log.warning("%s: %s: building it again", target.weights, damage)
+            warned.append(damage)
+        found[:] = [provenance] if provenance is not None else []
+        return provenance is not None
+
+    def build() -> None:
+        remove_tree(target.path)  # an interrupted older attempt (no provenance), or a damaged checkpoint
+        tmp = new_temp_dir(target.path)
+        try:
+            _build(target, tmp, cache_dir)
+            os.rename(tmp, target.path)
+        finally:
+            remove_tree(tmp)
+
+    build_once(target.path.parent / f".{target.path.name}.build", ready, build,
+               f"pretraining {target.arch} into {target.path}", log=log.info)
+    if not found and not ready():  # pragma: no cover - the build just wrote it
         raise RuntimeError(f"pretrained checkpoint {target.path} vanished after it was built")
-    return provenance
+    return found[0]
 
 
 def read_provenance(target: PretrainTarget) -> dict[str, Any] | None:
-    """The provenance of a finished build (with the checkpoint's path), or None if there is none."""
+    """The provenance of a finished, intact build (with the checkpoint's path), or None if there is none."""
+    return _check(target)[0]
+
+
+def _check(target: PretrainTarget) -> tuple[dict[str, Any] | None, str]:
+    """(provenance with the checkpoint's path, "") for an intact build; (None, why) for a damaged one; (None, "")
+    when there is no finished build."""
+    from fairbench.digests import file_sha256
+
     try:
         provenance = json.loads((target.path / PROVENANCE_FILE).read_text())
+    except FileNotFoundError:
+        return None, ""
     except (OSError, ValueError):
-        return None
-    if not (target.weights.is_file() and provenance.get("key") == target.key):
-        return None
-    return {**provenance, "path": str(target.weights)}
+        return None, f"{PROVENANCE_FILE} is unreadable"
+    if not isinstance(provenance, dict) or provenance.get("key") != target.key:
+        return None, f"{PROVENANCE_FILE} belongs to another build"
+    try:
+        digest = file_sha256(target.weights)
+    except OSError:
+        return None, "the weights file is missing or unreadable"
+    if digest != provenance.get("sha256"):
+        return None, f"the weights do not match the SHA-256 in {PROVENANCE_FILE} (damaged)"
+    return {**provenance, "path": str(target.weights)}, ""
 
 
 def _build(target: PretrainTarget, out: Path, cache_dir: Path | None) -> None:
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from fairbench.method import ContrastiveFineTune
     from fairbench.metrics import overall_auc
@@ -140,8 +168,9 @@ def _build(target: PretrainTarget, out: Path, cache_dir: Path | None) -> None:
                         tokenize=backbone.tokenize, prompts=ds.prompts, label=ds.label, seed=r.seed,
                         device=torch.device("cpu"), auc=overall_auc)
     state = {k: v.detach().contiguous() for k, v in backbone.model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE))
-    digest = hashlib.sha256((out / WEIGHTS_FILE).read_bytes()).hexdigest()
+    blob = save(state)  # bytes written with open(): the file gets the umask's mode (save_file makes it 0600)
+    (out / WEIGHTS_FILE).write_bytes(blob)
+    digest = hashlib.sha256(blob).hexdigest()
     provenance = {
         "key": target.key,
         "arch": target.arch,

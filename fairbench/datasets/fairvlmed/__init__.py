@@ -43,6 +43,14 @@ class FairVLMed(Dataset):
 
         return pretraining_synthetic_dataset(cache_dir)
 
+    @classmethod
+    def check_text_source(cls, text_source: str | None) -> str:
+        """A text source, or `gpt4:COLUMN`: the summary from the CSV column headed COLUMN (a summary CSV without
+        a published header is read only that way; see format.SUMMARY_LAYOUTS)."""
+        from fairbench.datasets.fairvlmed.format import check_text_source
+
+        return check_text_source(text_source or cls.text_sources[0])
+
     def identify(self, root: Path, text_source: str) -> DataIdentity:
         from fairbench.datasets.fairvlmed.load import identify_fairvlmed
 

@@ -26,14 +26,22 @@ from fairbench.datasets.fairvlmed.format import (
     find_summary_csv,
     image_problems,
     layout_problem,
+    misnamed_samples,
     read_record,
     read_summaries,
 )
 
 
-def _check_file(path: Path) -> tuple[Record | None, tuple[int, ...] | None, list[str]]:
+def _check_file(path: Path) -> tuple[Record | None, tuple[int, ...] | None, list[str], str]:
+    """The record, image shape, problems and SHA-256 of one npz file."""
     import numpy as np
 
+    from fairbench.digests import file_sha256
+
+    try:
+        digest = file_sha256(path)
+    except OSError:
+        digest = ""
     try:
         with np.load(path, allow_pickle=False) as npz:
             rec, problems = read_record(npz)
@@ -43,12 +51,13 @@ def _check_file(path: Path) -> tuple[Record | None, tuple[int, ...] | None, list
                 shape = tuple(image.shape)
                 problems += image_problems(image)
     except READ_ERRORS as exc:
-        return None, None, [f"unreadable npz, corrupt or truncated ({_short(exc)})"]
-    return (rec if not problems else None), shape, problems
+        return None, None, [f"unreadable npz, corrupt or truncated ({_short(exc)})"], digest
+    return (rec if not problems else None), shape, problems, digest
 
 
 def check_dataset(root: str | os.PathLike[str]) -> CheckReport:
     """Validate every split folder, file and summary row under root."""
+    from fairbench.datasets.fairvlmed.load import shared_samples
     from fairbench.datasets.fairvlmed.synth import is_synthetic
 
     root = Path(root)
@@ -72,11 +81,13 @@ def check_dataset(root: str | os.PathLike[str]) -> CheckReport:
     if find_summary_csv(root) is not None:
         try:
             summaries = read_summaries(root)
+            report.problems += summaries.problems
         except DatasetError as exc:
             report.problems.append(str(exc))
+    digests: dict[str, list[tuple[Path, str]]] = {}
     for split, folder in folders.items():
         rep = report.splits[split] = SplitReport(folder=folder.name)
-        report.problems += broken_links(folder)
+        report.problems += broken_links(folder) + misnamed_samples(folder)
         files = sorted(p for p in folder.iterdir() if p.suffix == ".npz" and p.is_file())
         rep.n_files = len(files)
         if not files:
@@ -84,10 +95,11 @@ def check_dataset(root: str | os.PathLike[str]) -> CheckReport:
             continue
         with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
             results = list(pool.map(_check_file, files))
-        for path, (rec, shape, problems) in zip(files, results, strict=True):
+        digests[split] = [(path, digest) for path, (*_, digest) in zip(files, results, strict=True) if digest]
+        for path, (rec, shape, problems, _) in zip(files, results, strict=True):
             report.problems += [f"{path}: {p}" for p in problems]
-            if summaries is not None and path.name not in summaries:
-                report.problems.append(f"{path}: no row in {find_summary_csv(root).name}")  # type: ignore[union-attr]
+            if summaries is not None and path.name not in summaries.texts:
+                report.problems.append(f"{path}: no row in {summaries.path.name}")
             if shape is not None:
                 rep.image_shapes[shape] += 1
             if rec is None:
@@ -98,5 +110,6 @@ def check_dataset(root: str | os.PathLike[str]) -> CheckReport:
             rep.n_unknown += any(c == UNKNOWN for c in codes.values())
             for attr, code in codes.items():
                 rep.counts[(attr, code, rec.glaucoma)] += 1
+    report.problems += shared_samples(digests)
     return report
 

@@ -3,9 +3,14 @@
 Everything here is numpy/stdlib only, so the CLI's `data check` and the loader share one reading of
 the format. Facts follow FairCLIP's public loader (Harvard-Ophthalmology-AI-Lab/FairCLIP,
 FairCLIP/src/modules.py): `slo_fundus` read with `.astype(float32)`, 0-d label/attribute arrays read
-with `.item()`, summaries from CSV column 0 (file name) and column 2 (summary), the 180-character
-word-boundary cut, and evaluation splits that drop samples with any unknown (−1) attribute. One
+with `.item()`, summaries from CSV column 0 (file name) and column 2 (summary) (`fair_vl_med_dataset.__init__`:
+`row.iloc[0]` and `row.iloc[2]`), samples found by a case-sensitive `npz` suffix (`find_all_files`), the
+180-character word-boundary cut, and evaluation splits that drop samples with any unknown (−1) attribute. One
 deliberate difference: files are sorted, where FairCLIP uses unsorted `os.listdir`.
+
+The training text is never guessed: the summary CSV must carry one of the published headers (`SUMMARY_LAYOUTS`),
+or the user names the summary column (text source `gpt4:COLUMN`); anything else is an error naming the columns
+found. Duplicate rows, empty summaries and a second summary file that differs are reported (`Summaries.problems`).
 """
 
 from __future__ import annotations
@@ -47,7 +52,14 @@ OPTIONAL_KEYS: tuple[str, ...] = ("maritalstatus", "age", "note", "note_extra")
 
 SUMMARY_CSVS: tuple[str, ...] = ("gpt-4_summarized_notes.csv", "gpt4_summarized_notes.csv")
 TEXT_SOURCES: tuple[str, ...] = ("gpt4", "note", "note+demographics")
+SUMMARY_SOURCE = "gpt4"  # `gpt4` reads a published layout; `gpt4:COLUMN` names the summary column
 MAX_TEXT_CHARS = 180
+# The published summary-CSV headers; both are read as FairCLIP reads the file: file name in column 0, summary in
+# column 2. The first is what FairCLIP's summarisation script writes (src/dataset_deidentification_summarization.py,
+# `preprocess`: columns 'File Name', 'Original Note', 'Summarized Note'); the second uses the FairVLMed data card's
+# names for the same columns (data_summary.csv: filename, note, gpt4_summary), as fairbench's synthetic data does.
+SUMMARY_LAYOUTS: tuple[tuple[str, ...], ...] = (("File Name", "Original Note", "Summarized Note"),
+                                                ("filename", "note", "gpt4_summary"))
 
 # Everything numpy/zipfile raise on a damaged npz: truncated zip, bad deflate stream, CRC mismatch,
 # bad npy header, object arrays under allow_pickle=False.
@@ -165,10 +177,17 @@ def broken_links(folder: Path) -> list[str]:
     return problems
 
 
+def misnamed_samples(folder: Path) -> list[str]:
+    """One problem per file whose suffix is `.npz` in another case (`.NPZ`): FairCLIP's loader and this one read
+    only `.npz`, so such a sample would silently be left out of its split."""
+    return [f"{p}: sample saved with the suffix {p.suffix!r}, which is not read; rename it to {p.stem}.npz"
+            for p in sorted(Path(folder).iterdir()) if p.suffix.lower() == ".npz" and p.suffix != ".npz"]
+
+
 def list_split_files(folder: Path) -> list[Path]:
-    """All `*.npz` files of a split folder in sorted (deterministic) order; an empty split or a broken symlink is
-    an error."""
-    broken = broken_links(folder)
+    """All `*.npz` files of a split folder in sorted (deterministic) order; an empty split, a broken symlink or a
+    sample saved as `.NPZ` is an error."""
+    broken = broken_links(folder) + misnamed_samples(folder)
     if broken:
         more = f" (and {len(broken) - 1} more; `fairbench data check` lists them)" if len(broken) > 1 else ""
         raise DatasetError(broken[0] + more)
@@ -306,39 +325,121 @@ def find_summary_csv(root: Path) -> Path | None:
     return next((root / n for n in SUMMARY_CSVS if (root / n).is_file()), None)
 
 
-FILE_NAME_HEADERS = frozenset({"filename", "file_name", "file", "name"})
+def split_text_source(text_source: str) -> tuple[str, str | None]:
+    """("gpt4", "COLUMN") for `gpt4:COLUMN`, (source, None) otherwise."""
+    base, sep, column = text_source.partition(":")
+    return base, (column if sep else None)
 
 
-def summary_columns(header: list[str]) -> tuple[int, int]:
-    """(file-name column, summary column): by header name when the header names both (any order; the summary is
-    the first column whose name contains "summar"), else by position as published (0 and 2)."""
-    names = [h.strip().lower() for h in header]
-    name_col = next((i for i, h in enumerate(names) if h in FILE_NAME_HEADERS), None)
-    summary_col = next((i for i, h in enumerate(names) if "summar" in h), None)
-    if name_col is None or summary_col is None:
+def check_text_source(text_source: str) -> str:
+    """`text_source` if it is one of TEXT_SOURCES or `gpt4:COLUMN`; a DatasetError naming the valid ones if not."""
+    base, column = split_text_source(text_source)
+    if base not in TEXT_SOURCES or (column is not None and (base != SUMMARY_SOURCE or not column.strip())):
+        raise DatasetError(f"unknown text source {text_source!r}; choose one of {', '.join(TEXT_SOURCES)}, or "
+                           f"{SUMMARY_SOURCE}:COLUMN to read the summary from that column of the summary CSV")
+    return text_source
+
+
+@dataclass
+class Summaries:
+    """The summary CSV read: file name → summary, and every problem worth a warning (duplicates, empty summaries,
+    a second summary file that differs)."""
+
+    path: Path
+    texts: dict[str, str]
+    problems: list[str]
+
+
+def summary_columns(path: Path, header: list[str], column: str | None) -> tuple[int, int]:
+    """(file-name column, summary column) of a summary CSV: a published header as FairCLIP reads it (0 and 2), or
+    the column the user named; any other header is an error naming the columns found and the setting to use."""
+    names = [h.strip() for h in header]
+    found = ", ".join(repr(h) for h in names) or "none"
+    if column is not None:
+        if column.strip() not in names:
+            raise DatasetError(f"{path}: no column {column.strip()!r} for text source {SUMMARY_SOURCE}:{column} "
+                               f"(columns: {found})")
+        picked = names.index(column.strip())
+        if picked == 0:
+            raise DatasetError(f"{path}: column {column.strip()!r} is column 0, which holds the file names")
+        return 0, picked
+    if tuple(names) in SUMMARY_LAYOUTS:
         return 0, 2
-    return name_col, summary_col
+    published = " or ".join("(" + ", ".join(layout) + ")" for layout in SUMMARY_LAYOUTS)
+    raise DatasetError(f"{path}: unknown summary layout (columns: {found}); the published header is {published}. "
+                       f"Name the summary column with --text-source {SUMMARY_SOURCE}:COLUMN, or use text source "
+                       "'note'")
 
 
-def read_summaries(root: Path) -> dict[str, str]:
-    """File name → GPT-4 summary from the summary CSV (column 0 file name, column 2 summary)."""
+def read_summary_header(root: Path, text_source: str = SUMMARY_SOURCE) -> None:
+    """Check the summary CSV's header for `text_source` (a DatasetError if it is not usable), reading one line:
+    the planner calls it so a bad layout stops a run before any job starts."""
+    path = find_summary_csv(root)
+    if path is None:
+        return
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: unreadable CSV ({_short(exc)})") from exc
+    summary_columns(path, header or [], split_text_source(text_source)[1])
+
+
+def read_summaries(root: Path, text_source: str = SUMMARY_SOURCE) -> Summaries:
+    """File name → summary from the summary CSV (see `summary_columns`), with its problems."""
     path = find_summary_csv(root)
     if path is None:
         raise DatasetError(f"{root}: missing GPT-4 summary CSV ({' or '.join(SUMMARY_CSVS)}); "
                            "add it or use text source 'note'")
-    out: dict[str, str] = {}
+    column = split_text_source(text_source)[1]
+    rows = _summary_rows(path, column)
+    texts: dict[str, str] = {}
+    lines: dict[str, list[int]] = {}
+    for line, name, summary in rows:
+        texts[name] = summary  # the last row wins, as in FairCLIP's dict
+        lines.setdefault(name, []).append(line)
+    problems = []
+    repeated = {n: ls for n, ls in lines.items() if len(ls) > 1}
+    if repeated:
+        name, where = next(iter(repeated.items()))
+        differ = sum(len({r[2] for r in rows if r[1] == n}) > 1 for n in repeated)
+        problems.append(f"{path}: {len(repeated)} file name(s) in more than one row (e.g. {name} in lines "
+                        f"{', '.join(map(str, where))}; {differ} with different summaries); the last row is used — "
+                        "keep one row per file")
+    empty = [(line, name) for line, name, summary in rows if not summary]
+    if empty:
+        problems.append(f"{path}: {len(empty)} empty summar{'y' if len(empty) == 1 else 'ies'} (e.g. {empty[0][1]} "
+                        f"in line {empty[0][0]}); those samples train on an empty text — fill them in or use text "
+                        "source 'note'")
+    others = [root / n for n in SUMMARY_CSVS if (root / n).is_file() and root / n != path]
+    for other in others:
+        try:
+            same = {n: t for _, n, t in _summary_rows(other, column)} == texts
+        except DatasetError:
+            same = False
+        if not same:
+            problems.append(f"{root}: {path.name} and {other.name} both exist and differ; {path.name} is used — "
+                            f"delete the one that is not meant")
+    return Summaries(path, texts, problems)
+
+
+def _summary_rows(path: Path, column: str | None) -> list[tuple[int, str, str]]:
+    """(line, file name, summary) of every row of a summary CSV."""
+    out = []
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             rows = csv.reader(fh)
             header = next(rows, None)
-            if header is None or len(header) < 3:
-                raise DatasetError(f"{path}: expected at least 3 columns (file name, note, summary)")
-            name_col, summary_col = summary_columns(header)
+            if header is None:
+                raise DatasetError(f"{path}: empty file; expected a header and one row per sample")
+            name_col, summary_col = summary_columns(path, header, column)
             need = max(name_col, summary_col) + 1
             for line, row in enumerate(rows, start=2):
+                if not row:
+                    continue
                 if len(row) < need:
                     raise DatasetError(f"{path}: line {line} has {len(row)} columns, expected ≥ {need}")
-                out[row[name_col].strip()] = row[summary_col].strip()
+                out.append((line, row[name_col].strip(), row[summary_col].strip()))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path}: unreadable CSV ({_short(exc)})") from exc
     return out
@@ -371,17 +472,17 @@ def demographics_phrase(rec: Record) -> str:
     return phrase + "."
 
 
-def build_texts(root: Path, files: list[Path], records: list[Record], text_source: str) -> list[str]:
-    """Training text of every sample for `text_source`, before truncation."""
-    if text_source not in TEXT_SOURCES:
-        raise DatasetError(f"unknown text source {text_source!r}; choose one of {', '.join(TEXT_SOURCES)}")
-    if text_source == "gpt4":
-        summaries = read_summaries(root)
-        missing = [f.name for f in files if f.name not in summaries]
+def build_texts(root: Path, files: list[Path], records: list[Record], text_source: str,
+                summaries: Summaries | None = None) -> list[str]:
+    """Training text of every sample for `text_source`, before truncation (`summaries`: the CSV already read)."""
+    check_text_source(text_source)
+    if split_text_source(text_source)[0] == SUMMARY_SOURCE:
+        summaries = summaries or read_summaries(root, text_source)
+        missing = [f.name for f in files if f.name not in summaries.texts]
         if missing:
-            raise DatasetError(f"{find_summary_csv(root)}: no summary row for {missing[0]} "
+            raise DatasetError(f"{summaries.path}: no summary row for {missing[0]} "
                                f"({len(missing)} file(s) missing); regenerate the CSV or use text source 'note'")
-        return [summaries[f.name] for f in files]
+        return [summaries.texts[f.name] for f in files]
     texts = []
     for path, rec in zip(files, records, strict=True):
         if rec.note is None:

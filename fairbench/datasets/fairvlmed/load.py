@@ -21,17 +21,21 @@ from fairbench.datasets.fairvlmed import meta
 from fairbench.datasets.fairvlmed.format import (
     ATTRIBUTES,
     SPLITS,
-    TEXT_SOURCES,
+    SUMMARY_SOURCE,
     DatasetError,
     Record,
     build_texts,
+    check_text_source,
     find_summary_csv,
     keep_mask,
     list_split_files,
     read_image,
     read_split_records,
+    read_summaries,
+    read_summary_header,
     require_layout,
     split_dir,
+    split_text_source,
     truncate_text,
 )
 from fairbench.datasets.fairvlmed.synth import is_synthetic
@@ -43,19 +47,27 @@ def load_fairvlmed(root: str | os.PathLike[str], *, image_size: int,
                    tokenize: Callable[[list[str]], torch.Tensor], tokenizer_key: str,
                    text_source: str = "gpt4", cache_dir: Path | None = None,
                    progress: bool = False) -> LoadedDataset:
-    """Validate, cache and load the three splits; raises DatasetError before any training on bad data."""
-    if text_source not in TEXT_SOURCES:
-        raise DatasetError(f"unknown text source {text_source!r}; choose one of {', '.join(TEXT_SOURCES)}")
+    """Validate, cache and load the three splits; raises DatasetError before any training on bad data. Problems
+    that do not stop a run (duplicate or empty summaries, a second summary file) are logged as warnings."""
+    check_text_source(text_source)
     if image_size < 1:
         raise DatasetError(f"image_size must be positive, got {image_size}")
     root = Path(root).expanduser().resolve()
-    require_layout(root, need_summaries=text_source == "gpt4")  # every missing piece in one message
+    uses_summaries = split_text_source(text_source)[0] == SUMMARY_SOURCE
+    require_layout(root, need_summaries=uses_summaries)  # every missing piece in one message
     folders = {s: split_dir(root, s) for s in SPLITS}
     files = {s: list_split_files(folders[s]) for s in SPLITS}
     store = cache_root(cache_dir)
     caches = {s: SplitCache(store, meta.NAME, folders[s], s, files[s]) for s in SPLITS}
+    shared = shared_samples({s: list(zip(files[s], caches[s].digests, strict=True)) for s in SPLITS})
+    if shared:
+        more = f" (and {len(shared) - 1} more; `fairbench data check` lists them)" if len(shared) > 1 else ""
+        raise DatasetError(shared[0] + more)
     records = {s: _records(caches[s]) for s in SPLITS}
-    texts = {s: [truncate_text(t.strip()) for t in build_texts(root, files[s], records[s], text_source)]
+    summaries = read_summaries(root, text_source) if uses_summaries else None
+    for problem in summaries.problems if summaries else []:
+        log.warning("%s", problem)
+    texts = {s: [truncate_text(t.strip()) for t in build_texts(root, files[s], records[s], text_source, summaries)]
              for s in SPLITS}
     out = {}
     for s in SPLITS:
@@ -80,9 +92,30 @@ def _records(cache: SplitCache) -> list[Record]:
 def identify_fairvlmed(root: str | os.PathLike[str], text_source: str = "gpt4") -> DataIdentity:
     """Tag and fingerprint of a FairVLMed folder from file names, sizes and npz CRCs: no image is decoded."""
     root = Path(root).expanduser().resolve()
-    require_layout(root, need_summaries=text_source == "gpt4")  # every missing piece in one message
+    check_text_source(text_source)
+    uses_summaries = split_text_source(text_source)[0] == SUMMARY_SOURCE
+    require_layout(root, need_summaries=uses_summaries)  # every missing piece in one message
+    if uses_summaries:
+        read_summary_header(root, text_source)  # an unknown layout stops the run before any job starts
     files = {s: list_split_files(split_dir(root, s)) for s in SPLITS}
     return _identity(root, [files_fingerprint(files[s]) for s in SPLITS], len(files["train"]))
+
+
+def shared_samples(splits: dict[str, list[tuple[Path, str]]]) -> list[str]:
+    """One problem per sample found in two splits, by file name or by identical bytes (`(path, sha256)` per file):
+    a test sample that is also a training sample inflates every test metric without a word."""
+    first: dict[tuple[str, str], tuple[str, Path]] = {}
+    problems = []
+    for split, entries in splits.items():
+        for path, digest in entries:
+            for kind, key in (("file name", path.name), ("content", digest)):
+                seen = first.get((kind, key))
+                if seen is not None and seen[0] != split:
+                    what = "the same file name" if kind == "file name" else "identical bytes"
+                    problems.append(f"{seen[1]} and {path}: one sample in two splits ({what}); keep it in one split")
+                    break
+                first.setdefault((kind, key), (split, path))
+    return problems
 
 
 def _identity(root: Path, split_fingerprints: list[str], n_train: int) -> DataIdentity:

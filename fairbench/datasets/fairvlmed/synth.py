@@ -11,7 +11,8 @@ measured in a feasibility study before the generator was written (26 throwaway r
     a few unknown (−1) ethnicity/language codes.
 Images keep the real 664×512 (H×W) aspect at a smaller scale: `size` is the width, height is
 round(size·664/512); the default 128 gives 166×128 px, twice what the CPU demo model sees (64 px).
-They are stored as uint8 (0–255). Same arguments → same bytes: the npz zips carry fixed timestamps.
+They are stored as uint8 (0–255). Same arguments → same bytes: the npz zips carry fixed timestamps. The marker
+file, written last, lists the SHA-256 of every file, so a cached copy that was damaged is generated again.
 Version 2 enlarged the optic disc (radius 0.42–0.48 of half the width) and centred it more: with the
 version-1 disc (0.21–0.27) the tiny CLIP stayed at the ln(batch) loss plateau for 4 epochs and scored
 chance AUC; with the larger one it reaches validation AUC ≈ 0.9 in the same budget.
@@ -23,16 +24,18 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from fairbench.datasets.base import DatasetError
+from fairbench.files import new_temp_dir, remove_tree
 from fairbench.phases import phase
+
+log = logging.getLogger("fairbench.data")
 
 GENERATOR_VERSION = 2
 MARKER = "fairbench_synthetic.json"
@@ -243,8 +246,12 @@ def make_synthetic(out: str | os.PathLike[str], n_train: int = DEFAULTS["n_train
             write_npz_deterministic(out / _SPLIT_FOLDERS[use[i]][0] / names[i], arrays)
     _write_csvs(out, names, pop, notes, summaries, use)
     params = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size, "seed": seed}
+    from fairbench.digests import file_sha256
+
+    digests = {str(p.relative_to(out)): file_sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     marker = {"generator": "fairbench.datasets.fairvlmed.synth", "version": GENERATOR_VERSION, "params": params,
-              "image_shape": [height, width], "note": "Synthetic data: results on it are not FairVLMed results."}
+              "image_shape": [height, width], "note": "Synthetic data: results on it are not FairVLMed results.",
+              "sha256": digests}
     (out / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -284,25 +291,59 @@ def pretraining_synthetic_dataset(cache_dir: Path | None = None) -> Path:
 
 def cached_synthetic(params: dict[str, int], cache_dir: Path | None, what: str) -> Path:
     """A synthetic dataset with `params`, generated once under the cache root, keyed by generator version and
-    parameters; concurrent callers race safely (build in a temp folder, rename)."""
+    parameters. Concurrent callers generate it once (the build is claimed, `fairbench.runs.claims.build_once`);
+    a copy whose files no longer match the digests in its marker is named in one warning and generated again."""
     from fairbench.datasets.cache import cache_root
+    from fairbench.runs.claims import build_once
 
     key = hashlib.sha256(json.dumps([GENERATOR_VERSION, params], sort_keys=True).encode()).hexdigest()[:10]
     path = cache_root(cache_dir) / "synthetic" / f"fairvlmed-synth-v{GENERATOR_VERSION}-{key}"
-    if is_synthetic(path):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():  # an interrupted older attempt: no marker, so incomplete
-        shutil.rmtree(path, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        n = params["n_train"] + params["n_val"] + params["n_test"]
-        with phase(f"generating {what} ({n} samples, once) into {path}"):
-            make_synthetic(tmp, **params)
-        os.rename(tmp, path)
-    except OSError:
-        if not is_synthetic(path):  # not a lost race with another process
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    warned: list[str] = []
+
+    def ready() -> bool:
+        damage = _damage(path)
+        if damage and path.exists() and damage not in warned:
+            log.warning("%s: %s: generating it again", path, damage)
+            warned.append(damage)
+        return not damage
+
+    def build() -> None:
+        remove_tree(path)  # an interrupted or damaged copy
+        tmp = new_temp_dir(path)
+        try:
+            n = params["n_train"] + params["n_val"] + params["n_test"]
+            with phase(f"generating {what} ({n} samples, once) into {path}"):
+                make_synthetic(tmp, **params)
+            os.rename(tmp, path)
+        finally:
+            remove_tree(tmp)
+
+    build_once(path.parent / f".{path.name}.build", ready, build, f"generating {what}", log=log.info)
     return path
+
+
+def _damage(path: Path) -> str:
+    """Why the synthetic dataset at `path` cannot be used ("" if it can): missing, incomplete, or a file that does
+    not match the SHA-256 its marker lists (checked through the cache's stat memo: a stat per unchanged file)."""
+    from fairbench.datasets.cache import FileDigests
+
+    try:
+        listed = json.loads((path / MARKER).read_text())["sha256"]
+    except FileNotFoundError:
+        return "incomplete (no marker)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its marker lists no content digests (written by an older fairbench, or damaged)"
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != MARKER)
+    names = [str(p.relative_to(path)) for p in files]
+    if sorted(listed) != names:
+        extra = sorted(set(names) ^ set(listed))
+        return f"its files differ from those its marker lists (e.g. {extra[0]})"
+    memo = path.parent / "index" / f"{path.name}.digests.json"
+    try:
+        actual = FileDigests(memo, path).of(files)
+    except DatasetError as exc:
+        return str(exc)
+    bad = [n for n, d in zip(names, actual, strict=True) if listed[n] != d]
+    if bad:
+        return f"{len(bad)} file(s) do not match the digests written with them (e.g. {bad[0]})"
+    return ""
