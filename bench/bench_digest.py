@@ -54,8 +54,9 @@ def main() -> None:
     from fairbench.models import create_backbone
     from fairbench.registry import load_plugins
     from fairbench.runs.execute import execute
-    from fairbench.runs.jobs import RunOptions, expand_jobs, plan, train_settings_for
+    from fairbench.runs.jobs import RunOptions, expand_jobs, plan
     from fairbench.runs.state import _non_finite, _to_plain, load_state
+    from fairbench.training.settings import resolve_train_settings
 
     load_plugins()
     data = default_synthetic_dataset()  # generated once into the cache (about a minute the first time)
@@ -146,7 +147,7 @@ def main() -> None:
     for what, t in per_epoch.items():
         print(f"  {what:45} {t:8.4f} s  {share(t)}")
     print(f"  {'(once on a resume: digest + finiteness)':45} {on_resume:8.4f} s  {share(on_resume)}")
-    demo_epochs = train_settings_for("tiny", {}, None, None).epochs
+    demo_epochs = resolve_train_settings("tiny").epochs
     print(f"per job and epoch together (the demo's {demo_epochs} epochs): "
           f"{100 * (total / demo_epochs + sum(per_epoch.values())) / epoch_s:.2f} % of its training time")
     print(f"first use of a dataset (hashing every data file once): {cold:.3f} s  {share(cold)}")

@@ -86,8 +86,8 @@ def test_the_command_ends_with_one_line_and_exit_2_on_a_plugin_calling_sys_exit_
 
 def test_the_sequential_launcher_fails_a_raising_job_alone(dataset, tmp_path, monkeypatch):
     """The launcher's contract, without training: execute raising for one job ends that job only."""
-    from fairbench.launchers import SequentialLauncher
     from fairbench.launchers.base import Reporter
+    from fairbench.launchers.local import LocalLauncher
     from fairbench.registry import load_plugins
     from fairbench.runs import execute as execute_module
     from fairbench.runs.execute import JobResult
@@ -109,7 +109,7 @@ def test_the_sequential_launcher_fails_a_raising_job_alone(dataset, tmp_path, mo
         def job_finished(self, result):
             finished.append(result)
 
-    results = SequentialLauncher().launch(jobs, Collect())
+    results = LocalLauncher().launch(jobs, Collect())  # one worker: every job in this process
     assert [r.status for r in results] == ["done", "failed", "done"] and finished == results
     assert results[1].message.startswith("RuntimeError: boom (at test_damage_launch.py:")
 
@@ -320,8 +320,8 @@ def test_a_job_failing_before_its_config_is_written_still_leaves_failure_json(da
     `fairbench status` reads; v0.2 left no trace in the folder."""
     from fairbench.datasets import DatasetError
     from fairbench.datasets.fairvlmed import FairVLMed
-    from fairbench.launchers import SequentialLauncher
     from fairbench.launchers.base import Reporter
+    from fairbench.launchers.local import run_in_this_process
     from fairbench.registry import load_plugins
     from fairbench.runs.jobs import RunOptions, expand_jobs, plan
     from fairbench.runs.status import run_status
@@ -336,7 +336,7 @@ def test_a_job_failing_before_its_config_is_written_still_leaves_failure_json(da
         raise DatasetError(message)
 
     monkeypatch.setattr(FairVLMed, "load", broken)
-    results = SequentialLauncher().launch(jobs, Reporter())
+    results = run_in_this_process(jobs, Reporter())
     assert [r.status for r in results] == ["failed", "failed"]
     assert results[0].message == message
     for job in jobs:

@@ -117,8 +117,8 @@ def test_a_kept_state_and_a_live_claim_are_left_alone(tmp_path):
 
 
 def test_a_rerun_tidies_the_finished_folder_it_skips(dataset, tmp_path):
-    from fairbench.launchers import SequentialLauncher
     from fairbench.launchers.base import Reporter
+    from fairbench.launchers.local import run_in_this_process
     from fairbench.registry import load_plugins
     from fairbench.runs.jobs import RunOptions, expand_jobs, plan
 
@@ -129,7 +129,7 @@ def test_a_rerun_tidies_the_finished_folder_it_skips(dataset, tmp_path):
     _result(planned.run_dir)
     _dead_claim(planned.run_dir)
     (planned.run_dir / "train_state.pt").write_bytes(b"x")
-    (result,) = SequentialLauncher().launch([planned], Reporter())
+    (result,) = run_in_this_process([planned], Reporter())
     assert result.status == "skipped" and not (planned.run_dir / "train_state.pt").exists()
     assert not (planned.run_dir / "claim.json").exists()
 

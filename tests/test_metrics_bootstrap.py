@@ -150,7 +150,7 @@ def test_blocked_resampling_is_bit_identical_to_drawing_all_resamples_at_once(mo
     import sys
 
     from fairbench.metrics import kernel
-    from fairbench.metrics.suite import prepare
+    from fairbench.metrics.suite import prepare, suite_arrays
 
     boot_mod = sys.modules["fairbench.metrics.bootstrap"]
 
@@ -158,7 +158,7 @@ def test_blocked_resampling_is_bit_identical_to_drawing_all_resamples_at_once(mo
     attrs["language"] = np.random.default_rng(4).choice([0, 1, 2, -1], 500)  # a known-rows segment too
     whole = prepare(y, s, attrs)
     monkeypatch.setattr(kernel, "_CHUNK_ELEMENTS", 10**12)
-    at_once = kernel.suite_arrays(whole.layout, boot_mod._multiplicities(resample_indices(500, 37, seed=9)))
+    at_once = suite_arrays(whole.layout, boot_mod._multiplicities(resample_indices(500, 37, seed=9)))
     monkeypatch.setattr(boot_mod, "MEMORY_CEILING_BYTES", 32 * 500 * 5)  # blocks of 5 resamples (the last: 2)
     monkeypatch.setattr(kernel, "_CHUNK_ELEMENTS", 3 * 500)  # one resample and three segments at a time
     with pytest.warns(MetricWarning):
@@ -166,7 +166,7 @@ def test_blocked_resampling_is_bit_identical_to_drawing_all_resamples_at_once(mo
         paired = paired_bootstrap(y, s, s[::-1].copy(), attrs, n_resamples=37, seed=9)
     for key, values in blocked.samples.items():
         assert np.array_equal(values, at_once[key], equal_nan=True), key
-    ones = kernel.suite_arrays(whole.layout, np.ones((1, 500)))
+    ones = suite_arrays(whole.layout, np.ones((1, 500)))
     assert paired.estimates[("auc",)] == ones[("auc",)][0] - evaluate(y, s[::-1].copy(), attrs).auc
 
 
