@@ -1,8 +1,11 @@
-"""Test-wide settings: offline hub, few threads, and an isolated fairbench cache per session."""
+"""Test-wide settings: offline hub, few threads, an isolated fairbench cache per session, short pretraining, a small
+default dataset, and the small synthetic FairVLMed built once per session (`dataset`)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -50,6 +53,41 @@ def _short_pretraining():
     pretrain.RECIPE = recipe
     synth.PRETRAINING.clear()
     synth.PRETRAINING.update(params)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _small_default_dataset():
+    """A run without --data (dry runs, option errors) resolves the default synthetic dataset, generated once per
+    cache: in tests it is the small set's size (a fraction of a second), not the demo's 2,900 samples (~15 s)."""
+    from fairbench.datasets.fairvlmed import synth
+    from tests.helpers import SMALL
+
+    params = dict(synth.DEFAULTS)
+    synth.DEFAULTS.update(SMALL)
+    yield
+    synth.DEFAULTS.clear()
+    synth.DEFAULTS.update(params)
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small synthetic FairVLMed (tests/helpers.py SMALL), built once per session and shared by every test that
+    trains or plans on it; its image and token caches are built once too. Read-only: a test that changes data
+    files makes its own (copy it into tmp_path). Checked at the end: a changed file fails the session."""
+    from tests.helpers import small_synthetic
+
+    path = small_synthetic(tmp_path_factory.mktemp("shared-data"))
+    before = _tree_digest(path)
+    yield path
+    after = _tree_digest(path)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, (f"a test changed the shared `dataset` fixture ({', '.join(changed[:5])}); a test that "
+                         "writes into its data must copy it into its own tmp_path first")
 
 
 @pytest.fixture(scope="module")

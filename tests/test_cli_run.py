@@ -10,16 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fairbench.cli import app
-from tests.helpers import small_synthetic
-from tests.test_registry import PLUGIN_SOURCE
+from tests.helpers import EXPECTED_RUN, PLUGIN_SOURCE
 
 runner = CliRunner()
 FAST = ["--epochs", "1", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("e2e"))
 
 
 def invoke(*args: str):
@@ -183,8 +177,6 @@ def test_whole_fairmoe_study_runs_through_the_cli(dataset, tmp_path):
     """`--method 'fairmoe*'` expands to every Fair-MoE variant. This is the one place each variant trains: each
     lands in the ablation table with the loss terms and MoE layers its ablation leaves, a dotted `--set` reaches
     all of them, and fairmoe rerun alone reproduces its study run bit for bit."""
-    from tests.test_fairmoe_methods import EXPECTED_RUN
-
     args = ["--attr", "race", "--seeds", "1", "--data", dataset, "--epochs", "1", "--set", "max_steps_per_epoch=1",
             "--set", "batch_size=16", "--set", "group_batch_size=8", "--set", "moe.capacity=0.5"]
     out = tmp_path / "results"

@@ -100,7 +100,7 @@ def test_toy_data_commands_and_attribute_errors(tmp_path):
 
 def test_v01_results_without_a_dataset_name_are_found_by_tag(tmp_path):
     from fairbench.report.load import load_results
-    from tests.test_report_fixtures import write_run
+    from tests.helpers import write_run
 
     write_run(tmp_path, "clip", "b16", None, 0)  # tag fairvlmed, no dataset name: a v0.1 result file
     write_run(tmp_path, "clip", "b16", None, 0, dataset="synthetic", synthetic=True)

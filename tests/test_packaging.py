@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import fairbench
 from fairbench.cli import app
 from fairbench.registry import BUILTIN_PACKAGE
-from tests.test_report_fixtures import write_run
+from tests.helpers import write_run
 
 try:
     import tomllib

@@ -5,21 +5,14 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from fairbench.cli import app
 from fairbench.training import pretrain
-from tests.helpers import small_synthetic
 
 FAST = ["--epochs", "1", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("pretrain-data"))
 
 
 def test_same_recipe_gives_the_same_bytes_and_a_second_call_does_not_retrain(tmp_path, monkeypatch):

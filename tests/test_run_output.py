@@ -8,18 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from fairbench.cli import app
-from tests.helpers import small_synthetic
 
 FAST = ["--epochs", "2", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("output"))
 
 
 def test_a_log_file_gets_a_line_per_phase_before_any_run_finishes(dataset, tmp_path):

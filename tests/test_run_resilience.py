@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import small_synthetic
-
 ROOT = Path(__file__).parents[1]
 
 # FairCLIP (group batches: the group sampler's state must survive) that sleeps in each step, so that a test can
@@ -37,16 +35,17 @@ class SlowFairCLIP(get_method("fairclip")):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    path = small_synthetic(tmp_path_factory.mktemp("resilience"))
+def dataset(dataset: Path, tmp_path_factory) -> Path:
+    """conftest's shared dataset, with its image/token caches built before processes race for them."""
     from fairbench.registry import load_plugins
     from fairbench.runs.execute import DataCache
     from fairbench.runs.jobs import RunOptions, expand_jobs, plan
 
     load_plugins()  # build the image/token caches once, before processes race for them
-    (planned,) = plan(RunOptions(out=path / "unused", data=str(path)), expand_jobs(["clip"], ["tiny"], None, [0]))
+    options = RunOptions(out=tmp_path_factory.mktemp("unused"), data=str(dataset))
+    (planned,) = plan(options, expand_jobs(["clip"], ["tiny"], None, [0]))
     DataCache().get(planned)
-    return path
+    return dataset
 
 
 @pytest.fixture(scope="module")

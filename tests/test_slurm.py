@@ -22,7 +22,6 @@ import pytest
 from typer.testing import CliRunner
 
 from fairbench.cli import app
-from tests.helpers import small_synthetic
 
 FAST = ["--epochs", "1", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
 RUN = ["run", "--method", "clip,fairclip", "--attr", "race", "--seeds", "2", *FAST]  # 4 jobs
@@ -32,11 +31,6 @@ DEADLINE_S = 240  # a cluster test that takes longer cancels its jobs and fails
 
 def invoke(*args) -> object:
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("slurm-data"))
 
 
 # --- no cluster needed ------------------------------------------------------------------------------------------

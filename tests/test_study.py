@@ -25,8 +25,7 @@ from fairbench.study import (
     study_jobs,
     study_options,
 )
-from tests.helpers import small_synthetic
-from tests.test_report_fixtures import write_run
+from tests.helpers import write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "results" / "paper" / "fair-moe-tables.csv"
@@ -46,11 +45,6 @@ TINY_STUDY = textwrap.dedent("""
 # The same jobs as the study's seed 0, by hand.
 BY_HAND = ["--method", "clip,fairclip", "--attr", "race", "--seeds", "1", "--select", "test", "--epochs", "1",
            "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("study"))
 
 
 def invoke(*args):

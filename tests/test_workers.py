@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from fairbench.cli import app
 from fairbench.launchers.workers import WorkerSlot, error_line, worker_slots
-from tests.helpers import small_synthetic
 
 FAST = ["--epochs", "2", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
 RENDEZVOUS_ENV = "FAIRBENCH_TEST_RENDEZVOUS"
@@ -66,11 +65,6 @@ PLUGIN = textwrap.dedent('''
             os._exit(3)
 ''').format(env=RENDEZVOUS_ENV)
 RV_JOBS = ["--method", "test-rv-clip,test-rv-fairclip", "--attr", "race", "--seeds", "1"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("workers"))
 
 
 @pytest.fixture()
