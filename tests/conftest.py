@@ -1,5 +1,5 @@
-"""Test-wide settings: offline hub, few threads, an isolated fairbench cache per session, short pretraining, a small
-default dataset, and the small synthetic FairVLMed built once per session (`dataset`)."""
+"""Test-wide settings: offline hub, one torch thread, an isolated fairbench cache per session, short pretraining,
+a small default dataset, and the small synthetic FairVLMed built once per session (`dataset`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,17 @@ from fairbench.registry import load_builtin_methods  # noqa: E402
 
 load_builtin_methods()  # makes `fairbench_methods` importable from this checkout before test modules import it
 
+# Torch threads of the test process. The tests' tensors are small (the `tiny` CLIP, batches of 16): on two idle
+# cores a second thread gains little, and whenever another process holds a core each op's threads wait for each
+# other (a training step of `tiny` took 0.2–0.3 s on one thread, 0.7–2.8 s on two, while other jobs ran on the
+# 2-core machine).
+# Subprocesses keep their own count. FAIRBENCH_TEST_THREADS=N compares (bench/bench_tests.py --threads 1,2).
+THREADS_ENV = "FAIRBENCH_TEST_THREADS"
+_threads = os.environ.get(THREADS_ENV, "1")
+if not _threads.isdigit() or int(_threads) < 1:
+    raise pytest.UsageError(f"{THREADS_ENV}={_threads!r}: give a whole number of torch threads, at least 1")
+TEST_THREADS = int(_threads)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
@@ -28,7 +39,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
     try:
         import torch
 
-        torch.set_num_threads(min(2, torch.get_num_threads()))
+        torch.set_num_threads(TEST_THREADS)
     except ImportError:  # pragma: no cover
         pass
     yield

@@ -25,6 +25,7 @@ def result_files(out: Path) -> list[Path]:
     return sorted(out.rglob("result.json"))
 
 
+@pytest.mark.slow
 def test_run_two_methods_two_seeds_then_table_then_skip_then_no_overwrite(dataset, tmp_path):
     out = tmp_path / "results"
     r = invoke("run", "--method", "clip,fairclip", "--attr", "race", "--seeds", "2", "--data", dataset,
@@ -133,6 +134,7 @@ def test_nan_loss_stops_with_message_and_keeps_history(dataset, tmp_path):
     assert list(out.rglob("config.json"))
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     import subprocess
     import sys
@@ -144,6 +146,7 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
+@pytest.mark.slow
 def test_select_test_is_labelled_everywhere(dataset, tmp_path):
     out = tmp_path / "results"
     r = invoke("run", "--method", "clip", "--seeds", "1", "--data", dataset, "--out", out, "--select", "test",
@@ -161,6 +164,7 @@ def test_select_test_is_labelled_everywhere(dataset, tmp_path):
     assert table.exit_code == 0 and re.search(r"test", table.output, re.I)
 
 
+@pytest.mark.slow
 def test_val_selection_never_scores_test_per_epoch(dataset, tmp_path):
     out = tmp_path / "results"
     r = invoke("run", "--method", "clip", "--seeds", "1", "--data", dataset, "--out", out, "--epochs", "2",
@@ -173,6 +177,7 @@ def test_val_selection_never_scores_test_per_epoch(dataset, tmp_path):
     assert rec["selection"]["epoch"] == max(range(2), key=lambda i: history[i]["val_auc"])
 
 
+@pytest.mark.slow
 def test_whole_fairmoe_study_runs_through_the_cli(dataset, tmp_path):
     """`--method 'fairmoe*'` expands to every Fair-MoE variant. This is the one place each variant trains: each
     lands in the ablation table with the loss terms and MoE layers its ablation leaves, a dotted `--set` reaches

@@ -43,6 +43,7 @@ def data(dataset):
 
 
 @pytest.mark.parametrize("name", CONTRACT_METHODS)
+@pytest.mark.slow
 def test_method_trains_two_epochs_and_scores(name, data):
     from fairbench.datasets import normalize_images
     from fairbench.datasets.fairvlmed import FairVLMed

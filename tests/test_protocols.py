@@ -59,6 +59,7 @@ def test_an_unknown_protocol_is_a_one_line_error_naming_the_valid_ones(dataset, 
     assert not out.exists() or not list(out.rglob("result.json"))
 
 
+@pytest.mark.slow
 def test_each_protocol_trains_as_it_says_records_itself_and_gets_its_own_table(dataset, tmp_path):
     out = tmp_path / "results"
     for protocol in ("fairclip", "fairbench"):

@@ -88,6 +88,7 @@ def test_plugin_errors_name_the_plugin(tmp_path):
         load_plugin("no_such_module_xyz")
 
 
+@pytest.mark.slow
 def test_entry_point_group(tmp_path):
     """A package that declares the `fairbench.methods` entry point is loaded without any flag."""
     pkg = tmp_path / "epplug"

@@ -54,7 +54,8 @@ def _comparable(run_dir: Path) -> dict:
 
 @pytest.mark.parametrize(("method", "overrides", "epochs", "crash_epoch"), [
     ("clip", {}, 1, 0),  # stopped in the first epoch's bookkeeping: nothing saved yet, trains from the start
-    ("fairclip", {"group_batch_size": "4", "checkpoint": "true"}, 2, 1),  # group sampler, selected weights saved
+    # group sampler, selected weights saved (two epochs: slow)
+    pytest.param("fairclip", {"group_batch_size": "4", "checkpoint": "true"}, 2, 1, marks=pytest.mark.slow),
 ])
 def test_a_run_stopped_after_an_epoch_resumes_to_identical_results(dataset, tmp_path, method, overrides, epochs,
                                                                    crash_epoch):

@@ -56,10 +56,12 @@ def plugin(tmp_path_factory) -> Path:
 
 
 def _args(plugin: Path, dataset: Path, out: Path, seeds: int = 1, epochs: int = 3) -> list[str]:
+    """`--pretrained none`: a subprocess has not conftest's short pretraining recipe, so the default start would
+    pretrain `tiny` with the full recipe first (about a minute); these tests are about the fine-tuning run."""
     return [sys.executable, "-m", "fairbench.cli", "run", "-p", str(plugin), "-m", "slowfairclip", "-a", "race",
             "-s", str(seeds), "--data", str(dataset), "--out", str(out), "--epochs", str(epochs),
             "--set", "max_steps_per_epoch=2", "--set", "batch_size=16", "--set", "group_batch_size=4",
-            "--set", "threads=1"]
+            "--set", "threads=1", "--pretrained", "none"]
 
 
 def _env(step_s: float) -> dict[str, str]:
@@ -95,6 +97,7 @@ def _numbers(run_dir: Path) -> dict:
             **{p.name: p.read_bytes() for p in sorted(run_dir.glob("predictions_*.csv"))}}
 
 
+@pytest.mark.slow
 def test_sigkill_after_the_first_epoch_then_the_same_command_gives_the_same_bytes(dataset, plugin, tmp_path):
     _run(_args(plugin, dataset, tmp_path / "ref"))
     (ref_dir,) = (p.parent for p in (tmp_path / "ref").rglob("result.json"))
@@ -116,6 +119,7 @@ def test_sigkill_after_the_first_epoch_then_the_same_command_gives_the_same_byte
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_sigint_and_sigterm_say_in_one_line_where_the_run_resumes(dataset, plugin, tmp_path, sig, code):
     out = tmp_path / "out"
     args = _args(plugin, dataset, out)
@@ -135,6 +139,7 @@ def test_sigint_and_sigterm_say_in_one_line_where_the_run_resumes(dataset, plugi
     assert f"released (interrupted by {name}" in (run_dir / "claims.log").read_text()
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_command_train_each_run_once(dataset, plugin, tmp_path):
     out = tmp_path / "out"
     args = _args(plugin, dataset, out, seeds=4, epochs=1)

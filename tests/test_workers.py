@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from fairbench.cli import app
 from fairbench.launchers.workers import WorkerSlot, error_line, worker_slots
 
-FAST = ["--epochs", "2", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
+STEPS = ["--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
+FAST = ["--epochs", "2", *STEPS]  # parallel = sequential across epochs
+ONE_EPOCH = ["--epochs", "1", *STEPS]  # tests of where a job runs or how it fails need no second epoch
 RENDEZVOUS_ENV = "FAIRBENCH_TEST_RENDEZVOUS"
 
 # Test methods. `test-rv-clip` and `test-rv-fairclip` train exactly as `clip` and `fairclip`, but with
@@ -90,6 +92,7 @@ def outputs(out: Path) -> dict[str, object]:
     return found
 
 
+@pytest.mark.slow
 def test_two_workers_run_two_jobs_at_once_and_give_the_sequential_numbers(dataset, tmp_path, plugin, monkeypatch,
                                                                          one_thread):
     """Overlap proof: with the barrier on, each job waits in build() for the other to arrive, which only jobs
@@ -125,22 +128,24 @@ def test_the_overlap_proof_fails_one_job_at_a_time(dataset, tmp_path, plugin, mo
     assert "no second job arrived" in str(r.exception)
 
 
+@pytest.mark.slow
 def test_each_gpu_worker_sees_only_its_gpu(dataset, tmp_path, plugin, monkeypatch, one_thread):
     """CUDA_VISIBLE_DEVICES is set in each worker before torch loads (on a CPU machine the jobs still run)."""
     folder = tmp_path / "rendezvous"
     folder.mkdir()
     monkeypatch.setenv(RENDEZVOUS_ENV, str(folder))
-    r = invoke("run", "--plugin", plugin, *RV_JOBS, "--data", dataset, "--out", tmp_path / "out", *FAST,
+    r = invoke("run", "--plugin", plugin, *RV_JOBS, "--data", dataset, "--out", tmp_path / "out", *ONE_EPOCH,
                "--gpus", "3,5")
     assert r.exit_code == 0, r.output
     seen = sorted(json.loads(p.read_text())["cuda_visible_devices"] for p in folder.glob("*.json"))
     assert seen == ["3", "5"]
 
 
+@pytest.mark.slow
 def test_a_failing_and_a_crashing_job_fail_alone(dataset, tmp_path, plugin, one_thread):
     out = tmp_path / "out"
     r = invoke("run", "--plugin", plugin, "--method", "test-crash,test-raise,clip", "--seeds", "1", "--data", dataset,
-               "--out", out, *FAST, "--workers", "2")
+               "--out", out, *ONE_EPOCH, "--workers", "2")
     assert r.exit_code == 1, r.output
     lines = r.output.splitlines()
     (crash,) = [line for line in lines if line.startswith("failed test-crash tiny - seed0")]
@@ -184,6 +189,7 @@ def test_error_line_names_type_message_and_place():
     assert error_line(info.value) == f"ValueError: first line (at test_workers.py:{fail.__code__.co_firstlineno + 1})"
 
 
+@pytest.mark.slow
 def test_a_spawned_worker_imports_no_torch_before_choosing_its_gpu():
     """What a spawned worker imports before worker_main runs (its module, a pickled job's classes) has no torch."""
     code = ("import sys, pickle, fairbench.launchers.workers, fairbench.runs.jobs, fairbench.runs.execute; "
