@@ -44,7 +44,9 @@ def gpu_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """bench/gpu_session.sh once, in its CPU modes, with the throughput bench's CPU-mode options: one process start
     serves both tests below (the session passes its arguments on to bench_gpu.py)."""
     out = tmp_path_factory.mktemp("gpu-session")
-    env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(BENCH.parent), "HF_HUB_OFFLINE": "1"}
+    # One OpenMP thread, as the test process has (conftest): bench_gpu.py sets its own (--threads 1).
+    env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(BENCH.parent), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
     bench_gpu_args = ["--device", "cpu", "--arch", "tiny", "--methods", "clip,fairclip", "--runs-per-gpu", "1,2",
                       "--concurrent-steps", "2", "--threads", "1"]
     proc = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), *bench_gpu_args], capture_output=True, text=True,

@@ -16,13 +16,14 @@ from fairbench.cli import app
 STEPS = ["--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
 FAST = ["--epochs", "2", *STEPS]  # the log test shows both epochs' lines
 ONE_EPOCH = ["--epochs", "1", *STEPS]  # what the other tests need of a run
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # subprocesses train on one thread, as this process does (conftest)
 
 
 @pytest.mark.slow
 def test_a_log_file_gets_a_line_per_phase_before_any_run_finishes(dataset, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "FAIRBENCH_CACHE": str(tmp_path / "fresh-cache"), "HF_HUB_OFFLINE": "1",
-           "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).parents[1])}
+           "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).parents[1]), **ONE_THREAD}
     cmd = [sys.executable, "-m", "fairbench.cli", "run", "--method", "clip", "--seeds", "2", "--pretrained", "none",
            "--data",
            str(dataset), "--out", str(out), *FAST]
@@ -47,7 +48,7 @@ def test_a_log_file_gets_a_line_per_phase_before_any_run_finishes(dataset, tmp_p
 def test_each_phase_line_prints_once_even_with_a_root_log_handler(dataset, tmp_path):
     """open_clip's `logging.info` installs a root handler (basicConfig); phase lines must not print twice."""
     env = {**os.environ, "FAIRBENCH_CACHE": str(tmp_path / "fresh-cache"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).parents[1])}
+           "PYTHONPATH": str(Path(__file__).parents[1]), **ONE_THREAD}
     wrapper = ("import logging, sys; logging.basicConfig(); from fairbench.cli import main; "
                "sys.argv[0] = 'fairbench'; main()")
     cmd = [sys.executable, "-c", wrapper, "run", "--method", "clip", "--seeds", "1", "--pretrained", "none",
