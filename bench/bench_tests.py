@@ -14,8 +14,11 @@ Wall time is what the targets are about; on a shared machine it swings with the 
 CPU time (user + sys of the pytest process and every process it waited for: subprocesses, workers) and the load
 average before and after. `--baseline PATH` runs the same configurations in another checkout (e.g. `git archive
 main | tar -x -C /tmp/main-export`) right after each of this checkout's, and prints the ratios side by side.
-`--top N` lists the N tests with the most CPU time (setup and teardown included) of each run, and for a baseline
-the same tests' times there. This file is also the pytest plugin that records them (`-p bench_tests`).
+`--threads N` runs every test process and its subprocesses with N OpenMP/torch threads (OMP_NUM_THREADS and
+FAIRBENCH_TEST_THREADS), so that a checkout whose conftest picks another count is compared at equal work; without
+it each checkout runs as its conftest says (this one: one torch thread). `--top N` lists the N tests with the most
+CPU time (setup and teardown included) of each run, and for a baseline the same tests' times there. This file is
+also the pytest plugin that records them (`-p bench_tests`).
 
 Printed, never asserted: the lead re-measures on an idle machine.
 """
@@ -39,7 +42,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TIMES_ENV = "FAIRBENCH_BENCH_TEST_TIMES"
 TARGETS_S = {"quick": 60.0, "suite": 180.0, "ci": 480.0}
-UNSET = ("CI", "FAIRBENCH_DEMO_CHECK", "FAIRBENCH_REQUIRE_SLURM", "PYTEST_ADDOPTS")
+UNSET = ("CI", "FAIRBENCH_DEMO_CHECK", "FAIRBENCH_REQUIRE_SLURM", "PYTEST_ADDOPTS", "OMP_NUM_THREADS",
+         "FAIRBENCH_TEST_THREADS")
 
 
 # ---------------------------------------------------------------- the pytest plugin (runs inside pytest)
@@ -85,8 +89,8 @@ class Measured:
 def slurm_up() -> bool:
     if not shutil.which("sinfo"):
         return False
-    done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    return done.returncode == 0 and any(s.strip() in {"idle", "mixed", "allocated"} for s in done.stdout.split())
+    done = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    return done.returncode == 0 and any(s.rstrip("*~#") in ("idle", "mix", "alloc") for s in done.stdout.split())
 
 
 def command(config: str) -> tuple[list[str], dict[str, str], str]:
@@ -105,9 +109,11 @@ def command(config: str) -> tuple[list[str], dict[str, str], str]:
     return [*pytest, "tests"], env, note
 
 
-def measure(config: str, repo: Path) -> Measured:
+def measure(config: str, repo: Path, threads: int | None) -> Measured:
     cmd, extra, note = command(config)
     env = {k: v for k, v in os.environ.items() if k not in UNSET}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), FAIRBENCH_TEST_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as tmp:
         times = Path(tmp) / "times.json"
         env.update(extra, PYTHONPATH=os.pathsep.join([str(repo), str(Path(__file__).parent)]), HF_HUB_OFFLINE="1")
@@ -165,20 +171,22 @@ def main() -> None:
     parser.add_argument("--configs", default="quick,suite,ci", help="of quick, suite, ci")
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout to measure side by side")
     parser.add_argument("--top", type=int, default=0, help="list the N tests with the most CPU time per run")
+    parser.add_argument("--threads", type=int, default=None, help="OpenMP/torch threads of every test process")
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
     unknown = sorted(set(configs) - set(TARGETS_S))
     if unknown:
         parser.error(f"unknown config(s) {', '.join(unknown)}; use of {', '.join(TARGETS_S)}")
     print(f"{os.cpu_count()} CPU(s); uptime: {uptime()}")
-    print(f"this checkout: {ROOT}" + (f"; baseline: {args.baseline.resolve()}" if args.baseline else ""), flush=True)
+    print(f"this checkout: {ROOT}" + (f"; baseline: {args.baseline.resolve()}" if args.baseline else "")
+          + (f"; {args.threads} thread(s) per test process" if args.threads else ""), flush=True)
     results: list[tuple[Measured, Measured | None]] = []
     for config in configs:
-        mine = measure(config, ROOT)
+        mine = measure(config, ROOT, args.threads)
         report(mine, "this")
         base = None
         if args.baseline:
-            base = measure(config, args.baseline.resolve())
+            base = measure(config, args.baseline.resolve(), args.threads)
             report(base, "baseline")
             print(f"{'':15}this / baseline: wall x{mine.wall_s / base.wall_s:.2f}, CPU x{mine.cpu_s / base.cpu_s:.2f}")
         if args.top:
