@@ -103,7 +103,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """For modules of many small-tensor tests: one thread is fastest and immune to oversubscribed cores."""
+    """One thread for a module whatever FAIRBENCH_TEST_THREADS says: modules of many small-tensor tests (one thread
+    is fastest and immune to oversubscribed cores) and tests that check the thread count a launcher passes on."""
     import torch
 
     before = torch.get_num_threads()
