@@ -69,6 +69,7 @@ def test_the_shipped_paper_study_is_exactly_the_papers_tables():
     assert set(study.attributes) == set(paper.attribute)
 
 
+@pytest.mark.slow
 def test_a_study_runs_then_table_shows_exactly_its_rows_and_flags_missing_seeds(dataset, tmp_path):
     study = tmp_path / "tiny-study.toml"
     study.write_text(TINY_STUDY)
