@@ -48,7 +48,7 @@ def gpu_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(BENCH.parent), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
     bench_gpu_args = ["--device", "cpu", "--arch", "tiny", "--methods", "clip,fairclip", "--runs-per-gpu", "1,2",
-                      "--concurrent-steps", "2", "--threads", "1"]
+                      "--concurrent-steps", "2", "--threads", "1", "--warmup", "0", "--reps", "1"]
     proc = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), *bench_gpu_args], capture_output=True, text=True,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
