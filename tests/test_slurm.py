@@ -324,6 +324,7 @@ def interrupted_array(cluster, reference, dataset, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_job_array_equals_local_launcher_while_a_task_requeues_and_one_is_cancelled(interrupted_array, reference):
     out, r, array_id, rows = (interrupted_array[k] for k in ("out", "result", "array_id", "rows"))
     assert [row["slurm_job"] for row in rows] == [f"{array_id}_{i}" for i in range(4)]
@@ -342,6 +343,7 @@ def test_job_array_equals_local_launcher_while_a_task_requeues_and_one_is_cancel
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_rerun_after_a_cancel_submits_only_the_cancelled_run_and_repairs_it(interrupted_array, reference, dataset):
     out, first_rows = interrupted_array["out"], interrupted_array["rows"]
     with pytest.MonkeyPatch.context() as patch:
