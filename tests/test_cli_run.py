@@ -67,6 +67,7 @@ def test_run_two_methods_two_seeds_then_table_then_skip_then_no_overwrite(datase
 
 
 @pytest.mark.parametrize("method", ["clip", "fairclip"])  # fairmoe: in the study test below
+@pytest.mark.slow
 def test_same_seed_same_numbers(dataset, tmp_path, method):
     scores = []
     for i in range(2):

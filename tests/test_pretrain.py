@@ -5,6 +5,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -15,6 +16,7 @@ from fairbench.training import pretrain
 FAST = ["--epochs", "1", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
 
 
+@pytest.mark.slow
 def test_same_recipe_gives_the_same_bytes_and_a_second_call_does_not_retrain(tmp_path, monkeypatch):
     a = pretrain.pretraining_target("tiny", "fairvlmed", tmp_path / "a")
     b = pretrain.pretraining_target("tiny", "fairvlmed", tmp_path / "b")
@@ -42,6 +44,7 @@ def test_hub_archs_have_no_pretraining_here(tmp_path):
     assert pretrain.pretraining_target("b16", "fairvlmed", tmp_path) is None
 
 
+@pytest.mark.slow
 def test_tiny_fine_tunes_from_the_checkpoint_by_default_and_from_random_init_on_request(dataset, tmp_path):
     runner = CliRunner()
     out = tmp_path / "results"

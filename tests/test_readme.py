@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fairbench.cli import app
@@ -50,6 +51,7 @@ def write_derm(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_readme_dataset_example_runs_end_to_end(tmp_path):
     (example,) = [b for b in readme_python_blocks() if "register_dataset" in b]
     plugin = tmp_path / "my_dataset.py"

@@ -52,10 +52,10 @@ def _comparable(run_dir: Path) -> dict:
     }
 
 
+@pytest.mark.slow  # two runs: the reference and the stopped one
 @pytest.mark.parametrize(("method", "overrides", "epochs", "crash_epoch"), [
     ("clip", {}, 1, 0),  # stopped in the first epoch's bookkeeping: nothing saved yet, trains from the start
-    # group sampler, selected weights saved (two epochs: slow)
-    pytest.param("fairclip", {"group_batch_size": "4", "checkpoint": "true"}, 2, 1, marks=pytest.mark.slow),
+    ("fairclip", {"group_batch_size": "4", "checkpoint": "true"}, 2, 1),  # group sampler, selected weights saved
 ])
 def test_a_run_stopped_after_an_epoch_resumes_to_identical_results(dataset, tmp_path, method, overrides, epochs,
                                                                    crash_epoch):
@@ -123,6 +123,7 @@ def test_keep_state_keeps_the_file_leaves_the_hash_alone_and_files_get_the_ordin
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o664) for p in files}
 
 
+@pytest.mark.slow
 def test_an_unreadable_result_is_set_aside_and_the_run_trained_again(dataset, tmp_path):
     planned = _planned(dataset, tmp_path / "out", "clip", epochs=1)
     assert execute(planned, log=lambda _: None).status == "done"
