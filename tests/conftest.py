@@ -1,8 +1,11 @@
-"""Test-wide settings: offline hub, few threads, and an isolated fairbench cache per session."""
+"""Test-wide settings: offline hub, one torch thread, an isolated fairbench cache per session, short pretraining,
+a small default dataset, and the small synthetic FairVLMed built once per session (`dataset`)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -13,6 +16,17 @@ import pytest  # noqa: E402
 from fairbench.registry import load_builtin_methods  # noqa: E402
 
 load_builtin_methods()  # makes `fairbench_methods` importable from this checkout before test modules import it
+
+# Torch threads of the test process. The tests' tensors are small (the `tiny` CLIP, batches of 16): on two idle
+# cores a second thread gains little, and whenever another process holds a core each op's threads wait for each
+# other (a training step of `tiny` took 0.2–0.3 s on one thread, 0.7–2.8 s on two, while other jobs ran on the
+# 2-core machine).
+# Subprocesses keep their own count. FAIRBENCH_TEST_THREADS=N compares (bench/bench_tests.py --threads 1,2).
+THREADS_ENV = "FAIRBENCH_TEST_THREADS"
+_threads = os.environ.get(THREADS_ENV, "1")
+if not _threads.isdigit() or int(_threads) < 1:
+    raise pytest.UsageError(f"{THREADS_ENV}={_threads!r}: give a whole number of torch threads, at least 1")
+TEST_THREADS = int(_threads)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,7 +39,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
     try:
         import torch
 
-        torch.set_num_threads(min(2, torch.get_num_threads()))
+        torch.set_num_threads(TEST_THREADS)
     except ImportError:  # pragma: no cover
         pass
     yield
@@ -52,9 +66,45 @@ def _short_pretraining():
     synth.PRETRAINING.update(params)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _small_default_dataset():
+    """A run without --data (dry runs, option errors) resolves the default synthetic dataset, generated once per
+    cache: in tests it is the small set's size (a fraction of a second), not the demo's 2,900 samples (~15 s)."""
+    from fairbench.datasets.fairvlmed import synth
+    from tests.helpers import SMALL
+
+    params = dict(synth.DEFAULTS)
+    synth.DEFAULTS.update(SMALL)
+    yield
+    synth.DEFAULTS.clear()
+    synth.DEFAULTS.update(params)
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small synthetic FairVLMed (tests/helpers.py SMALL), built once per session and shared by every test that
+    trains or plans on it; its image and token caches are built once too. Read-only: a test that changes data
+    files makes its own (copy it into tmp_path). Checked at the end: a changed file fails the session."""
+    from tests.helpers import small_synthetic
+
+    path = small_synthetic(tmp_path_factory.mktemp("shared-data"))
+    before = _tree_digest(path)
+    yield path
+    after = _tree_digest(path)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, (f"a test changed the shared `dataset` fixture ({', '.join(changed[:5])}); a test that "
+                         "writes into its data must copy it into its own tmp_path first")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
-    """For modules of many small-tensor tests: one thread is fastest and immune to oversubscribed cores."""
+    """One thread for a module whatever FAIRBENCH_TEST_THREADS says: modules of many small-tensor tests (one thread
+    is fastest and immune to oversubscribed cores) and tests that check the thread count a launcher passes on."""
     import torch
 
     before = torch.get_num_threads()

@@ -1,13 +1,23 @@
-"""Shared test helpers: a small synthetic FairVLMed and fast trainer settings."""
+"""Shared test helpers (no test module imports another): the small synthetic FairVLMed, fake result folders
+with reference metrics, a method plugin's source, Fair-MoE's expected layers and loss terms, and the toy trainer
+run that resume and protocol tests script."""
 
 from __future__ import annotations
 
+import textwrap
+import zlib
 from pathlib import Path
+
+import numpy as np
+import torch
+
+# ---------------------------------------------------------------- the small synthetic FairVLMed
 
 SMALL = {"n_train": 96, "n_val": 48, "n_test": 64, "size": 64, "seed": 0}
 
 
 def small_synthetic(root: Path) -> Path:
+    """The small synthetic FairVLMed under `root` (built once; tests share it through conftest's `dataset`)."""
     from fairbench.datasets.fairvlmed.synth import make_synthetic
 
     path = root / "synth-small"
@@ -112,3 +122,261 @@ def slurm_unavailable() -> str | None:
         return (f"sacct fails ({accounting.stderr.strip()}): without accounting submitit never notices a "
                 "cancelled job; sudo scripts/slurm_local.sh sets up slurmdbd")
     return None
+
+# ---------------------------------------------------------------- fake results folders (report and table tests)
+# Metric suites are computed here independently (sklearn AUC, per-group rates in plain numpy, checked against
+# fairlearn in tests/test_report_fixtures.py), not with fairbench.metrics, so the report code is checked against a
+# reference it does not share. fairlearn itself is too slow to call for every fixture run.
+
+GROUP_NAMES = {
+    "race": {0: "Asian", 1: "Black", 2: "White"},
+    "gender": {0: "Female", 1: "Male"},
+    "ethnicity": {0: "Non-Hispanic", 1: "Hispanic"},
+    "language": {0: "English", 1: "Spanish", 2: "Other"},
+}
+N_TEST = 240
+
+
+def _gap(rates: list[float | None]) -> float:
+    values = [r for r in rates if r is not None]
+    return float(max(values) - min(values))
+
+
+def reference_suite(labels: np.ndarray, scores: np.ndarray, attrs: dict[str, np.ndarray]) -> dict:
+    """The metric-suite dict of fairbench.runs.results' schema, from sklearn and fairlearn."""
+    from sklearn.metrics import roc_auc_score
+
+    pred = (scores >= 0.5).astype(int)
+    auc = float(roc_auc_score(labels, scores))
+    suite = {"n": int(len(labels)), "threshold": 0.5, "auc": auc, "accuracy": float((pred == labels).mean()),
+             "attributes": {}}
+    for attr, codes in attrs.items():
+        groups = {}
+        for code, name in GROUP_NAMES[attr].items():
+            m = codes == code
+            y, p, s = labels[m], pred[m], scores[m]
+            both = len(np.unique(y)) == 2
+            groups[name] = {
+                "code": code, "n": int(m.sum()), "positives": int(y.sum()),
+                "auc": float(roc_auc_score(y, s)) if both else None,
+                "accuracy": float((p == y).mean()), "tpr": float(p[y == 1].mean()) if y.any() else None,
+                "fpr": float(p[y == 0].mean()) if (y == 0).any() else None, "selection_rate": float(p.mean()),
+            }
+        gaucs = np.array([g["auc"] for g in groups.values() if g["auc"] is not None])
+        gaccs = np.array([g["accuracy"] for g in groups.values()])
+        acc = suite["accuracy"]
+        suite["attributes"][attr] = {
+            "auc": auc, "accuracy": acc,
+            "es_auc": auc / (1 + np.abs(auc - gaucs).sum()), "es_acc": acc / (1 + np.abs(acc - gaccs).sum()),
+            "dpd": _gap([g["selection_rate"] for g in groups.values()]),
+            "eod": max(_gap([g["tpr"] for g in groups.values()]), _gap([g["fpr"] for g in groups.values()])),
+            "group_auc_std": float(gaucs.std() / auc), "group_auc_range": float(np.ptp(gaucs) / auc),
+            "groups": groups,
+        }
+    return suite
+
+
+def population(seed: int = 123, n: int = N_TEST) -> dict[str, np.ndarray]:
+    """Fixed test split (same for every run, as in a real benchmark)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "sample": np.arange(1000, 1000 + n), "label": rng.integers(0, 2, n),
+        "race": rng.integers(0, 3, n), "gender": rng.integers(0, 2, n),
+        "ethnicity": rng.integers(0, 2, n), "language": rng.integers(0, 3, n),
+    }
+
+
+def make_scores(pop: dict[str, np.ndarray], strength: float, seed: int) -> np.ndarray:
+    """Scores with a known signal; Black patients (race 1) get a noisier score (a fairness gap)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 1, len(pop["label"])) * np.where(pop["race"] == 1, 2.0, 1.0)
+    return 1 / (1 + np.exp(-(strength * (2 * pop["label"] - 1) + noise)))
+
+
+def write_run(root: Path, method: str, arch: str, attribute: str | None, seed: int, *, strength: float = 1.0,
+              dataset: str = "fairvlmed", synthetic: bool = False, selection: str = "val",
+              config: dict | None = None, predictions: bool = True, pop: dict | None = None,
+              score_seed: int | None = None) -> dict:
+    """Write one finished run (predictions CSVs, history, result.json last); return the record."""
+    from fairbench.files import write_json_atomic
+    from fairbench.runs.results import RESULT_SCHEMA, config_hash, run_dir
+
+    pop = pop if pop is not None else population()
+    config = config or {"method": method, "arch": arch, "epochs": 10, "lr": 1e-5, "method_settings": {}}
+    cfg_hash = config_hash(config)
+    folder = run_dir(root, dataset, method, arch, attribute, cfg_hash, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    if score_seed is None:
+        score_seed = zlib.crc32(f"{method}/{arch}/{attribute}/{seed}/{cfg_hash}".encode())
+    scores = make_scores(pop, strength, seed=score_seed)
+    if predictions:
+        lines = ["sample,label,score,race,gender,ethnicity,language"]
+        lines += [f"{s},{y},{float(p)!r},{r},{g},{e},{la}" for s, y, p, r, g, e, la in zip(
+            pop["sample"], pop["label"], scores, pop["race"], pop["gender"], pop["ethnicity"], pop["language"],
+            strict=True)]
+        (folder / "predictions_test.csv").write_text("\n".join(lines) + "\n")
+        (folder / "predictions_val.csv").write_text("\n".join(lines[:50]) + "\n")
+    (folder / "history.json").write_text("[]\n")
+    attrs = {a: pop[a] for a in GROUP_NAMES}
+    suite = reference_suite(pop["label"], scores, attrs)
+    record = {
+        "schema": RESULT_SCHEMA, "run_id": str(folder.relative_to(root)), "method": method, "arch": arch,
+        "attribute": attribute, "seed": seed,
+        "dataset": {"tag": dataset, "synthetic": synthetic, "path": "/data/x", "fingerprint": "abc",
+                    "n": {"train": 700, "val": 100, "test": len(pop["label"])}, "n_dropped": {"val": 0, "test": 0}},
+        "config": config, "config_hash": cfg_hash,
+        "selection": {"rule": selection, "metric": "auc", "epoch": 3,
+                      "label": "best validation AUC" if selection == "val" else "best TEST AUC"},
+        "metrics": {"val": suite, "test": suite}, "epochs_trained": 10,
+        "versions": {"fairbench": "0.1.0", "torch": "2.x", "python": "3.11"}, "device": "cpu",
+        "timings": {"train_s": 1.0, "eval_s": 0.1, "total_s": 1.1}, "finished_at": "2025-01-01T00:00:00Z",
+        "files": {"predictions_test": "predictions_test.csv", "predictions_val": "predictions_val.csv"},
+    }
+    write_json_atomic(folder / "result.json", record)
+    return record
+
+
+def build_results(root: Path) -> Path:
+    """A small benchmark: clip (no attribute), fairclip on race/gender (two lambdas), fairmoe missing seed 1,
+    plus a synthetic dataset and a test-selected run that must never share a table with the rest."""
+    for seed in range(3):
+        write_run(root, "clip", "b16", None, seed, strength=0.8)
+        for attr in ("race", "gender"):
+            write_run(root, "fairclip", "b16", attr, seed, strength=1.0,
+                      config={"method": "fairclip", "epochs": 10, "method_settings": {"lambda": 1e-5}})
+            write_run(root, "fairclip", "b16", attr, seed, strength=1.1,
+                      config={"method": "fairclip", "epochs": 10, "method_settings": {"lambda": 1e-4}})
+    for seed in (0, 2):
+        write_run(root, "fairmoe", "b16", "race", seed, strength=1.5)
+    for seed in range(2):
+        write_run(root, "clip", "tiny", None, seed, strength=2.0, dataset="synthetic", synthetic=True)
+        write_run(root, "fairmoe", "tiny", "race", seed, strength=2.5, dataset="synthetic", synthetic=True)
+    write_run(root, "clip", "b16", None, 0, strength=0.8, selection="test",
+              config={"method": "clip", "arch": "b16", "epochs": 10, "selection": "test"})
+    return root
+
+
+# ---------------------------------------------------------------- a method plugin (registry and CLI tests)
+
+PLUGIN_SOURCE = textwrap.dedent('''
+    from dataclasses import dataclass
+    from fairbench import Method, register_method, encode_batch
+    from fairbench.training.losses import clip_contrastive_loss
+
+    @register_method("{name}", description="test plugin: CLIP with a scaled loss")
+    class Scaled(Method):
+        @dataclass
+        class Settings:
+            weight: float = 0.5
+
+        def loss_terms(self, model, batch, group_batches):
+            image, text = encode_batch(model, batch)
+            return {{"scaled": self.settings.weight * clip_contrastive_loss(image, text, model.logit_scale.exp())}}
+''')
+
+
+# ---------------------------------------------------------------- Fair-MoE's variants
+
+ALL_LAYERS = {"image_embedding", "text_embedding", "image_feature", "text_feature"}
+ALL_FOL = {"fol_ei", "fol_et", "fol_fi", "fol_ft"}
+# name → (MoE layers its model has, FOL terms its loss has)
+EXPECTED_RUN = {
+    "fairmoe": (ALL_LAYERS, ALL_FOL), "fairclip-fom": (ALL_LAYERS, set()), "fairmoe-no-fol": (ALL_LAYERS, set()),
+    "fairmoe-no-fei": (ALL_LAYERS, ALL_FOL - {"fol_ei"}), "fairmoe-no-fet": (ALL_LAYERS, ALL_FOL - {"fol_et"}),
+    "fairmoe-no-ffi": (ALL_LAYERS, ALL_FOL - {"fol_fi"}), "fairmoe-no-fft": (ALL_LAYERS, ALL_FOL - {"fol_ft"}),
+    "fairmoe-no-em": ({"image_feature", "text_feature"}, {"fol_fi", "fol_ft"}),
+    "fairmoe-no-fm": ({"image_embedding", "text_embedding"}, {"fol_ei", "fol_et"}),
+    "fairmoe-no-text-moe": ({"image_embedding", "image_feature"}, {"fol_ei", "fol_fi"}),
+    "fairmoe-no-image-moe": ({"text_embedding", "text_feature"}, {"fol_et", "fol_ft"}),
+}
+
+
+# ---------------------------------------------------------------- the trainer alone, on a toy CLIP
+# A toy CLIP (dropout: torch's generator) and a method that also draws from Python's and NumPy's generators,
+# with a scripted selection key so that the best epoch is an early one: every piece of a resumed run's state
+# matters (tests/test_resume.py), and the selection rules can be scripted (tests/test_protocols.py).
+
+class ToyCLIP(torch.nn.Module):
+    """A CLIP of one linear layer per tower, with dropout (so a resume needs torch's generator state)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = torch.nn.Linear(3 * 4 * 4, 8)
+        self.text = torch.nn.Embedding(16, 8)
+        self.drop = torch.nn.Dropout(0.3)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(1.0))
+
+    def encode_image(self, x):
+        return self.drop(self.image(x.flatten(1)))
+
+    def encode_text(self, tokens):
+        return self.text(tokens).mean(1)
+
+
+def toy_method():
+    """A group-batch method whose loss also draws from Python's and NumPy's generators."""
+    import random
+
+    from fairbench.method import Method, encode_batch
+    from fairbench.training.losses import clip_contrastive_loss
+
+    class Noisy(Method):
+        name = "noisy"
+        group_batches = True
+
+        def group_batch_size(self):
+            return 3
+
+        def loss_terms(self, model, batch, group_batches):
+            image, text = encode_batch(model, batch)
+            jitter = random.random() + float(np.random.rand())  # Python's and NumPy's generators
+            groups = sum(encode_batch(model, gb)[0].mean() for gb in group_batches.values())
+            return {"contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp()) * (1 + 0.01 * jitter),
+                    "groups": 0.01 * groups}
+
+    return Noisy(None, "g", 2)
+
+
+def toy_split(n: int, seed: int):
+    """n random 4×4 images with 5-token texts, labels and two groups, alternating."""
+    from fairbench.training.trainer import SplitData
+
+    g = torch.Generator().manual_seed(seed)
+    return SplitData(images=torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=g),
+                     tokens=torch.randint(0, 16, (n, 5), generator=g), labels=torch.arange(n) % 2,
+                     groups=torch.arange(n) % 2)
+
+
+def toy_train(select: str, epochs: int, keys: list[float], resume=None, on_epoch_state=None, stop_after=None,
+              **overrides):
+    """`keys` scripts the selection metric per epoch (the val AUC, or the test AUC under test selection)."""
+    from fairbench.training.trainer import TrainSettings, seed_everything, train
+
+    class Stop(Exception):
+        pass
+
+    calls = iter(range(10 ** 6))
+    per_epoch = 2 if select == "test" else 1
+    first = resume.epochs_done if resume else 0
+
+    def auc(labels, scores) -> float:  # val (and test) once per epoch; the final test scoring is not timed here
+        i = next(calls) + first * per_epoch
+        return keys[i // per_epoch] if i % per_epoch == per_epoch - 1 else 0.5
+
+    def saved(state):
+        on_epoch_state(state)
+        if stop_after is not None and state.epochs_done == stop_after:
+            raise Stop
+
+    seed_everything(7)
+    model = ToyCLIP()
+    settings = TrainSettings(epochs=epochs, batch_size=6, lr=1e-2, betas=(0.9, 0.99), warmup_steps=5,
+                             select=select, checkpoint=True, max_steps_per_epoch=3, **overrides)
+    try:
+        return train(toy_method(), model, settings, train_data=toy_split(20, 1), val_data=toy_split(10, 2),
+                     test_data=toy_split(12, 3), normalize=lambda x: x.float() / 255,
+                     tokenize=lambda prompts: torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]), prompts=("a", "b"),
+                     seed=3, device=torch.device("cpu"), auc=auc, resume=resume,
+                     on_epoch_state=saved if on_epoch_state else None)
+    except Stop:
+        return None

@@ -40,18 +40,26 @@ def test_the_check_sees_a_broken_import(tmp_path: Path) -> None:
         importlib.import_module(module)
 
 
-def _run_script(name: str, *args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(BENCH.parent), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+@pytest.fixture(scope="module")
+def gpu_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bench/gpu_session.sh once, in its CPU modes, with the throughput bench's CPU-mode options: one process start
+    serves both tests below (the session passes its arguments on to bench_gpu.py)."""
+    out = tmp_path_factory.mktemp("gpu-session")
+    # One OpenMP thread, as the test process has (conftest): bench_gpu.py sets its own (--threads 1).
+    env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(BENCH.parent), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    bench_gpu_args = ["--device", "cpu", "--arch", "tiny", "--methods", "clip,fairclip", "--runs-per-gpu", "1,2",
+                      "--concurrent-steps", "2", "--threads", "1", "--warmup", "0", "--reps", "1"]
+    proc = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), *bench_gpu_args], capture_output=True, text=True,
+                          env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc.stdout
+    return out
 
 
-def test_bench_gpu_cpu_mode_prints_steps_epoch_and_processes_per_device() -> None:
+@pytest.mark.slow
+def test_bench_gpu_cpu_mode_prints_steps_epoch_and_processes_per_device(gpu_session: Path) -> None:
     """The GPU bench's CPU mode runs the same code paths a GPU session will (only the device differs)."""
-    out = _run_script("bench_gpu.py", "--device", "cpu", "--arch", "tiny", "--methods", "clip,fairclip",
-                      "--runs-per-gpu", "1,2", "--concurrent-steps", "2", "--threads", "1")
+    out = (gpu_session / "bench_gpu.txt").read_text()
     for method in ("clip", "fairclip"):
         assert re.search(rf"^tiny\s+{method}\s+off\s+\d+\.\d\s+\d+\.\d", out, re.M), out
     assert re.search(r"trainer epoch of 3 steps [\d.]+ s vs steps alone [\d.]+ s: x[\d.]+", out), out
@@ -59,25 +67,24 @@ def test_bench_gpu_cpu_mode_prints_steps_epoch_and_processes_per_device() -> Non
     assert re.search(r"2 process\(es\) on one device: [\d.]+ steps/s in all = x[\d.]+", out), out
 
 
-def test_gpu_session_runs_both_checks_and_writes_their_outputs(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_gpu_session_runs_both_checks_and_writes_their_outputs(gpu_session: Path) -> None:
     """bench/gpu_session.sh is the one call a session with a GPU makes; here it runs the CPU modes."""
-    env = {**os.environ, "OUT": str(tmp_path)}
-    proc = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "--methods", "clip"], capture_output=True,
-                          text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    check = (tmp_path / "gpu_check.txt").read_text()
+    check = (gpu_session / "gpu_check.txt").read_text()
     for method in ("clip", "fairclip", "fairmoe"):
         assert re.search(rf"^{method}\s+scores: max \|Δp\| ", check, re.M), check
         assert re.search(rf"^{method}\s+race eod\s", check, re.M), check
-    assert re.search(r"^tiny\s+clip\s+off\s+\d", (tmp_path / "bench_gpu.txt").read_text(), re.M)
-    assert "torch" in (tmp_path / "machine.txt").read_text()
+    assert re.search(r"^tiny\s+clip\s+off\s+\d", (gpu_session / "bench_gpu.txt").read_text(), re.M)
+    assert "torch" in (gpu_session / "machine.txt").read_text()
 
 
 @pytest.mark.slow
-def test_bench_loss_terms_prints_dominance_sinkhorn_multiples_and_fol_shares(tmp_path: Path) -> None:
-    from tests.helpers import small_synthetic
-
-    out = _run_script("bench_loss_terms.py", "--pretrained", "none", "--data", str(small_synthetic(tmp_path)))
+def test_bench_loss_terms_prints_dominance_sinkhorn_multiples_and_fol_shares(dataset: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parent), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_loss_terms.py"), "--pretrained", "none", "--data",
+                           str(dataset)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
     assert len(re.findall(r"dominance at step 1: λ·Sinkhorn / contrastive = [\d.e+-]+; gradient norm ratio = "
                           r"[\d.e+-]+", out)) == 2, out
     assert re.search(r"logit scale 100\.0: contrastive [\d.]+", out), out

@@ -10,16 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fairbench.cli import app
-from tests.helpers import small_synthetic
-from tests.test_registry import PLUGIN_SOURCE
+from tests.helpers import EXPECTED_RUN, PLUGIN_SOURCE
 
 runner = CliRunner()
 FAST = ["--epochs", "1", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("e2e"))
 
 
 def invoke(*args: str):
@@ -31,6 +25,7 @@ def result_files(out: Path) -> list[Path]:
     return sorted(out.rglob("result.json"))
 
 
+@pytest.mark.slow
 def test_run_two_methods_two_seeds_then_table_then_skip_then_no_overwrite(dataset, tmp_path):
     out = tmp_path / "results"
     r = invoke("run", "--method", "clip,fairclip", "--attr", "race", "--seeds", "2", "--data", dataset,
@@ -72,6 +67,7 @@ def test_run_two_methods_two_seeds_then_table_then_skip_then_no_overwrite(datase
 
 
 @pytest.mark.parametrize("method", ["clip", "fairclip"])  # fairmoe: in the study test below
+@pytest.mark.slow
 def test_same_seed_same_numbers(dataset, tmp_path, method):
     scores = []
     for i in range(2):
@@ -139,6 +135,7 @@ def test_nan_loss_stops_with_message_and_keeps_history(dataset, tmp_path):
     assert list(out.rglob("config.json"))
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     import subprocess
     import sys
@@ -150,6 +147,7 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
+@pytest.mark.slow
 def test_select_test_is_labelled_everywhere(dataset, tmp_path):
     out = tmp_path / "results"
     r = invoke("run", "--method", "clip", "--seeds", "1", "--data", dataset, "--out", out, "--select", "test",
@@ -167,6 +165,7 @@ def test_select_test_is_labelled_everywhere(dataset, tmp_path):
     assert table.exit_code == 0 and re.search(r"test", table.output, re.I)
 
 
+@pytest.mark.slow
 def test_val_selection_never_scores_test_per_epoch(dataset, tmp_path):
     out = tmp_path / "results"
     r = invoke("run", "--method", "clip", "--seeds", "1", "--data", dataset, "--out", out, "--epochs", "2",
@@ -179,12 +178,11 @@ def test_val_selection_never_scores_test_per_epoch(dataset, tmp_path):
     assert rec["selection"]["epoch"] == max(range(2), key=lambda i: history[i]["val_auc"])
 
 
+@pytest.mark.slow
 def test_whole_fairmoe_study_runs_through_the_cli(dataset, tmp_path):
     """`--method 'fairmoe*'` expands to every Fair-MoE variant. This is the one place each variant trains: each
     lands in the ablation table with the loss terms and MoE layers its ablation leaves, a dotted `--set` reaches
     all of them, and fairmoe rerun alone reproduces its study run bit for bit."""
-    from tests.test_fairmoe_methods import EXPECTED_RUN
-
     args = ["--attr", "race", "--seeds", "1", "--data", dataset, "--epochs", "1", "--set", "max_steps_per_epoch=1",
             "--set", "batch_size=16", "--set", "group_batch_size=8", "--set", "moe.capacity=0.5"]
     out = tmp_path / "results"

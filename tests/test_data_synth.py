@@ -214,6 +214,7 @@ def test_cli_synth_refuses_non_empty_folder(tmp_path):
     assert res.exit_code == 1 and "not empty" in res.output
 
 
+@pytest.mark.slow
 def test_cli_module_imports_no_heavy_libraries():
     import subprocess
     import sys

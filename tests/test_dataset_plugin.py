@@ -36,6 +36,7 @@ def toy_results(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_toy_dataset_runs_with_its_own_attributes_and_groups(toy_results):
     results = sorted(toy_results.rglob("result.json"))
     records = [json.loads(p.read_text()) for p in results]
@@ -56,6 +57,7 @@ def test_toy_dataset_runs_with_its_own_attributes_and_groups(toy_results):
     assert header == ["sample", "label", "score", "site", "age_band"]
 
 
+@pytest.mark.slow
 def test_toy_table_shows_only_toy_runs_with_toy_attributes(toy_results, tmp_path):
     table = invoke("table", "--out", toy_results, "--dataset", "toy", "--format", "markdown")
     assert table.exit_code == 0, table.output
@@ -68,6 +70,7 @@ def test_toy_table_shows_only_toy_runs_with_toy_attributes(toy_results, tmp_path
     assert missing.exit_code == 1 and "present: toy (tag toy)" in missing.output
 
 
+@pytest.mark.slow
 def test_toy_metrics_command_names_toy_groups(toy_results):
     (preds,) = [p for p in toy_results.rglob("predictions_test.csv") if "/clip/" in str(p)]
     r = invoke("metrics", preds, "--dataset", "toy", "--plugin", TOY)
@@ -100,7 +103,7 @@ def test_toy_data_commands_and_attribute_errors(tmp_path):
 
 def test_v01_results_without_a_dataset_name_are_found_by_tag(tmp_path):
     from fairbench.report.load import load_results
-    from tests.test_report_fixtures import write_run
+    from tests.helpers import write_run
 
     write_run(tmp_path, "clip", "b16", None, 0)  # tag fairvlmed, no dataset name: a v0.1 result file
     write_run(tmp_path, "clip", "b16", None, 0, dataset="synthetic", synthetic=True)

@@ -18,6 +18,7 @@ import pytest
 RUN_IT = os.environ.get("CI", "").lower() == "true" or os.environ.get("FAIRBENCH_DEMO_CHECK") == "1"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not RUN_IT, reason="about 2 minutes; runs with CI=true or FAIRBENCH_DEMO_CHECK=1")
 def test_the_main_jobs_seed_0_reaches_test_auc_085_for_every_method(tmp_path):
     out = tmp_path / "results"

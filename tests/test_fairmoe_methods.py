@@ -1,6 +1,6 @@
 """Fair-MoE's registered names: the study's names, each variant's resolved settings, `--set` on nested settings,
 and the released forms. Each variant trains once in the whole suite, in test_cli_run's study test, which checks
-it against EXPECTED_RUN below."""
+it against tests/helpers.py's EXPECTED_RUN."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from fairbench.method import SettingsError, flat_settings, settings_dict
 from fairbench.registry import get_method, list_methods, load_builtin_methods
 from fairbench.runs.jobs import split_overrides
+from tests.helpers import ALL_FOL, ALL_LAYERS, EXPECTED_RUN
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 load_builtin_methods()
@@ -19,18 +20,6 @@ load_builtin_methods()
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ALL_LAYERS = {"image_embedding", "text_embedding", "image_feature", "text_feature"}
-ALL_FOL = {"fol_ei", "fol_et", "fol_fi", "fol_ft"}
-# name → (MoE layers its model has, FOL terms its loss has)
-EXPECTED_RUN = {
-    "fairmoe": (ALL_LAYERS, ALL_FOL), "fairclip-fom": (ALL_LAYERS, set()), "fairmoe-no-fol": (ALL_LAYERS, set()),
-    "fairmoe-no-fei": (ALL_LAYERS, ALL_FOL - {"fol_ei"}), "fairmoe-no-fet": (ALL_LAYERS, ALL_FOL - {"fol_et"}),
-    "fairmoe-no-ffi": (ALL_LAYERS, ALL_FOL - {"fol_fi"}), "fairmoe-no-fft": (ALL_LAYERS, ALL_FOL - {"fol_ft"}),
-    "fairmoe-no-em": ({"image_feature", "text_feature"}, {"fol_fi", "fol_ft"}),
-    "fairmoe-no-fm": ({"image_embedding", "text_embedding"}, {"fol_ei", "fol_et"}),
-    "fairmoe-no-text-moe": ({"image_embedding", "image_feature"}, {"fol_ei", "fol_fi"}),
-    "fairmoe-no-image-moe": ({"text_embedding", "text_feature"}, {"fol_et", "fol_ft"}),
-}
 STUDY = sorted(n for n in EXPECTED_RUN if n.startswith("fairmoe"))
 
 # fairmoe's resolved settings, leaf by leaf: FairCLIP's released λ/blur/group batch, the released code's M, k, C.

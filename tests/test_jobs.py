@@ -11,14 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fairbench.cli import app
-from tests.helpers import small_synthetic
 
 FAST = {"max_steps_per_epoch": "2", "batch_size": "16"}
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("jobs"))
 
 
 def _plan(dataset: Path, out: Path, methods=("clip", "fairclip"), attrs=("race",), seeds=(0, 1), cache=None):

@@ -14,7 +14,6 @@ import torch
 from fairbench.method import Method
 from fairbench.registry import get_method, list_methods, load_plugins
 from fairbench.training.trainer import SplitData, TrainSettings, train
-from tests.helpers import small_synthetic
 
 load_plugins()
 
@@ -35,16 +34,16 @@ def test_the_contract_covers_each_method_class_and_skips_only_settings_variants(
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(dataset):
     from fairbench.datasets.fairvlmed.load import load_fairvlmed
     from fairbench.models import create_backbone
 
     bb = create_backbone("tiny", pretrained=None)
-    root = small_synthetic(tmp_path_factory.mktemp("contract"))
-    return load_fairvlmed(root, image_size=bb.image_size, tokenize=bb.tokenize, tokenizer_key=bb.tokenizer_key)
+    return load_fairvlmed(dataset, image_size=bb.image_size, tokenize=bb.tokenize, tokenizer_key=bb.tokenizer_key)
 
 
 @pytest.mark.parametrize("name", CONTRACT_METHODS)
+@pytest.mark.slow
 def test_method_trains_two_epochs_and_scores(name, data):
     from fairbench.datasets import normalize_images
     from fairbench.datasets.fairvlmed import FairVLMed

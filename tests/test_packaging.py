@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import fairbench
 from fairbench.cli import app
 from fairbench.registry import BUILTIN_PACKAGE
-from tests.test_report_fixtures import write_run
+from tests.helpers import write_run
 
 try:
     import tomllib
@@ -170,6 +170,7 @@ print(json.dumps({"csv": str(find_paper_csv()), "fairbench": fairbench.__file__,
 
 
 @pytest.mark.install
+@pytest.mark.slow
 def test_non_editable_install_compares_with_paper_outside_the_repo(tmp_path):
     """`pip install .` (no editable link) ships the paper's tables and the built-ins under unique names."""
     src = tmp_path / "src"

@@ -12,16 +12,11 @@ from typer.testing import CliRunner
 
 from fairbench.cli import app
 from fairbench.training import pretrain
-from tests.helpers import small_synthetic
 
 FAST = ["--epochs", "1", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("pretrain-data"))
-
-
+@pytest.mark.slow
 def test_same_recipe_gives_the_same_bytes_and_a_second_call_does_not_retrain(tmp_path, monkeypatch):
     a = pretrain.pretraining_target("tiny", "fairvlmed", tmp_path / "a")
     b = pretrain.pretraining_target("tiny", "fairvlmed", tmp_path / "b")
@@ -49,6 +44,7 @@ def test_hub_archs_have_no_pretraining_here(tmp_path):
     assert pretrain.pretraining_target("b16", "fairvlmed", tmp_path) is None
 
 
+@pytest.mark.slow
 def test_tiny_fine_tunes_from_the_checkpoint_by_default_and_from_random_init_on_request(dataset, tmp_path):
     runner = CliRunner()
     out = tmp_path / "results"

@@ -4,7 +4,6 @@ them and as results and tables record them."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,16 +12,10 @@ from typer.testing import CliRunner
 from fairbench.cli import app
 from fairbench.models.archs import CLIP_FROZEN
 from fairbench.training.trainer import fp32_optimizer_step
-from tests.helpers import small_synthetic
-from tests.test_resume import _toy_train
+from tests.helpers import toy_train
 
 runner = CliRunner()
 FAST = ["--epochs", "2", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16", "--pretrained", "none"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("protocols"))
 
 
 def test_fp32_step_on_fp16_weights_equals_an_fp32_adam_step_rounded_back_to_fp16():
@@ -52,8 +45,8 @@ def test_fp32_step_on_fp16_weights_equals_an_fp32_adam_step_rounded_back_to_fp16
 @pytest.mark.parametrize("ties, chosen", [("later", 2), ("earlier", 1)])
 def test_ties_pick_the_later_or_the_earlier_epoch(ties, chosen):
     keys = [0.7, 0.9, 0.9, 0.8]  # epochs 1 and 2 tie for best
-    assert _toy_train("val", 4, keys, ties=ties).best_epoch == chosen
-    assert _toy_train("test", 4, keys, ties=ties).best_epoch == chosen
+    assert toy_train("val", 4, keys, ties=ties).best_epoch == chosen
+    assert toy_train("test", 4, keys, ties=ties).best_epoch == chosen
 
 
 def test_an_unknown_protocol_is_a_one_line_error_naming_the_valid_ones(dataset, tmp_path):
@@ -66,6 +59,7 @@ def test_an_unknown_protocol_is_a_one_line_error_naming_the_valid_ones(dataset, 
     assert not out.exists() or not list(out.rglob("result.json"))
 
 
+@pytest.mark.slow
 def test_each_protocol_trains_as_it_says_records_itself_and_gets_its_own_table(dataset, tmp_path):
     out = tmp_path / "results"
     for protocol in ("fairclip", "fairbench"):

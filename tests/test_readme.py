@@ -5,10 +5,10 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fairbench.cli import app
-from tests.helpers import small_synthetic
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -17,14 +17,13 @@ def readme_python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_plugin_example_runs_end_to_end(tmp_path):
+def test_readme_plugin_example_runs_end_to_end(dataset, tmp_path):
     (example,) = [b for b in readme_python_blocks() if "register_method" in b]
     plugin = tmp_path / "my_method.py"
     plugin.write_text(example)
-    data = small_synthetic(tmp_path)
     out = tmp_path / "results"
     r = CliRunner().invoke(app, ["run", "--plugin", str(plugin), "--method", "clip-groupmean", "--attr", "race",
-                                 "--seeds", "1", "--data", str(data), "--out", str(out), "--epochs", "1",
+                                 "--seeds", "1", "--data", str(dataset), "--out", str(out), "--epochs", "1",
                                  "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"])
     assert r.exit_code == 0, r.output
     (result,) = out.rglob("result.json")
@@ -52,6 +51,7 @@ def write_derm(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_readme_dataset_example_runs_end_to_end(tmp_path):
     (example,) = [b for b in readme_python_blocks() if "register_dataset" in b]
     plugin = tmp_path / "my_dataset.py"

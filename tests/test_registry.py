@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass, field
 
 import pytest
@@ -19,22 +18,7 @@ from fairbench.registry import (
     load_plugins,
     register_method,
 )
-
-PLUGIN_SOURCE = textwrap.dedent('''
-    from dataclasses import dataclass
-    from fairbench import Method, register_method, encode_batch
-    from fairbench.training.losses import clip_contrastive_loss
-
-    @register_method("{name}", description="test plugin: CLIP with a scaled loss")
-    class Scaled(Method):
-        @dataclass
-        class Settings:
-            weight: float = 0.5
-
-        def loss_terms(self, model, batch, group_batches):
-            image, text = encode_batch(model, batch)
-            return {{"scaled": self.settings.weight * clip_contrastive_loss(image, text, model.logit_scale.exp())}}
-''')
+from tests.helpers import PLUGIN_SOURCE
 
 
 def test_builtins_register_through_public_path():
@@ -104,6 +88,7 @@ def test_plugin_errors_name_the_plugin(tmp_path):
         load_plugin("no_such_module_xyz")
 
 
+@pytest.mark.slow
 def test_entry_point_group(tmp_path):
     """A package that declares the `fairbench.methods` entry point is loaded without any flag."""
     pkg = tmp_path / "epplug"

@@ -16,7 +16,7 @@ from fairbench.cli import app
 from fairbench.report.compare_render import render_comparisons
 from fairbench.report.load import load_results
 from fairbench.report.significance import CompareError, MetricComparison, _verdict, compare_methods
-from tests.test_report_fixtures import write_run
+from tests.helpers import write_run
 
 SEEDS = range(5)
 

@@ -17,7 +17,7 @@ from fairbench.report.html import build_report
 from fairbench.report.load import load_results
 from fairbench.report.paper import PaperTables
 from fairbench.report.plots import make_plots
-from tests.test_report_fixtures import build_results
+from tests.helpers import build_results
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED_ROWS = ["clip/b16", "fairclip/b16 [lambda=0.0001]", "fairclip/b16 [lambda=1e-05]", "fairmoe/b16"]
@@ -191,7 +191,7 @@ def _bar_limits(fig, coords: tuple[int, ...] = (0, 1)) -> list[float]:
 
 def test_error_bars_stay_within_the_metric_range(tmp_path):
     """A seed that collapses next to two near-perfect ones: mean ± std would reach past 100."""
-    from tests.test_report_fixtures import write_run
+    from tests.helpers import write_run
 
     for seed, strength in enumerate((6.0, 6.0, 0.0)):
         write_run(tmp_path, "wobbly", "b16", None, seed, strength=strength)
@@ -217,7 +217,7 @@ def test_report_captions_describe_the_figure(page):
 
 
 def test_report_explains_a_single_seed_best(tmp_path):
-    from tests.test_report_fixtures import write_run
+    from tests.helpers import write_run
 
     write_run(tmp_path, "solo", "b16", None, 0, strength=2.5)
     write_run(tmp_path, "other", "b16", None, 0, strength=0.5)

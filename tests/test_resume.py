@@ -13,15 +13,10 @@ import pytest
 import torch
 
 from fairbench.runs.execute import execute
-from tests.helpers import small_synthetic
+from tests.helpers import toy_train
 
 FAST = {"max_steps_per_epoch": "2", "batch_size": "16"}
 TIMING_KEYS = ("train_seconds", "eval_seconds")
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("resume"))
 
 
 def _planned(dataset: Path, out: Path, method: str, epochs: int = 3, **overrides: str):
@@ -57,6 +52,7 @@ def _comparable(run_dir: Path) -> dict:
     }
 
 
+@pytest.mark.slow  # two runs: the reference and the stopped one
 @pytest.mark.parametrize(("method", "overrides", "epochs", "crash_epoch"), [
     ("clip", {}, 1, 0),  # stopped in the first epoch's bookkeeping: nothing saved yet, trains from the start
     ("fairclip", {"group_batch_size": "4", "checkpoint": "true"}, 2, 1),  # group sampler, selected weights saved
@@ -127,6 +123,7 @@ def test_keep_state_keeps_the_file_leaves_the_hash_alone_and_files_get_the_ordin
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o664) for p in files}
 
 
+@pytest.mark.slow
 def test_an_unreadable_result_is_set_aside_and_the_run_trained_again(dataset, tmp_path):
     planned = _planned(dataset, tmp_path / "out", "clip", epochs=1)
     assert execute(planned, log=lambda _: None).status == "done"
@@ -142,107 +139,22 @@ def test_an_unreadable_result_is_set_aside_and_the_run_trained_again(dataset, tm
     assert any("not a readable training state" in line and "from the first epoch" in line for line in logged)
 
 
-# The trainer alone, on a toy CLIP (dropout: torch's generator) and a method that also draws from Python's and
-# NumPy's generators, with a scripted selection key so that the best epoch is an early one: every piece of the
-# state matters, and a run resumed after any epoch must end exactly where an uninterrupted one does.
-
-class ToyCLIP(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.image = torch.nn.Linear(3 * 4 * 4, 8)
-        self.text = torch.nn.Embedding(16, 8)
-        self.drop = torch.nn.Dropout(0.3)
-        self.logit_scale = torch.nn.Parameter(torch.tensor(1.0))
-
-    def encode_image(self, x):
-        return self.drop(self.image(x.flatten(1)))
-
-    def encode_text(self, tokens):
-        return self.text(tokens).mean(1)
-
-
-def _toy_method():
-    import random
-
-    import numpy as np
-
-    from fairbench.method import Method, encode_batch
-    from fairbench.training.losses import clip_contrastive_loss
-
-    class Noisy(Method):
-        name = "noisy"
-        group_batches = True
-
-        def group_batch_size(self):
-            return 3
-
-        def loss_terms(self, model, batch, group_batches):
-            image, text = encode_batch(model, batch)
-            jitter = random.random() + float(np.random.rand())  # Python's and NumPy's generators
-            groups = sum(encode_batch(model, gb)[0].mean() for gb in group_batches.values())
-            return {"contrastive": clip_contrastive_loss(image, text, model.logit_scale.exp()) * (1 + 0.01 * jitter),
-                    "groups": 0.01 * groups}
-
-    return Noisy(None, "g", 2)
-
-
-def _toy_split(n: int, seed: int):
-    from fairbench.training.trainer import SplitData
-
-    g = torch.Generator().manual_seed(seed)
-    return SplitData(images=torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=g),
-                     tokens=torch.randint(0, 16, (n, 5), generator=g), labels=torch.arange(n) % 2,
-                     groups=torch.arange(n) % 2)
-
-
-def _toy_train(select: str, epochs: int, keys: list[float], resume=None, on_epoch_state=None, stop_after=None,
-               **overrides):
-    """`keys` scripts the selection metric per epoch (the val AUC, or the test AUC under test selection)."""
-    from fairbench.training.trainer import TrainSettings, seed_everything, train
-
-    class Stop(Exception):
-        pass
-
-    calls = iter(range(10 ** 6))
-    per_epoch = 2 if select == "test" else 1
-    first = resume.epochs_done if resume else 0
-
-    def auc(labels, scores) -> float:  # val (and test) once per epoch; the final test scoring is not timed here
-        i = next(calls) + first * per_epoch
-        return keys[i // per_epoch] if i % per_epoch == per_epoch - 1 else 0.5
-
-    def saved(state):
-        on_epoch_state(state)
-        if stop_after is not None and state.epochs_done == stop_after:
-            raise Stop
-
-    seed_everything(7)
-    model = ToyCLIP()
-    settings = TrainSettings(epochs=epochs, batch_size=6, lr=1e-2, betas=(0.9, 0.99), warmup_steps=5,
-                             select=select, checkpoint=True, max_steps_per_epoch=3, **overrides)
-    try:
-        return train(_toy_method(), model, settings, train_data=_toy_split(20, 1), val_data=_toy_split(10, 2),
-                     test_data=_toy_split(12, 3), normalize=lambda x: x.float() / 255,
-                     tokenize=lambda prompts: torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]), prompts=("a", "b"),
-                     seed=3, device=torch.device("cpu"), auc=auc, resume=resume,
-                     on_epoch_state=saved if on_epoch_state else None)
-    except Stop:
-        return None
-
+# The trainer alone, on tests/helpers.py's toy CLIP: a run resumed after any epoch must end exactly where an
+# uninterrupted one does.
 
 @pytest.mark.parametrize("select", ["val", "test"])
 def test_the_trainer_resumed_after_any_epoch_ends_exactly_like_an_uninterrupted_run(tmp_path, select):
     from fairbench.runs.state import load_state, save_state
 
     keys = [0.6, 0.9, 0.7, 0.8, 0.65]  # epoch 1 is selected; later epochs are not the best
-    reference = _toy_train(select, 5, keys)
+    reference = toy_train(select, 5, keys)
     assert reference.best_epoch == 1
     path = tmp_path / "train_state.pt"
     for stop in range(1, 5):
-        assert _toy_train(select, 5, keys, on_epoch_state=lambda s: save_state(path, s, "h"), stop_after=stop) is None
+        assert toy_train(select, 5, keys, on_epoch_state=lambda s: save_state(path, s, "h"), stop_after=stop) is None
         state = load_state(path, "h")
         assert state.epochs_done == stop and state.best_is_current == (stop <= 2)  # best: epoch 0, then 1
-        resumed = _toy_train(select, 5, keys, resume=state)
+        resumed = toy_train(select, 5, keys, resume=state)
         assert resumed.best_epoch == reference.best_epoch
         assert np.array_equal(resumed.val_scores, reference.val_scores)
         assert np.array_equal(resumed.test_scores, reference.test_scores)
@@ -257,10 +169,10 @@ def test_without_the_generators_a_resume_would_differ(tmp_path):
     from fairbench.runs.state import load_state, save_state
 
     keys = [0.6, 0.9, 0.7]
-    reference = _toy_train("val", 3, keys)
+    reference = toy_train("val", 3, keys)
     path = tmp_path / "train_state.pt"
-    _toy_train("val", 3, keys, on_epoch_state=lambda s: save_state(path, s, "h"), stop_after=1)
+    toy_train("val", 3, keys, on_epoch_state=lambda s: save_state(path, s, "h"), stop_after=1)
     state = load_state(path, "h")
     state.rng = {**state.rng, "torch": torch.Generator().manual_seed(99).get_state()}
-    resumed = _toy_train("val", 3, keys, resume=state)
+    resumed = toy_train("val", 3, keys, resume=state)
     assert not all(torch.equal(resumed.state_dict[k], reference.state_dict[k]) for k in reference.state_dict)

@@ -12,20 +12,18 @@ import pytest
 from typer.testing import CliRunner
 
 from fairbench.cli import app
-from tests.helpers import small_synthetic
 
-FAST = ["--epochs", "2", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("output"))
+STEPS = ["--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
+FAST = ["--epochs", "2", *STEPS]  # the log test shows both epochs' lines
+ONE_EPOCH = ["--epochs", "1", *STEPS]  # what the other tests need of a run
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # subprocesses train on one thread, as this process does (conftest)
 
 
+@pytest.mark.slow
 def test_a_log_file_gets_a_line_per_phase_before_any_run_finishes(dataset, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "FAIRBENCH_CACHE": str(tmp_path / "fresh-cache"), "HF_HUB_OFFLINE": "1",
-           "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).parents[1])}
+           "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).parents[1]), **ONE_THREAD}
     cmd = [sys.executable, "-m", "fairbench.cli", "run", "--method", "clip", "--seeds", "2", "--pretrained", "none",
            "--data",
            str(dataset), "--out", str(out), *FAST]
@@ -46,14 +44,15 @@ def test_a_log_file_gets_a_line_per_phase_before_any_run_finishes(dataset, tmp_p
     assert lines[-1].startswith("Finished in ") and "2 trained, 0 skipped" in lines[-1]
 
 
+@pytest.mark.slow
 def test_each_phase_line_prints_once_even_with_a_root_log_handler(dataset, tmp_path):
     """open_clip's `logging.info` installs a root handler (basicConfig); phase lines must not print twice."""
     env = {**os.environ, "FAIRBENCH_CACHE": str(tmp_path / "fresh-cache"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).parents[1])}
+           "PYTHONPATH": str(Path(__file__).parents[1]), **ONE_THREAD}
     wrapper = ("import logging, sys; logging.basicConfig(); from fairbench.cli import main; "
                "sys.argv[0] = 'fairbench'; main()")
     cmd = [sys.executable, "-c", wrapper, "run", "--method", "clip", "--seeds", "1", "--pretrained", "none",
-           "--data", str(dataset), "--out", str(tmp_path / "out"), *FAST]
+           "--data", str(dataset), "--out", str(tmp_path / "out"), *ONE_EPOCH]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "building the 64-px image cache" in proc.stdout
@@ -109,7 +108,7 @@ def test_a_seed_far_below_its_siblings_is_called_out(tmp_path):
 def test_table_names_unfinished_run_folders(dataset, tmp_path):
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["run", "--method", "clip", "--seeds", "1", "--data", str(dataset), "--out",
-                                 str(out), *FAST])
+                                 str(out), *ONE_EPOCH])
     assert r.exit_code == 0, r.output
     killed = next(out.rglob("result.json")).parent.parent / "seed7"
     killed.mkdir()

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import small_synthetic
-
 ROOT = Path(__file__).parents[1]
 
 # FairCLIP (group batches: the group sampler's state must survive) that sleeps in each step, so that a test can
@@ -37,16 +35,17 @@ class SlowFairCLIP(get_method("fairclip")):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    path = small_synthetic(tmp_path_factory.mktemp("resilience"))
+def dataset(dataset: Path, tmp_path_factory) -> Path:
+    """conftest's shared dataset, with its image/token caches built before processes race for them."""
     from fairbench.registry import load_plugins
     from fairbench.runs.execute import DataCache
     from fairbench.runs.jobs import RunOptions, expand_jobs, plan
 
     load_plugins()  # build the image/token caches once, before processes race for them
-    (planned,) = plan(RunOptions(out=path / "unused", data=str(path)), expand_jobs(["clip"], ["tiny"], None, [0]))
+    options = RunOptions(out=tmp_path_factory.mktemp("unused"), data=str(dataset))
+    (planned,) = plan(options, expand_jobs(["clip"], ["tiny"], None, [0]))
     DataCache().get(planned)
-    return path
+    return dataset
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +56,12 @@ def plugin(tmp_path_factory) -> Path:
 
 
 def _args(plugin: Path, dataset: Path, out: Path, seeds: int = 1, epochs: int = 3) -> list[str]:
+    """`--pretrained none`: a subprocess has not conftest's short pretraining recipe, so the default start would
+    pretrain `tiny` with the full recipe first (about a minute); these tests are about the fine-tuning run."""
     return [sys.executable, "-m", "fairbench.cli", "run", "-p", str(plugin), "-m", "slowfairclip", "-a", "race",
             "-s", str(seeds), "--data", str(dataset), "--out", str(out), "--epochs", str(epochs),
             "--set", "max_steps_per_epoch=2", "--set", "batch_size=16", "--set", "group_batch_size=4",
-            "--set", "threads=1"]
+            "--set", "threads=1", "--pretrained", "none"]
 
 
 def _env(step_s: float) -> dict[str, str]:
@@ -96,6 +97,7 @@ def _numbers(run_dir: Path) -> dict:
             **{p.name: p.read_bytes() for p in sorted(run_dir.glob("predictions_*.csv"))}}
 
 
+@pytest.mark.slow
 def test_sigkill_after_the_first_epoch_then_the_same_command_gives_the_same_bytes(dataset, plugin, tmp_path):
     _run(_args(plugin, dataset, tmp_path / "ref"))
     (ref_dir,) = (p.parent for p in (tmp_path / "ref").rglob("result.json"))
@@ -117,6 +119,7 @@ def test_sigkill_after_the_first_epoch_then_the_same_command_gives_the_same_byte
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_sigint_and_sigterm_say_in_one_line_where_the_run_resumes(dataset, plugin, tmp_path, sig, code):
     out = tmp_path / "out"
     args = _args(plugin, dataset, out)
@@ -136,6 +139,7 @@ def test_sigint_and_sigterm_say_in_one_line_where_the_run_resumes(dataset, plugi
     assert f"released (interrupted by {name}" in (run_dir / "claims.log").read_text()
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_command_train_each_run_once(dataset, plugin, tmp_path):
     out = tmp_path / "out"
     args = _args(plugin, dataset, out, seeds=4, epochs=1)

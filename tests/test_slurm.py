@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fairbench.cli import app
-from tests.helpers import slurm_unavailable, small_synthetic
+from tests.helpers import slurm_unavailable
 
 FAST = ["--epochs", "1", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
 RUN = ["run", "--method", "clip,fairclip", "--attr", "race", "--seeds", "2", *FAST]  # 4 jobs
@@ -32,11 +32,6 @@ DEADLINE_S = 240  # a cluster test that takes longer cancels its jobs and fails
 
 def invoke(*args) -> object:
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("slurm-data"))
 
 
 # --- no cluster needed ------------------------------------------------------------------------------------------
@@ -276,18 +271,25 @@ class Controller(threading.Thread):
                 process.wait()
 
 
+def _other_thread_count() -> str:
+    """A torch thread count a task would start with that is not this process's."""
+    import torch
+
+    return str(torch.get_num_threads() + 1)
+
+
 @pytest.fixture(scope="module")
 def interrupted_array(cluster, reference, dataset, tmp_path_factory):
     """The 4 jobs as one array, waited for: task 1 is interrupted mid-run and requeues itself, task 2 is
-    cancelled mid-run. Tasks start with one OpenMP thread (the submitting environment is theirs): only the
-    launcher's fixed thread count makes their numbers equal this process's, whose torch has already started."""
+    cancelled mid-run. Tasks start with another OpenMP thread count than this process's (the submitting environment
+    is theirs): only the launcher's fixed thread count makes their numbers equal this process's."""
     root = tmp_path_factory.mktemp("slurm-array")
     out, hold = root / "out", root / "hold"
     hold.mkdir()
     for index in ("1", "2"):  # these tasks wait after training, before writing anything, until let go
         (hold / index).touch()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
+        patch.setenv("OMP_NUM_THREADS", _other_thread_count())
         patch.setenv("FAIRBENCH_TEST_HOLD", str(hold))
         controller = Controller(out, hold)
         controller.start()
@@ -299,6 +301,8 @@ def interrupted_array(cluster, reference, dataset, tmp_path_factory):
     return {"out": out, "result": r, "array_id": array_id, "rows": rows, "seconds": time.monotonic() - started}
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_job_array_equals_local_launcher_while_a_task_requeues_and_one_is_cancelled(interrupted_array, reference):
     out, r, array_id, rows = (interrupted_array[k] for k in ("out", "result", "array_id", "rows"))
     assert [row["slurm_job"] for row in rows] == [f"{array_id}_{i}" for i in range(4)]
@@ -316,10 +320,12 @@ def test_job_array_equals_local_launcher_while_a_task_requeues_and_one_is_cancel
     assert len(expected) == 3 * 3 and outputs(out) == expected
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_rerun_after_a_cancel_submits_only_the_cancelled_run_and_repairs_it(interrupted_array, reference, dataset):
     out, first_rows = interrupted_array["out"], interrupted_array["rows"]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
+        patch.setenv("OMP_NUM_THREADS", _other_thread_count())
         r = invoke(*RUN, "--data", dataset, "--out", out, "--launcher", "slurm", "--no-wait")
     assert r.exit_code == 0, r.output
     assert "Submitted 1 job(s)" in r.output and "3 skipped (already done)" in r.output

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from fairbench.cli import app
 from fairbench.runs import claims
 from fairbench.runs.results import RESULT_SCHEMA
-from tests.helpers import small_synthetic
 
 runner = CliRunner()
 
@@ -75,8 +74,7 @@ def test_every_state_is_told_from_the_files(tmp_path):
     assert "2 stale" in stale.output.splitlines()[-1]
 
 
-def test_with_job_options_it_lists_planned_runs_without_a_folder(tmp_path):
-    dataset = small_synthetic(tmp_path)
+def test_with_job_options_it_lists_planned_runs_without_a_folder(dataset, tmp_path):
     out = tmp_path / "results"
     r = runner.invoke(app, ["status", "--out", str(out), "-m", "clip,fairclip", "-a", "race", "-s", "2",
                             "--data", str(dataset), "--epochs", "1"])

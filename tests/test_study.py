@@ -24,8 +24,7 @@ from fairbench.study import (
     parse_study,
     study_jobs,
 )
-from tests.helpers import small_synthetic
-from tests.test_report_fixtures import write_run
+from tests.helpers import write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "results" / "paper" / "fair-moe-tables.csv"
@@ -45,11 +44,6 @@ TINY_STUDY = textwrap.dedent("""
 # The same jobs as the study's seed 0, by hand.
 BY_HAND = ["--method", "clip,fairclip", "--attr", "race", "--seeds", "1", "--select", "test", "--epochs", "1",
            "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("study"))
 
 
 def invoke(*args):
@@ -74,6 +68,7 @@ def test_the_shipped_paper_study_is_exactly_the_papers_tables():
     assert set(study.attributes) == set(paper.attribute)
 
 
+@pytest.mark.slow
 def test_a_study_runs_then_table_shows_exactly_its_rows_and_flags_missing_seeds(dataset, tmp_path):
     study = tmp_path / "tiny-study.toml"
     study.write_text(TINY_STUDY)

@@ -19,7 +19,7 @@ from fairbench.report.load import load_results
 from fairbench.report.paper import PaperTables
 from fairbench.report.render import render_csv, render_latex, render_markdown, render_terminal
 from fairbench.report.tables import build_tables
-from tests.test_report_fixtures import build_results
+from tests.helpers import build_results
 
 PAPER_CSV = Path(__file__).resolve().parents[1] / "results" / "paper" / "fair-moe-tables.csv"
 
@@ -222,7 +222,7 @@ def test_cli_empty_folder_says_so(tmp_path):
 @pytest.fixture(scope="module")
 def spread_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """'collapsed' loses its signal on seed 2 (AUC near chance); 'steady' does not."""
-    from tests.test_report_fixtures import write_run
+    from tests.helpers import write_run
 
     root = tmp_path_factory.mktemp("spread")
     for seed in range(3):
@@ -286,7 +286,7 @@ def test_absent_methods_are_explained(loaded):
 
 
 def test_single_seed_best_is_never_unexplained(tmp_path):
-    from tests.test_report_fixtures import write_run
+    from tests.helpers import write_run
 
     write_run(tmp_path, "solo", "b16", None, 0, strength=2.5)
     for seed in range(3):

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from fairbench.cli import app
 from fairbench.launchers.workers import WorkerSlot, error_line, worker_slots
-from tests.helpers import small_synthetic
 
-FAST = ["--epochs", "2", "--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
+STEPS = ["--set", "max_steps_per_epoch=2", "--set", "batch_size=16"]
+FAST = ["--epochs", "2", *STEPS]  # parallel = sequential across epochs
+ONE_EPOCH = ["--epochs", "1", *STEPS]  # tests of where a job runs or how it fails need no second epoch
 RENDEZVOUS_ENV = "FAIRBENCH_TEST_RENDEZVOUS"
 
 # Test methods. `test-rv-clip` and `test-rv-fairclip` train exactly as `clip` and `fairclip`, but with
@@ -68,11 +69,6 @@ PLUGIN = textwrap.dedent('''
 RV_JOBS = ["--method", "test-rv-clip,test-rv-fairclip", "--attr", "race", "--seeds", "1"]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("workers"))
-
-
 @pytest.fixture()
 def plugin(tmp_path) -> Path:
     path = tmp_path / "worker_test_methods.py"
@@ -96,27 +92,40 @@ def outputs(out: Path) -> dict[str, object]:
     return found
 
 
-def test_two_workers_run_two_jobs_at_once_and_give_the_sequential_numbers(dataset, tmp_path, plugin, monkeypatch,
-                                                                         one_thread):
+@pytest.fixture(scope="module")
+def side_by_side(dataset, tmp_path_factory, one_thread) -> dict:
+    """The rendezvous jobs run in this process (no barrier), then by two workers with the barrier on, one per GPU
+    slot (`--gpus 3,5`; on a CPU machine the jobs still run): one worker pool serves the overlap, numbers, thread
+    and GPU checks below."""
+    root = tmp_path_factory.mktemp("side-by-side")
+    plugin = root / "worker_test_methods.py"
+    plugin.write_text(PLUGIN)
+    common = ["--plugin", plugin, *RV_JOBS, "--data", dataset, *FAST]
+    sequential = invoke("run", *common, "--out", root / "seq")
+    assert sequential.exit_code == 0, sequential.output
+    folder = root / "rendezvous"
+    folder.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(RENDEZVOUS_ENV, str(folder))  # spawned workers inherit the environment
+        parallel = invoke("run", *common, "--out", root / "par", "--gpus", "3,5")
+    return {"root": root, "common": common, "parallel": parallel,
+            "arrivals": [json.loads(p.read_text()) for p in folder.glob("*.json")]}
+
+
+@pytest.mark.slow
+def test_two_workers_run_two_jobs_at_once_and_give_the_sequential_numbers(side_by_side):
     """Overlap proof: with the barrier on, each job waits in build() for the other to arrive, which only jobs
     running side by side can do; the numbers equal an in-process sequential run's (no barrier) byte for byte."""
-    common = ["--plugin", plugin, *RV_JOBS, "--data", dataset, *FAST]
-    sequential = invoke("run", *common, "--out", tmp_path / "seq")
-    assert sequential.exit_code == 0, sequential.output
-    folder = tmp_path / "rendezvous"
-    folder.mkdir()
-    monkeypatch.setenv(RENDEZVOUS_ENV, str(folder))  # spawned workers inherit the environment
-    parallel = invoke("run", *common, "--out", tmp_path / "par", "--workers", "2")
+    root, common, parallel, arrivals = (side_by_side[k] for k in ("root", "common", "parallel", "arrivals"))
     assert parallel.exit_code == 0, parallel.output
     assert "2 trained, 0 skipped (already done), 0 failed" in parallel.output
-    arrivals = [json.loads(p.read_text()) for p in folder.glob("*.json")]
     assert len(arrivals) == 2  # two processes, one job each, both inside a job at the same time
     # Workers use the launching process's torch thread count (1 here, set by `one_thread`), as a sequential run:
     # CPU numbers depend on it.
     assert [a["threads"] for a in arrivals] == [1, 1]
-    seq, par = outputs(tmp_path / "seq"), outputs(tmp_path / "par")
+    seq, par = outputs(root / "seq"), outputs(root / "par")
     assert len(seq) == 2 and seq == par
-    again = invoke("run", *common, "--out", tmp_path / "par", "--workers", "2")  # all done: no worker starts
+    again = invoke("run", *common, "--out", root / "par", "--workers", "2")  # all done: no worker starts
     assert again.exit_code == 0 and "0 trained, 2 skipped" in again.output
 
 
@@ -132,22 +141,19 @@ def test_the_overlap_proof_fails_one_job_at_a_time(dataset, tmp_path, plugin, mo
     assert failed and all("no second job arrived" in line for line in failed), r.output
 
 
-def test_each_gpu_worker_sees_only_its_gpu(dataset, tmp_path, plugin, monkeypatch, one_thread):
+@pytest.mark.slow
+def test_each_gpu_worker_sees_only_its_gpu(side_by_side):
     """CUDA_VISIBLE_DEVICES is set in each worker before torch loads (on a CPU machine the jobs still run)."""
-    folder = tmp_path / "rendezvous"
-    folder.mkdir()
-    monkeypatch.setenv(RENDEZVOUS_ENV, str(folder))
-    r = invoke("run", "--plugin", plugin, *RV_JOBS, "--data", dataset, "--out", tmp_path / "out", *FAST,
-               "--gpus", "3,5")
-    assert r.exit_code == 0, r.output
-    seen = sorted(json.loads(p.read_text())["cuda_visible_devices"] for p in folder.glob("*.json"))
+    assert side_by_side["parallel"].exit_code == 0, side_by_side["parallel"].output
+    seen = sorted(a["cuda_visible_devices"] for a in side_by_side["arrivals"])
     assert seen == ["3", "5"]
 
 
+@pytest.mark.slow
 def test_a_failing_and_a_crashing_job_fail_alone(dataset, tmp_path, plugin, one_thread):
     out = tmp_path / "out"
     r = invoke("run", "--plugin", plugin, "--method", "test-crash,test-raise,clip", "--seeds", "1", "--data", dataset,
-               "--out", out, *FAST, "--workers", "2")
+               "--out", out, *ONE_EPOCH, "--workers", "2")
     assert r.exit_code == 1, r.output
     lines = r.output.splitlines()
     (crash,) = [line for line in lines if line.startswith("failed test-crash tiny - seed0")]
@@ -191,6 +197,7 @@ def test_error_line_names_type_message_and_place():
     assert error_line(info.value) == f"ValueError: first line (at test_workers.py:{fail.__code__.co_firstlineno + 1})"
 
 
+@pytest.mark.slow
 def test_a_spawned_worker_imports_no_torch_before_choosing_its_gpu():
     """What a spawned worker imports before worker_main runs (its module, a pickled job's classes) has no torch."""
     code = ("import sys, pickle, fairbench.launchers.workers, fairbench.runs.jobs, fairbench.runs.execute; "
