@@ -76,9 +76,14 @@ _register()
 def main() -> None:
     import sys
 
+    import typer
+
     from fairbench.commands.common import preload_plugins
 
-    preload_plugins(sys.argv[1:])
+    try:  # plugins load before the app runs (their names belong in --help), so their one-line error exits here
+        preload_plugins(sys.argv[1:])
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
     app()
 
 

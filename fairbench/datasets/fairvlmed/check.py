@@ -20,6 +20,7 @@ from fairbench.datasets.fairvlmed.format import (
     UNKNOWN,
     DatasetError,
     Record,
+    ThreadedNpz,
     _short,
     broken_links,
     find_split_dir,
@@ -34,7 +35,6 @@ from fairbench.datasets.fairvlmed.format import (
 
 def _check_file(path: Path) -> tuple[Record | None, tuple[int, ...] | None, list[str], str]:
     """The record, image shape, problems and SHA-256 of one npz file."""
-    import numpy as np
 
     from fairbench.digests import file_sha256
 
@@ -43,7 +43,7 @@ def _check_file(path: Path) -> tuple[Record | None, tuple[int, ...] | None, list
     except OSError:
         digest = ""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with ThreadedNpz(path) as npz:  # called from worker threads
             rec, problems = read_record(npz)
             shape = None
             if IMAGE_KEY in npz.files:

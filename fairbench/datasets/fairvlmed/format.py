@@ -16,7 +16,9 @@ found. Duplicate rows, empty summaries and a second summary file that differs ar
 from __future__ import annotations
 
 import csv
+import io
 import math
+import threading
 import zipfile
 import zlib
 from dataclasses import astuple, dataclass
@@ -199,7 +201,7 @@ def list_split_files(folder: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- one npz file
 
-def _scalar(npz: np.lib.npyio.NpzFile, key: str, problems: list[str]) -> object | None:
+def _scalar(npz: np.lib.npyio.NpzFile | ThreadedNpz, key: str, problems: list[str]) -> object | None:
     try:
         arr = npz[key]
     except READ_ERRORS as exc:
@@ -229,7 +231,7 @@ def _text(value: object) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def read_record(npz: np.lib.npyio.NpzFile) -> tuple[Record | None, list[str]]:
+def read_record(npz: np.lib.npyio.NpzFile | ThreadedNpz) -> tuple[Record | None, list[str]]:
     """Labels, attributes and notes of one opened npz, plus every problem found (empty when valid)."""
     problems: list[str] = []
     missing = [k for k in REQUIRED_KEYS if k not in npz.files]
@@ -272,10 +274,42 @@ def image_problems(image: np.ndarray) -> list[str]:
     return []
 
 
+# CPython 3.11 keeps the AST constructor's recursion counter per interpreter, so ast.literal_eval (which numpy uses
+# to parse every .npy header) in two threads at once can raise "SystemError: AST constructor recursion depth
+# mismatch" (python/cpython#106905). The threaded readers below decompress in parallel and parse headers one at a
+# time.
+_HEADER_LOCK = threading.Lock()
+
+
+class ThreadedNpz:
+    """An npz opened for reading from worker threads: members decompress in parallel (zlib releases the GIL),
+    their .npy headers are parsed under one lock. Raises what np.load raises on a damaged file."""
+
+    def __init__(self, path: Path) -> None:
+        self._zip = zipfile.ZipFile(path)
+        self.files = [n[:-4] for n in self._zip.namelist() if n.endswith(".npy")]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.files
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self.files:
+            raise KeyError(f"{key} is not a file in the archive")
+        raw = self._zip.read(key + ".npy")
+        with _HEADER_LOCK:
+            return np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+
+    def __enter__(self) -> ThreadedNpz:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._zip.close()
+
+
 def read_image(path: Path) -> np.ndarray:
-    """The image of one file as FairCLIP reads it (float32, 0–255), validated."""
+    """The image of one file as FairCLIP reads it (float32, 0–255), validated. Safe to call from worker threads."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with ThreadedNpz(path) as npz:
             if IMAGE_KEY not in npz.files:
                 raise DatasetError(f"{path}: missing key {IMAGE_KEY!r} (has: {', '.join(npz.files)})")
             image = npz[IMAGE_KEY]
