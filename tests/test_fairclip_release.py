@@ -261,6 +261,7 @@ def _released_steps(start, data, normalize, lam: float, steps: int, seed: int = 
     return model, losses
 
 
+@pytest.mark.slow  # several fp16/fp64 steps or a 1e6-row bootstrap: seconds, not the quick loop's budget
 def test_the_fairclip_step_in_fp64_without_the_fairness_term_equals_the_released_step_for_three_steps():
     start, mine, calls, data, normalize = _fairbench_steps(torch.float64, lam=0.0, steps=3)
     reference, losses = _released_steps(start, data, normalize, lam=0.0, steps=3)
@@ -362,6 +363,7 @@ def test_fp16_forward_of_the_protocol_equals_the_transcribed_plain_fp16_forward_
     assert float(terms["sinkhorn"]) == pytest.approx(float(full.float() - lam0.float()), rel=1e-4)
 
 
+@pytest.mark.slow  # several fp16/fp64 steps or a 1e6-row bootstrap: seconds, not the quick loop's budget
 def test_fairmoe_experts_are_fp16_between_fp32_optimiser_steps_under_the_protocol():
     from fairbench.method import Batch
 

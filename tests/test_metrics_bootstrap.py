@@ -170,6 +170,7 @@ def test_blocked_resampling_is_bit_identical_to_drawing_all_resamples_at_once(mo
     assert paired.estimates[("auc",)] == ones[("auc",)][0] - evaluate(y, s[::-1].copy(), attrs).auc
 
 
+@pytest.mark.slow  # several fp16/fp64 steps or a 1e6-row bootstrap: seconds, not the quick loop's budget
 def test_memory_does_not_grow_with_the_number_of_resamples(monkeypatch) -> None:
     """Resamples are drawn and scored in blocks under MEMORY_CEILING_BYTES: 8× the resamples, the same peak.
     (Drawn all at once, 80 resamples of 50,000 rows held four (80, 50000) arrays: 128 MB.)"""
