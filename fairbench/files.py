@@ -106,10 +106,11 @@ def describe_os_error(exc: OSError, what: str = "") -> str:
     return f"{where}: {exc.strerror or type(exc).__name__}{choose}"
 
 
-def new_temp_file(path: Path) -> Path:
-    """Create an empty, uniquely named hidden file beside `path` (0666 less the umask, unlike mkstemp's 0600)."""
+def new_temp_file(path: Path, tag: str = "") -> Path:
+    """Create an empty, uniquely named hidden file beside `path` (0666 less the umask, unlike mkstemp's 0600);
+    `tag` goes into the name, so a writer's leftovers can be found by who left them."""
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = path.with_name(f".{path.name}.{tag + '-' if tag else ''}{secrets.token_hex(6)}.tmp")
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:

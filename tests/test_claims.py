@@ -70,6 +70,18 @@ def test_a_dead_claim_is_taken_over(tmp_path, how):
     claim.release()
 
 
+def test_a_take_over_removes_the_heartbeat_its_dead_owner_was_writing_and_nothing_else(tmp_path):
+    _fake_claim(tmp_path, host=claims._HOST, pid_ns=claims._PID_NS, pid=_dead_pid(), token="0badc0de")
+    dead = read_claim(tmp_path)
+    half_written = claims._write_temp(tmp_path / CLAIM_FILE, dead)  # killed between writing and renaming a beat
+    others = claims._write_temp(tmp_path / CLAIM_FILE, read_claim(tmp_path).__class__(
+        host="elsewhere", pid=1, started=0.0, heartbeat=0.0, token="c0ffee00"))  # another claimant's, in flight
+    claim = acquire(tmp_path, timeout=60)
+    assert not half_written.exists() and others.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["claim.json", "claims.log", others.name])
+    claim.release()
+
+
 def test_a_requeued_slurm_job_takes_over_the_claim_of_its_earlier_start(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "812")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")

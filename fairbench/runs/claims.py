@@ -317,7 +317,11 @@ def _take_over(run_dir: Path, dead: ClaimInfo, mine: ClaimInfo) -> bool:
             with contextlib.suppress(FileExistsError):
                 os.link(moved, path)
             return False
-        return _create(path, mine)
+        if not _create(path, mine):
+            return False
+        for leftover in run_dir.glob(f".{CLAIM_FILE}.{dead.token}-*.tmp"):  # a heartbeat the kill cut short
+            leftover.unlink(missing_ok=True)
+        return True
     finally:
         moved.unlink(missing_ok=True)
 
@@ -344,7 +348,7 @@ def _create(path: Path, info: ClaimInfo) -> bool:
 
 def _write_temp(path: Path, info: ClaimInfo) -> Path:
     try:
-        tmp = new_temp_file(path)
+        tmp = new_temp_file(path, tag=info.token)  # a take-over finds what a killed owner left half-written
     except OSError as exc:  # a read-only or full folder: name the claim, not a temporary name
         raise naming(exc, path) from None
     data: dict[str, Any] = {k: v for k, v in asdict(info).items() if k not in ("readable", "empty")}
