@@ -443,7 +443,7 @@ def write_table_dataset(root: Path, sizes: dict[str, int] | None = None, seed: i
     (root / "images").mkdir(parents=True, exist_ok=True)
     rows, k = [], 0
     for fold, n in sizes.items():
-        for i in range(n):
+        for _ in range(n):
             malignant = rng.random() < 0.4
             image_id = f"IMG_{k:04d}"
             bright = 170.0 if malignant else 80.0

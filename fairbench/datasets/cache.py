@@ -317,7 +317,8 @@ class SplitCache:
         def one(p: Path) -> np.ndarray:
             out = transform(p, size) if transform is not None else clip_transform_uint8(read_image(p), size)
             if out.shape != (channels, size, size) and out.shape != (size, size):
-                raise DatasetError(f"{p}: image transform gave shape {out.shape}, expected ({channels}, {size}, {size})")
+                raise DatasetError(f"{p}: image transform gave shape {out.shape}, expected "
+                                   f"({channels}, {size}, {size})")
             advance()
             return out
 

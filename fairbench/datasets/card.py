@@ -50,7 +50,8 @@ class DataCard:
         """(field, text) pairs in display order; every field present, 'not stated' where empty."""
         out = [("source", self.source), ("licence", self.licence), ("citation", self.citation),
                ("label mapping", self.label_mapping), *self.extra.items(),
-               ("download", f"fairbench data download (Hugging Face {self.download.page})" if self.download else ""),
+               ("download", f"fairbench data download (Hugging Face {self.download.page})" if self.download
+                            else "none: see access"),
                ("access", self.access)]
         out += [("pitfall", p) for p in self.pitfalls]
         return [(k, v or "not stated") for k, v in out]
