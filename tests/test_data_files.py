@@ -118,6 +118,18 @@ def test_dataset_file_mistakes_are_one_line_errors(tmp_path):
     assert r.exit_code == 2 and "dataset file not found" in r.output
 
 
+def test_readme_dataset_file_example_reads_the_data_it_describes(tmp_path):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (example,) = [t for t in re.findall(r"```toml\n(.*?)```", readme, flags=re.S) if "[table]" in t]
+    write_table_dataset(tmp_path / "d")
+    (tmp_path / "d" / "lesions.toml").write_text(example)
+    r = invoke("data", "check", tmp_path / "d", "--dataset", tmp_path / "d" / "lesions.toml")
+    assert r.exit_code == 0 and "no problems found" in r.output, r.output
+    assert "site" in r.output and "over 50" in r.output
+
+
 def test_folder_of_dataset_files_registers_them_all(tmp_path):
     folder = tmp_path / "datasets"
     folder.mkdir()
@@ -326,7 +338,7 @@ def test_download_lays_out_a_cached_snapshot_checks_it_and_reruns_as_a_no_op(dat
 
 def test_gated_repository_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     hub = pytest.importorskip("huggingface_hub")
-    import httpx2
+    httpx2 = pytest.importorskip("httpx2", reason="huggingface_hub 2 talks to the Hub through httpx2")
     from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError
     from huggingface_hub.utils._http import default_client_factory

@@ -1,6 +1,6 @@
 """On-disk preprocessing cache: each image through CLIP's transform once, then memory-mapped uint8.
 
-For datasets stored as one file per sample: an npz (zip) file with a 2-D grayscale image in it (FairVLMed), or
+For datasets stored as one file per sample: an npz (zip) file with a 2-D grayscale image in it, or
 an image file Pillow reads (dataset files, `fairbench.datasets.table`; grayscale or RGB). Layout under the
 cache root (arg > $FAIRBENCH_CACHE > ~/.cache/fairbench), per dataset namespace (its name):
 
