@@ -111,7 +111,8 @@ def test_dataset_file_mistakes_are_one_line_errors(tmp_path):
     bad.write_text(TABLE_DATASET_FILE.replace('closed = "right"', 'closed = "middle"'))
     r = invoke("run", "--dataset", bad, "--method", "clip", "--dry-run")
     assert r.exit_code == 2 and "attributes.age.closed" in r.output and "Traceback" not in r.output
-    bad.write_text(TABLE_DATASET_FILE.replace("[split]\n", "[split]\nfractions = { train = 0.8, val = 0.1, test = 0.1 }\n"))
+    both = "[split]\nfractions = { train = 0.8, val = 0.1, test = 0.1 }\n"
+    bad.write_text(TABLE_DATASET_FILE.replace("[split]\n", both))
     r = invoke("data", "info", bad)
     assert r.exit_code == 2 and "exactly one of column" in r.output
     r = invoke("data", "info", tmp_path / "missing.toml")

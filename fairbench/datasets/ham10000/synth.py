@@ -2,9 +2,10 @@
 version, ages written as "80.0", some ages empty and some sexes "unknown", as in the real table) and RGB JPEGs
 `{image_id}.jpg` in the two image folders, 4:3 like the real 600x450 images.
 
-Lesions (lesion_id) have one to three images each. Malignant lesions (mel, akiec) are darker, larger and more
-irregular, so a small model has something to learn; lesions of the older group are drawn with less contrast, so
-the age groups differ in difficulty and the fairness metrics have a gap to measure. Same arguments, same bytes
+Lesions (lesion_id) have one to three images each. Malignant lesions (mel, akiec) are on average darker, larger and
+more irregular (the classes overlap), so a small model has something to learn but not everything; lesions of the
+older group (over 60) are drawn with less contrast, so the age groups differ in difficulty and the fairness
+metrics have a gap to measure. Same arguments, same bytes
 (on one Pillow/libjpeg build). Results on it are not HAM10000 results.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from fairbench.datasets.errors import DatasetError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = "fairbench-synthetic.json"  # fairbench.datasets.table.SYNTHETIC_MARKER: the data gets the synthetic tag
 DEFAULTS: dict[str, int] = {"n_images": 1200, "size": 96, "seed": 0}
 PRETRAINING: dict[str, int] = {"n_images": 1000, "size": 96, "seed": 1}
@@ -36,12 +37,14 @@ def _lesion_image(rng: np.random.Generator, malignant: bool, old: bool, height: 
     """One RGB dermatoscopy-like image (H, W, 3) uint8: skin tone, a brown lesion with a noisy border."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     cy, cx = height / 2 + rng.normal(0, height / 12), width / 2 + rng.normal(0, width / 12)
-    radius = (0.30 if malignant else 0.20) * height * rng.uniform(0.85, 1.15)
+    radius = (0.24 if malignant else 0.20) * height * rng.uniform(0.7, 1.3)
     angle = np.arctan2(y - cy, x - cx)
-    wobble = 1 + (0.18 if malignant else 0.05) * np.sin(rng.integers(3, 7) * angle + rng.uniform(0, 6.3))
+    wobble = 1 + (0.12 if malignant else 0.06) * np.sin(rng.integers(3, 7) * angle + rng.uniform(0, 6.3))
     inside = np.clip((radius * wobble - np.hypot(y - cy, x - cx)) / 2.0, 0, 1)[..., None]
     skin = np.array([205, 160, 140], np.float32) * rng.uniform(0.85, 1.05)
-    depth = (0.30 if malignant else 0.55) + (0.15 if old else 0.0)
+    depth = (0.42 if malignant else 0.52) + rng.uniform(-0.12, 0.12)
+    if old:  # less contrast between lesion and skin: the older group is harder
+        depth = 1.0 - 0.6 * (1.0 - depth)
     lesion = skin * depth + rng.normal(0, 6, 3)
     img = skin * (1 - inside) + lesion * inside + rng.normal(0, 7, (height, width, 3))
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
