@@ -131,6 +131,25 @@ def test_readme_dataset_file_example_reads_the_data_it_describes(tmp_path):
     assert "site" in r.output and "over 50" in r.output
 
 
+@pytest.mark.slow
+def test_planned_jobs_carry_the_dataset_file_to_other_processes(tmp_path):
+    """A worker or SLURM job looks the dataset up by name after loading the job's plugins: the file must be one."""
+    import subprocess
+    import sys
+
+    from fairbench.runs.request import request_from_options
+
+    spec = write_table_dataset(tmp_path / "d")
+    planned = request_from_options(methods=["clip"], seeds=1, dataset=str(spec)).plan(
+        tmp_path / "out", data=str(tmp_path / "d"), pretrained=None)
+    assert planned[0].dataset == "lesions-csv" and str(spec.resolve()) in planned[0].plugins
+    code = ("import sys; from fairbench.registry import load_plugins, get_dataset; load_plugins(sys.argv[1:], "
+            "methods=False); print(get_dataset('lesions-csv').attributes)")
+    fresh = subprocess.run([sys.executable, "-c", code, *planned[0].plugins], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[1])
+    assert fresh.returncode == 0 and "over 50" in fresh.stdout, fresh.stderr
+
+
 def test_folder_of_dataset_files_registers_them_all(tmp_path):
     folder = tmp_path / "datasets"
     folder.mkdir()
@@ -373,3 +392,30 @@ def test_html_report_section_carries_the_data_card(tmp_path):
     page, _ = build_report(load_results(tmp_path), plots=False)
     assert "data card: fairvlmed" in page and "CC BY-NC-ND 4.0" in page and "White / non-White" in page
 
+
+
+def test_download_unpacks_archives_and_refuses_members_that_leave_the_folder(offline_hub, tmp_path):
+    import zipfile
+
+    from fairbench.datasets.card import HubSource
+    from fairbench.datasets.download import DownloadError, download
+
+    write_table_dataset(tmp_path / "src")
+    snap = offline_hub / "datasets--org--lesions" / "snapshots" / ("b" * 40)
+    snap.mkdir(parents=True)
+    with zipfile.ZipFile(snap / "lesions.zip", "w") as zf:
+        for path in sorted((tmp_path / "src").rglob("*")):
+            if path.is_file():
+                zf.write(path, Path("lesions") / path.relative_to(tmp_path / "src"))
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("b" * 40)
+    got = download(HubSource("org/lesions", root_file="meta.csv"), tmp_path / "to")
+    assert got.commit == "b" * 40 and (tmp_path / "to" / "meta.csv").is_file() and not list(got.path.rglob("*.zip"))
+    assert sorted(p.name for p in (tmp_path / "to" / "images").iterdir()) == sorted(
+        p.name for p in (tmp_path / "src" / "images").iterdir())
+    with zipfile.ZipFile(snap / "lesions.zip", "w") as zf:
+        zf.writestr("../escaped.txt", "x")
+    (snap.parent.parent / "refs" / "main").write_text("b" * 40)
+    with pytest.raises(DownloadError, match="would leave the folder"):
+        download(HubSource("org/lesions"), tmp_path / "to2")
+    assert not (tmp_path / "to2").exists() and not (tmp_path / "escaped.txt").exists()

@@ -64,7 +64,13 @@ def snapshot(source: HubSource, cache_dir: Path | None = None) -> Path:
     except RepositoryNotFoundError:
         raise DownloadError(f"{repo}: dataset repository not found, or not visible without a token; check the id "
                             f"(--repo), request access at {source.page} and set HF_TOKEN") from None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError as exc:
+        from huggingface_hub import errors
+
+        incomplete = getattr(errors, "IncompleteSnapshotError", None)  # huggingface_hub >= 1
+        if incomplete is not None and isinstance(exc, incomplete):
+            raise DownloadError(f"{repo}: the Hugging Face cache holds an incomplete snapshot and the Hub is not "
+                                "reachable; go online (unset HF_HUB_OFFLINE) to fetch the missing files") from None
         raise DownloadError(f"{repo}: not in the Hugging Face cache, and the Hub is not reachable (offline mode "
                             "HF_HUB_OFFLINE=1, or no network); go online, or point HF_HOME at a cache that holds "
                             "it") from None
