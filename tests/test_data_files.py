@@ -119,6 +119,46 @@ def test_dataset_file_mistakes_are_one_line_errors(tmp_path):
     assert r.exit_code == 2 and "dataset file not found" in r.output
 
 
+def test_split_files_patient_leaks_and_the_fingerprint(tmp_path):
+    from fairbench.datasets.tablerows import read_rows
+    from fairbench.datasets.tablespec import read_dataset_file
+    from fairbench.registry import get_dataset
+
+    spec = write_table_dataset(tmp_path / "d")
+    with open(tmp_path / "d" / "meta.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    header, body = rows[0], rows[1:]
+    # one CSV per split instead of a split column: the same samples in the same splits
+    for fold in ("train", "valid", "test"):
+        with open(tmp_path / "d" / f"{fold}.csv", "w", newline="") as fh:
+            csv.writer(fh).writerows([header, *[r for r in body if r[2] == fold]])
+    by_files = tmp_path / "d" / "files.toml"
+    by_files.write_text(spec.read_text().replace('name = "lesions-csv"', 'name = "lesions-files"').replace(
+        'column = "fold"\nvalues = { train = ["train"], val = ["valid"], test = ["test"] }',
+        'files = { train = "train.csv", val = "valid.csv", test = "test.csv" }'))
+    a, b = read_rows(read_dataset_file(spec), tmp_path / "d"), read_rows(read_dataset_file(by_files), tmp_path / "d")
+    assert a.problems == b.problems == []
+    assert {k: [s.id for s in v] for k, v in a.samples.items()} == {k: [s.id for s in v] for k, v in b.samples.items()}
+    # a patient in two splits is named by row
+    body[1][1] = body[-1][1]
+    with open(tmp_path / "d" / "meta.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *body])
+    leak = read_rows(read_dataset_file(spec), tmp_path / "d").problems
+    assert leak == [f"meta.csv row {n} ({body[n - 1][0]}): patient {body[-1][1]!r} is in test and in train "
+                    f"(meta.csv row 2); keep each patient in one split" for n in (len(body) - 1, len(body))]
+    # the fingerprint follows the declarations that change numbers (the label mapping), not the prose
+    body[1][1] = "P-own"
+    with open(tmp_path / "d" / "meta.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *body])
+    base = get_dataset(str(spec))().identify(tmp_path / "d", "caption").fingerprint
+    for n, (old, new) in enumerate([('licence = "CC0 1.0"', 'licence = "CC BY 4.0"'),
+                                    ('positive = ["malignant"]', 'positive = ["malignant", "benign"]')]):
+        other = tmp_path / "d" / f"v{n}.toml"
+        other.write_text(spec.read_text().replace('name = "lesions-csv"', f'name = "lesions-v{n}"').replace(old, new))
+        same = get_dataset(str(other))().identify(tmp_path / "d", "caption").fingerprint == base
+        assert same == (n == 0)
+
+
 def test_readme_dataset_file_example_reads_the_data_it_describes(tmp_path):
     import re
 
