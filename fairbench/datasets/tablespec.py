@@ -47,8 +47,9 @@ class AttributeSpec:
 
 @dataclass(frozen=True)
 class TableSpec:
-    """Everything a dataset file declares; `path` is the file, `digest` the SHA-256 of what it declares (enters the
-    data's fingerprint, so editing the label mapping or a bin edge changes every config hash of runs on it)."""
+    """Everything a dataset file declares; `path` is the file, `digest` the SHA-256 of what it declares that can change
+    a number (enters the data's fingerprint, so editing the label mapping, a bin edge or a prompt changes every config
+    hash of runs on it; the card, names and paths do not)."""
 
     path: Path
     name: str
@@ -235,7 +236,8 @@ def read_dataset_file(path: str | Path) -> TableSpec:
         label=label.str("name", "label"), classes=(classes[0], classes[1]), prompts=(prompts[0], prompts[1]),
         attributes=attributes, text_column=text_column, text_template=template, text_values=text_values,
         channels=channels)
-    body = json.dumps({k: v for k, v in _plain(spec).items() if k not in ("path", "data", "card", "description")},
+    prose = ("path", "data", "card", "description", "name", "tag", "synthetic_tag", "env_var")  # change no number
+    body = json.dumps({k: v for k, v in _plain(spec).items() if k not in prose},
                       sort_keys=True)
     return _with_digest(spec, hashlib.sha256(body.encode()).hexdigest()[:16])
 
