@@ -24,6 +24,17 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+@pytest.fixture(autouse=True)
+def _forget_dataset_files():
+    """Each test's dataset files are its own: the same name from another test's folder is no clash."""
+    from fairbench.datasets.tablefile import registered_dataset_files, unregister_dataset_file
+
+    before = set(registered_dataset_files())
+    yield
+    for path in set(registered_dataset_files()) - before:
+        unregister_dataset_file(path)
+
+
 # ---------------------------------------------------------------- a dataset file: CSV + PNG folder
 
 @pytest.mark.slow
@@ -146,13 +157,14 @@ def test_split_files_patient_leaks_and_the_fingerprint(tmp_path):
     leak = read_rows(read_dataset_file(spec), tmp_path / "d").problems
     assert leak == [f"meta.csv row {n} ({body[n - 1][0]}): patient {body[-1][1]!r} is in test and in train "
                     f"(meta.csv row 2); keep each patient in one split" for n in (len(body) - 1, len(body))]
-    # the fingerprint follows the declarations that change numbers (the label mapping), not the prose
+    # the fingerprint follows the declarations that change numbers (a zero-shot prompt), not the prose
     body[1][1] = "P-own"
     with open(tmp_path / "d" / "meta.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *body])
     base = get_dataset(str(spec))().identify(tmp_path / "d", "caption").fingerprint
-    for n, (old, new) in enumerate([('licence = "CC0 1.0"', 'licence = "CC BY 4.0"'),
-                                    ('positive = ["malignant"]', 'positive = ["malignant", "benign"]')]):
+    edits = [('licence = "CC0 1.0"', 'licence = "CC BY 4.0"'),
+             ('prompts = ["A photo of a benign lesion"', 'prompts = ["A photo of a harmless lesion"')]
+    for n, (old, new) in enumerate(edits):
         other = tmp_path / "d" / f"v{n}.toml"
         other.write_text(spec.read_text().replace('name = "lesions-csv"', f'name = "lesions-v{n}"').replace(old, new))
         same = get_dataset(str(other))().identify(tmp_path / "d", "caption").fingerprint == base
@@ -298,7 +310,7 @@ def test_truncated_jpeg_never_reaches_the_image_cache(ham, tmp_path):
               "cache_dir": tmp_path / "cache"}
     first = ds.load(data, **kwargs)
     assert first.tag == "ham10000-synthetic" and first.train.images.shape[1:] == (3, 16, 16)
-    victim = data / "HAM10000_images_part_1" / f"{first.test.sample_ids[0]}.jpg"
+    victim = next(data.rglob(f"{first.test.sample_ids[0]}.jpg"))
     victim.write_bytes(victim.read_bytes()[:-300])
     with pytest.raises(DatasetError, match=f"{victim.name}: unreadable image"):
         ds.load(data, **kwargs)

@@ -60,3 +60,15 @@ def register_dataset_folder(folder: str | Path) -> list[type[TableDataset]]:
     """Register every dataset file directly in `folder`, in name order."""
     files = sorted(Path(folder).glob(f"*{DATASET_FILE_SUFFIX}"))
     return [register_dataset_file(p) for p in files]
+
+
+def registered_dataset_files() -> list[Path]:
+    """The dataset files registered in this process."""
+    return list(_BY_FILE)
+
+
+def unregister_dataset_file(path: str | Path) -> None:
+    """Forget the dataset registered from `path` (a test, or a long-lived process about to read an edited file)."""
+    cls = _BY_FILE.pop(Path(path).expanduser().resolve(), None)
+    if cls is not None:
+        DATASETS.remove(cls.name)
