@@ -262,15 +262,16 @@ class SplitCache:
         return rows
 
     # -- images
-    def images(self, size: int, read_image: Callable[[Path], np.ndarray], progress: bool = False, *,
+    def images(self, size: int, read_image: Callable[[Path], np.ndarray] | None, progress: bool = False, *,
                channels: int = 1, transform: Callable[[Path, int], np.ndarray] | None = None) -> np.ndarray:
         """uint8 (N, C, S, S), memory-mapped copy-on-write; built on first use from `read_image(file)`, a 2-D
         0–255 image put through `clip_transform_uint8`, or from `transform(file, S)`, a finished uint8 (C, S, S)
         image. Checked against its digest on every call; a damaged file is rebuilt."""
         from fairbench.runs.claims import build_once
 
-        if channels not in (1, 3):
-            raise DatasetError(f"image channels must be 1 or 3, got {channels}")
+        if channels not in (1, 3) or (read_image is None) == (transform is None):
+            raise DatasetError(f"image cache: give read_image or transform (one of them), and 1 or 3 channels "
+                               f"(got {channels})")
         path = self.dir / (f"images_{size}.npy" if channels == 1 else f"images_{size}_c{channels}.npy")
         want = (len(self.files), channels, size, size)
         loaded: list[np.ndarray] = []
@@ -310,7 +311,7 @@ class SplitCache:
             log.warning("cache %s %s: rebuilding", path, why)
         return None
 
-    def _build_images(self, path: Path, size: int, read_image: Callable[[Path], np.ndarray], progress: bool,
+    def _build_images(self, path: Path, size: int, read_image: Callable[[Path], np.ndarray] | None, progress: bool,
                       channels: int = 1, transform: Callable[[Path, int], np.ndarray] | None = None) -> None:
         advance, stop = _progress(len(self.files), f"caching {self.split} images", progress)
 

@@ -15,16 +15,18 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fairbench.datasets.base import CheckReport, DataIdentity, Dataset, DatasetError, LoadedDataset, SplitReport
 from fairbench.datasets.errors import short_error
 from fairbench.datasets.tablerows import UNKNOWN, Sample, TableRows, read_rows
 from fairbench.datasets.tablespec import SPLIT_NAMES, TableSpec
 
-log = logging.getLogger("fairbench.data")
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger("fairbench.data")  # numpy, Pillow and torch are imported in the functions that use them:
+# `fairbench --help` and `data list` import every built-in dataset
 
 SYNTHETIC_MARKER = "fairbench-synthetic.json"  # written by a synthetic generator: its data gets the synthetic tag
 EVAL_SPLITS = ("val", "test")
@@ -40,6 +42,7 @@ def decode_image(path: Path, channels: int):
     """The image at `path` fully decoded as a PIL image in mode L (1 channel) or RGB (3), by an explicit rule per
     mode: 16-bit grayscale is scaled by 255/65535 (Pillow's own conversion would clip every value above 255 to white),
     alpha is dropped; 32-bit integer and float images are refused (no scale is implied). Raises DatasetError."""
+    import numpy as np
     from PIL import Image
 
     try:
@@ -63,6 +66,7 @@ def decode_image(path: Path, channels: int):
 def clip_transform_image(path: Path, size: int, channels: int) -> np.ndarray:
     """uint8 (C, S, S): open_clip's eval transform up to ToTensor on the 8-bit PIL image (shorter side to `size`,
     bicubic, then centre crop), as open_clip applies it to `Image.open(f).convert("RGB")`."""
+    import numpy as np
     from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
     im = decode_image(path, channels)
@@ -123,6 +127,7 @@ class TableDataset(Dataset):
     # ------------------------------------------------------------------ tensors
     def load(self, root: Path, *, image_size: int, tokenize: Any, tokenizer_key: str, text_source: str,
              cache_dir: Path | None = None) -> LoadedDataset:
+        import numpy as np
         import torch
 
         from fairbench.datasets.base import SplitTensors
@@ -138,7 +143,7 @@ class TableDataset(Dataset):
             samples: list[Sample] = rows.samples[split]
             cache = caches[split]
             texts = [s.text for s in samples]
-            images = cache.images(image_size, lambda p: np.zeros(0), channels=channels,
+            images = cache.images(image_size, None, channels=channels,
                                   transform=lambda p, size: clip_transform_image(p, size, channels))
             tokens = cache.tokens(texts, tokenize, tokenizer_key, text_source)
             codes = {a: np.array([s.codes[a] for s in samples], dtype=np.int64) for a in self.attributes}
