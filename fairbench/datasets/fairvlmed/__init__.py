@@ -44,8 +44,8 @@ class FairVLMed(Dataset):
         citation="Luo Y., Shi M., Khan M.O., Afzal M.M., Huang H., Yuan S., Tian Y., Song L., Kouhana A., Elze T., "
                  "et al. FairCLIP: Harnessing Fairness in Vision-Language Learning. CVPR 2024, pp. 12289-12301",
         access="`fairbench data download fairvlmed --to DIR` (Hugging Face; if the repository asks, log in, accept "
-               "its conditions and set HF_TOKEN); or request it from harvardophai@gmail.com, then pass the folder "
-               "holding data_summary.csv, Training/, Validation/ and Test/ with --data or $FAIRBENCH_DATA",
+               "its conditions and set HF_TOKEN); the FairCLIP README names harvardophai@gmail.com for questions. Pass "
+               "the folder holding data_summary.csv, Training/, Validation/ and Test/ with --data or $FAIRBENCH_DATA",
         label_mapping="glaucoma (1) = the npz's `glaucoma` 1 (data_summary.csv glaucoma yes), 0 = no",
         pitfalls=(
             "FairMedFM binarises race as White / non-White (FairVLMed-10k.ipynb; datasets/FairVLMed.py), so its race "
