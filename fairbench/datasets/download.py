@@ -39,6 +39,7 @@ class Downloaded:
 def snapshot(source: HubSource, cache_dir: Path | None = None) -> Path:
     """The repository snapshot in the Hugging Face cache (downloaded or completed first unless offline)."""
     try:
+        from huggingface_hub import errors as hub_errors
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import (
             GatedRepoError,
@@ -65,9 +66,7 @@ def snapshot(source: HubSource, cache_dir: Path | None = None) -> Path:
         raise DownloadError(f"{repo}: dataset repository not found, or not visible without a token; check the id "
                             f"(--repo), request access at {source.page} and set HF_TOKEN") from None
     except LocalEntryNotFoundError as exc:
-        from huggingface_hub import errors
-
-        incomplete = getattr(errors, "IncompleteSnapshotError", None)  # huggingface_hub >= 1
+        incomplete = getattr(hub_errors, "IncompleteSnapshotError", None)  # huggingface_hub >= 1
         if incomplete is not None and isinstance(exc, incomplete):
             raise DownloadError(f"{repo}: the Hugging Face cache holds an incomplete snapshot and the Hub is not "
                                 "reachable; go online (unset HF_HUB_OFFLINE) to fetch the missing files") from None
