@@ -10,7 +10,8 @@ plugin. Every registry gives the same did-you-mean error and the same listing (`
 name is checked by one rule (`check_name`): method, dataset, arch and attribute names become folders under
 `--out`, so a name can never leave it.
 
-Plugins (which may register any kind) are found through `--plugin` (a file path or a module name), the
+Plugins (which may register any kind) are found through `--plugin` (a file path or a module name; a dataset file
+(.toml) or a folder of them registers those datasets), the
 `FAIRBENCH_PLUGINS` environment variable (os.pathsep-separated) and the `fairbench.plugins`,
 `fairbench.methods` and `fairbench.datasets` entry-point groups of installed packages.
 """
@@ -325,9 +326,35 @@ def load_builtin_datasets() -> None:
     DATASETS.load_builtins()
 
 
+DATASET_FILES = "fairbench.datasets.tablefile"  # reads dataset files (.toml); imported by name, like a plugin
+
+
+def is_dataset_file(spec: str | None) -> bool:
+    """Whether `spec` (a --dataset or --plugin value) names a dataset file rather than a registered name."""
+    return bool(spec) and str(spec).endswith(".toml")
+
+
+def load_dataset_file(spec: str) -> type[Dataset]:
+    """Register the dataset file `spec` (once) and return its dataset; PluginError on a bad file."""
+    try:
+        return importlib.import_module(DATASET_FILES).register_dataset_file(spec)
+    except ValueError as exc:  # DatasetError (a bad file) or a name clash
+        raise PluginError(str(exc)) from None
+
+
 def load_plugin(spec: str) -> None:
-    """Import a plugin given as a path to a .py file or as an importable module name."""
+    """Import a plugin given as a path to a .py file or as an importable module name, or register a dataset file
+    (.toml) or every dataset file in a folder."""
     path = Path(spec)
+    if is_dataset_file(spec):
+        load_dataset_file(spec)
+        return
+    if path.is_dir():
+        try:
+            importlib.import_module(DATASET_FILES).register_dataset_folder(path)
+        except ValueError as exc:
+            raise PluginError(str(exc)) from None
+        return
     if spec.endswith(".py") or path.exists():
         if not path.is_file():
             raise PluginError(f"plugin file {spec!r} does not exist; pass a path to a .py file or a module name")
@@ -417,6 +444,11 @@ def list_methods(pattern: str = "*", *, include_aliases: bool = False) -> list[s
 def get_dataset(name: str | None = None) -> type[Dataset]:
     """Look a dataset up by exact name, or the default one for None (built-ins load on first use)."""
     load_builtin_datasets()
+    if is_dataset_file(name):
+        try:
+            return load_dataset_file(str(name))
+        except PluginError as exc:
+            raise UnknownDatasetError(str(exc)) from None
     if name is None:
         if not _default_dataset:
             raise UnknownDatasetError(f"no default dataset is registered; pass --dataset NAME. {DATASETS.listing}")

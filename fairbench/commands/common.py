@@ -77,8 +77,11 @@ def load_results_reporting(out, dataset: str | None = None, study=None):
 
     `study` (from `load_study_or_fail`) keeps only that study's runs and names the ones still missing.
     """
+    from fairbench.registry import is_dataset_file
     from fairbench.report.load import load_results, select_dataset
 
+    if is_dataset_file(dataset):  # a dataset file: its runs carry the name it declares
+        dataset = load_dataset(dataset).name
     loaded = load_results(out)
     for problem in loaded.problems:
         typer.echo(f"warning: {problem}", err=True)

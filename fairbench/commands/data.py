@@ -1,4 +1,5 @@
-"""`fairbench data list|synth|check`: the registered datasets, a synthetic stand-in, or a folder's validation."""
+"""`fairbench data list|synth|check|info|download`: the registered datasets, a synthetic stand-in, a folder's
+validation, a dataset's card, and a download from its Hugging Face repository."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, load_dataset
+from fairbench.commands.common import DATASET_HELP, PLUGIN_HELP, fail, load_dataset
 
 app = typer.Typer(name="data", help="List datasets, create synthetic stand-ins and validate dataset folders.",
                   no_args_is_help=True, add_completion=False)
@@ -74,17 +75,23 @@ def check(
     plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
 ) -> None:
     """Validate a dataset folder; print counts per split × group × label and every problem (exit 1 if any)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from fairbench.datasets import UNKNOWN
-
     ds = load_dataset(dataset, plugin)
     try:
         report = ds().check(path)
     except NotImplementedError as exc:
         typer.echo(f"error: {exc}; `fairbench run --dataset {ds.name} --dry-run` still lists its jobs", err=True)
         raise typer.Exit(2) from None
+    if not print_check(ds, path, report):
+        raise typer.Exit(1)
+
+
+def print_check(ds, path: Path, report) -> bool:
+    """Print the split lines, the split × group × label counts and every problem; True when there are none."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fairbench.datasets import UNKNOWN
+
     console = Console(width=160)
     kind = f"synthetic {ds.name}" if report.synthetic else ds.name
     no, yes = ds.classes
@@ -115,5 +122,112 @@ def check(
         console.print(f"[bold red]{len(report.problems)} problem(s):[/]")
         for problem in report.problems:
             console.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        return False
     console.print("[green]no problems found[/]")
+    return True
+
+
+@app.command("info")
+def info(
+    name: str = typer.Argument(None, help="Dataset name or dataset file (.toml); default: every registered dataset."),
+    data: Path = typer.Option(None, "--data", help="Data folder to count (default: the dataset's environment "
+                              "variable; no counts without one)."),
+    plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
+) -> None:
+    """A dataset's card: source, licence, citation, label, attributes and groups, counts (when the data is there),
+    how to get it, and known pitfalls."""
+    from fairbench.commands.common import load_plugins_or_fail
+    from fairbench.registry import get_dataset, list_datasets
+
+    if name:
+        classes = [load_dataset(name, plugin)]
+    else:
+        load_plugins_or_fail(plugin, methods=False)
+        classes = [get_dataset(n) for n in list_datasets()]
+    for i, cls in enumerate(classes):
+        if i:
+            typer.echo("")
+        typer.echo(card_text(cls))
+        root = data if data is not None and name else _env_data(cls)
+        if root is None:
+            typer.echo(f"counts: no data given (--data FOLDER{f' or ${cls.env_var}' if cls.env_var else ''})")
+            continue
+        try:
+            report = cls().check(root)
+        except NotImplementedError:
+            typer.echo("counts: this dataset has no checker")
+            continue
+        typer.echo(f"counts ({root}): " + "; ".join(
+            f"{s} {r.n_valid} ({cls.label} {r.n_positive})" for s, r in report.splits.items())
+            + (f"; {len(report.problems)} problem(s): `fairbench data check {root} --dataset {cls.name}`"
+               if report.problems else ""))
+
+
+def _env_data(cls) -> Path | None:
+    import os
+
+    value = os.environ.get(cls.env_var) if cls.env_var else None
+    return Path(value) if value else None
+
+
+def card_text(cls) -> str:
+    """The card of a dataset class as plain text lines."""
+    lines = [f"{cls.name}: {cls.description}",
+             f"label: {cls.label} (0 = {cls.classes[0]}, 1 = {cls.classes[1]})",
+             *(f"attribute {a}: {', '.join(g.values())}" for a, g in cls.attributes.items()),
+             f"zero-shot prompts: {cls.prompts[0]!r} / {cls.prompts[1]!r}",
+             f"text sources: {', '.join(cls.text_sources)}"]
+    lines += [f"{key}: {value}" for key, value in cls.card.lines()]
+    if cls.dataset_file:
+        lines.append(f"dataset file: {cls.dataset_file}")
+    return "\n".join(lines)
+
+
+@app.command("download")
+def download(
+    name: str = typer.Argument(..., help="Dataset name (see `fairbench data list`)."),
+    to: Path = typer.Option(..., "--to", help="Folder to lay the dataset out in (new or empty, or an earlier "
+                            "download to update)."),
+    repo: str = typer.Option(None, "--repo", help="Hugging Face dataset repository id (default: the dataset card's)."),
+    revision: str = typer.Option(None, "--revision", help="Branch, tag or commit (default: the card's, else main)."),
+    include: list[str] = typer.Option(None, "--include", help="Only repository files matching this glob "
+                                      "(repeatable; default: the card's patterns, else all)."),
+    root_file: str = typer.Option(None, "--root-file", help="A file marking the dataset's folder inside the "
+                                  "repository (default: the card's)."),
+    plugin: list[str] = typer.Option(None, "--plugin", "-p", help=PLUGIN_HELP),
+) -> None:
+    """Fetch a dataset from its Hugging Face dataset repository (resumable, with progress; honours HF_TOKEN, HF_HOME
+    and HF_HUB_OFFLINE), lay it out as fairbench reads it, then run `data check` on it."""
+    from dataclasses import replace
+
+    from fairbench.datasets.card import HubSource
+    from fairbench.datasets.download import DownloadError
+    from fairbench.datasets.download import download as fetch
+
+    ds = load_dataset(name, plugin)
+    source = ds.card.download
+    if source is None and repo is None:
+        point = "--data FOLDER" + (f" or set ${ds.env_var}" if ds.env_var else "")
+        how = ds.card.access or f"its card names no source; get the data from its publisher, then pass {point}"
+        fail(f"{ds.name} has no download source; get it this way: {how} (pass --repo ID if a Hugging Face dataset "
+             "repository holds it)")
+    source = source or HubSource(repo_id=repo)
+    source = replace(source, repo_id=repo or source.repo_id, revision=revision or source.revision,
+                     include=tuple(include) if include else source.include,
+                     root_file=source.root_file if root_file is None else root_file)
+    try:
+        got = fetch(source, to)
+    except DownloadError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        from fairbench.files import describe_os_error
+
+        fail(describe_os_error(exc, "--to"))
+    if got.unchanged:
+        typer.echo(f"{got.path}: already holds {source.repo_id} at commit {got.commit[:12]}; nothing to do")
+    else:
+        typer.echo(f"downloaded {source.repo_id} (commit {got.commit[:12]}, {got.n_files} files) to {got.path}")
+    report = ds().check(got.path)
+    if not print_check(ds, got.path, report):
+        raise typer.Exit(1)
+    typer.echo(f"run on it with: fairbench run --dataset {name} --data {got.path} --method ...")

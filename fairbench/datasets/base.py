@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     import torch
 
+from fairbench.datasets.card import DataCard
 from fairbench.datasets.errors import DatasetError, short_error  # noqa: F401 - re-exported
 
 UNKNOWN = -1  # attribute code of a sample whose group is not known
@@ -112,6 +113,7 @@ class Dataset:
       prompts         zero-shot prompts of class 0 and class 1 (p(class 1) = softmax over cosine similarities)
       text_sources    the training texts `load` can build; the first is the default
       env_var         environment variable naming the data folder when --data is not given
+      card            source, licence, citation, access, download source and pitfalls (`fairbench data info`)
     Only `load` must be written; `identify` defaults to a content hash of every file under the folder.
     """
 
@@ -126,6 +128,9 @@ class Dataset:
     prompts: ClassVar[tuple[str, str]] = ("", "")
     text_sources: ClassVar[tuple[str, ...]] = ("default",)
     env_var: ClassVar[str | None] = None
+    card: ClassVar[DataCard] = DataCard()
+    dataset_file: ClassVar[str | None] = None  # the dataset file (.toml) it was registered from, which every process
+    # that runs its jobs registers again (a worker, a SLURM job); None for a dataset a module registers
 
     # ------------------------------------------------------------------ where the data is
     def resolve(self, data: str | os.PathLike[str] | None, cache_dir: Path | None = None) -> Path:

@@ -1,10 +1,12 @@
 """On-disk preprocessing cache: each image through CLIP's transform once, then memory-mapped uint8.
 
-For datasets stored as one npz (zip) file per sample with a 2-D grayscale image in it. Layout under the
+For datasets stored as one file per sample: an npz (zip) file with a 2-D grayscale image in it, or
+an image file Pillow reads (dataset files, `fairbench.datasets.table`; grayscale or RGB). Layout under the
 cache root (arg > $FAIRBENCH_CACHE > ~/.cache/fairbench), per dataset namespace (its name):
 
     <namespace>/<split>-<content key>-v2/meta.json               file names, the dataset's per-file rows, digest
     <namespace>/<split>-<content key>-v2/images_<S>.npy(.sha256)  uint8 (N, 1, S, S), CLIP-transformed
+    <namespace>/<split>-<content key>-v2/images_<S>_c3.npy(.sha256)  uint8 (N, 3, S, S), for RGB data
     <namespace>/<split>-<content key>-v2/tokens_<key>.npy(.sha256) int32 (N, L)
     <namespace>/index/<hash of split folder>.json                the entry last cached for that folder
     <namespace>/index/<hash of split folder>.digests.json        SHA-256 of each file, by its stat (see below)
@@ -208,12 +210,16 @@ def _progress(total: int, label: str, enabled: bool) -> tuple[Callable[[], None]
 class SplitCache:
     """The cache entry of one split folder, valid for exactly the files (and bytes) it was built from."""
 
-    def __init__(self, root: Path, namespace: str, folder: Path, split: str, files: list[Path]) -> None:
+    def __init__(self, root: Path, namespace: str, folder: Path, split: str, files: list[Path], *,
+                 identity: Callable[[list[Path]], str] | None = files_fingerprint, index_key: str = "") -> None:
+        """`identity` gives the data's identity in run configs (default: the npz zip directories; None: the content
+        key itself, for formats without a cheaper key); `index_key` separates entries of several splits read from
+        one folder (a dataset file's table names every split's files under the same data folder)."""
         self.folder, self.split, self.files = folder, split, files
-        self.fingerprint = files_fingerprint(files)  # the data's identity in run configs (zip directories)
-        index = root / namespace / "index" / _sha(str(folder.resolve()))[:16]
+        index = root / namespace / "index" / _sha(str(folder.resolve()) + (f"\0{index_key}" if index_key else ""))[:16]
         self.digests = FileDigests(index.with_name(index.name + ".digests.json"), folder).of(files)
         self.key = _sha("\n".join(f"{p.name}\0{d}" for p, d in zip(files, self.digests, strict=True)))[:16]
+        self.fingerprint = identity(files) if identity is not None else self.key
         self.dir = root / namespace / f"{split}-{self.key}-v{CACHE_VERSION}"
         self._retire_stale(index.with_name(index.name + ".json"))
 
@@ -256,13 +262,18 @@ class SplitCache:
         return rows
 
     # -- images
-    def images(self, size: int, read_image: Callable[[Path], np.ndarray], progress: bool = False) -> np.ndarray:
-        """uint8 (N, 1, S, S), memory-mapped copy-on-write; built on first use from `read_image(file)`, a 2-D
-        0–255 image. Checked against its digest on every call; a damaged file is rebuilt."""
+    def images(self, size: int, read_image: Callable[[Path], np.ndarray] | None, progress: bool = False, *,
+               channels: int = 1, transform: Callable[[Path, int], np.ndarray] | None = None) -> np.ndarray:
+        """uint8 (N, C, S, S), memory-mapped copy-on-write; built on first use from `read_image(file)`, a 2-D
+        0–255 image put through `clip_transform_uint8`, or from `transform(file, S)`, a finished uint8 (C, S, S)
+        image. Checked against its digest on every call; a damaged file is rebuilt."""
         from fairbench.runs.claims import build_once
 
-        path = self.dir / f"images_{size}.npy"
-        want = (len(self.files), 1, size, size)
+        if channels not in (1, 3) or (read_image is None) == (transform is None):
+            raise DatasetError(f"image cache: give read_image or transform (one of them), and 1 or 3 channels "
+                               f"(got {channels})")
+        path = self.dir / (f"images_{size}.npy" if channels == 1 else f"images_{size}_c{channels}.npy")
+        want = (len(self.files), channels, size, size)
         loaded: list[np.ndarray] = []
         checks: list[bool] = []
 
@@ -275,7 +286,7 @@ class SplitCache:
                 loaded.append(arr)
             return arr is not None
 
-        build_once(self.dir, ready, lambda: self._build_images(path, size, read_image, progress),
+        build_once(self.dir, ready, lambda: self._build_images(path, size, read_image, progress, channels, transform),
                    f"building the {size}-px image cache of {self.folder}", log=log.info)
         if not loaded and not ready():  # pragma: no cover - the build just wrote and checked it
             raise DatasetError(f"{path}: image cache missing after it was built")
@@ -300,11 +311,15 @@ class SplitCache:
             log.warning("cache %s %s: rebuilding", path, why)
         return None
 
-    def _build_images(self, path: Path, size: int, read_image: Callable[[Path], np.ndarray], progress: bool) -> None:
+    def _build_images(self, path: Path, size: int, read_image: Callable[[Path], np.ndarray] | None, progress: bool,
+                      channels: int = 1, transform: Callable[[Path, int], np.ndarray] | None = None) -> None:
         advance, stop = _progress(len(self.files), f"caching {self.split} images", progress)
 
         def one(p: Path) -> np.ndarray:
-            out = clip_transform_uint8(read_image(p), size)
+            out = transform(p, size) if transform is not None else clip_transform_uint8(read_image(p), size)
+            if out.shape != (channels, size, size) and out.shape != (size, size):
+                raise DatasetError(f"{p}: image transform gave shape {out.shape}, expected "
+                                   f"({channels}, {size}, {size})")
             advance()
             return out
 
@@ -313,12 +328,12 @@ class SplitCache:
             with phase(f"building the {size}-px image cache of {self.folder} ({len(self.files)} files, once)"), \
                     atomic_path(path) as tmp:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                                shape=(len(self.files), 1, size, size))
+                                                shape=(len(self.files), channels, size, size))
                 _reserve(tmp)
                 workers = max(1, min(8, os.cpu_count() or 1))
                 with ThreadPoolExecutor(workers) as pool:  # PIL resize and zlib release the GIL
                     for i, img in enumerate(pool.map(one, self.files)):
-                        arr[i, 0] = img
+                        arr[i] = img.reshape(channels, size, size)
                 arr.flush()
                 del arr
                 write_sidecar(path, file_sha256(tmp))

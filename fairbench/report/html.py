@@ -140,7 +140,26 @@ def _protocol(records: list[dict[str, Any]]) -> list[str]:
             items.append("run warnings: <ul>" + "".join(f"<li>{esc(str(w))}</li>" for w in warned) + "</ul>")
         items.append("software versions and devices:" + _versions_table(recs))
         out.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+        out.append(_data_card(name, tag))
     return out
+
+
+def _data_card(name: str, tag: str) -> str:
+    """The registered dataset's card (source, licence, citation, label mapping, pitfalls) for the data a section
+    reports; a line saying how to get it when the dataset is not registered in this process."""
+    from fairbench.registry import UnknownNameError, dataset_for_tag, get_dataset
+
+    esc = html.escape
+    try:
+        cls = get_dataset(name)
+    except UnknownNameError:
+        cls = dataset_for_tag(tag)
+    if cls is None:
+        return (f'<p class="meta">data card: dataset {esc(name)} is not registered here; pass its plugin or dataset '
+                "file with --plugin to include its card</p>")
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in cls.card.lines())
+    return (f'<details class="card" open><summary>data card: {esc(cls.name)}</summary>'
+            f"<table><tbody>{rows}</tbody></table></details>")
 
 
 def _read_history(record: dict[str, Any]) -> list[dict[str, Any]]:

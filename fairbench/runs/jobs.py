@@ -176,6 +176,8 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
     targets = _pretraining_targets(options, archs, spec.name)
     method_settings = {m: settings_dict(parse_settings(get_method(m).Settings, method_overrides.get(m, {}),
                                                        owner=f"method {m!r}")) for m in methods}
+    # A dataset file travels with the jobs: a worker process registers it before it looks the dataset up by name.
+    plugins = tuple(options.plugins) + ((spec.dataset_file,) if spec.dataset_file else ())
     planned = []
     for job in jobs:
         if job.attribute is not None and job.attribute not in spec.attributes:
@@ -193,7 +195,7 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
             dataset=spec.name, data_root=root, data_tag=identity.tag, data_fingerprint=identity.fingerprint,
             synthetic=identity.synthetic, n_train=identity.n_train, cache_dir=options.cache_dir,
             method_overrides=method_overrides.get(job.method, {}), settings=settings[job.arch],
-            plugins=tuple(options.plugins), protocol=options.protocol, pretraining=target))
+            plugins=plugins, protocol=options.protocol, pretraining=target))
     return planned
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fairbench.datasets.base import CheckReport, DataIdentity, Dataset, LoadedDataset
+from fairbench.datasets.card import DataCard, HubSource
 from fairbench.datasets.fairvlmed import meta
 from fairbench.registry import register_dataset
 
@@ -32,6 +33,31 @@ class FairVLMed(Dataset):
     prompts = ("A photo of non-glaucoma", "A photo of glaucoma")
     text_sources = ("gpt4", "note", "note+demographics")
     env_var = "FAIRBENCH_DATA"
+    # Facts from the FairCLIP README (Harvard-Ophthalmology-AI-Lab/FairCLIP @91b05b6, README.md lines 25-38 and
+    # 111-118) and FairMedFM (FairMedFM/FairMedFM @ac062df: pre-processing/classification/FairVLMed-10k.ipynb,
+    # datasets/FairVLMed.py). The Hugging Face repository's gating and file layout are not verified: both are
+    # options of `fairbench data download` (--repo, --include, --root-file).
+    card = DataCard(
+        source="Harvard-FairVLMed (Harvard Ophthalmology AI Lab): https://huggingface.co/datasets/"
+               "harvardairobotics/FairVLMed (earlier https://ophai.hms.harvard.edu/datasets/harvard-fairvlmed10k)",
+        licence="CC BY-NC-ND 4.0: non-commercial research only, never for clinical decisions or patient care",
+        citation="Luo Y., Shi M., Khan M.O., Afzal M.M., Huang H., Yuan S., Tian Y., Song L., Kouhana A., Elze T., "
+                 "et al. FairCLIP: Harnessing Fairness in Vision-Language Learning. CVPR 2024, pp. 12289-12301",
+        access="`fairbench data download fairvlmed --to DIR` (Hugging Face; if the repository asks, log in, accept "
+               "its conditions and set HF_TOKEN); the FairCLIP README names harvardophai@gmail.com for questions. Pass "
+               "the folder holding data_summary.csv, Training/, Validation/ and Test/ with --data or $FAIRBENCH_DATA",
+        label_mapping="glaucoma (1) = the npz's `glaucoma` 1 (data_summary.csv glaucoma yes), 0 = no",
+        pitfalls=(
+            "FairMedFM binarises race as White / non-White (FairVLMed-10k.ipynb; datasets/FairVLMed.py), so its race "
+            "numbers are not comparable with FairCLIP's three groups (Asian, Black, White) used here",
+            "FairMedFM binarises language as English / non-English, with unknown language counted as non-English",
+            "FairMedFM draws its own sex-balanced test set (873 + 873) instead of FairCLIP's official "
+            "7000/1000/2000 split used here; its age groups are < 60 / >= 60",
+            "Samples with an unknown (-1) attribute train but are dropped from validation and test",
+        ),
+        download=HubSource("harvardairobotics/FairVLMed", root_file="data_summary.csv"),
+        extra={"split": "official: Training 7000 / Validation 1000 / Test 2000 patients"},
+    )
 
     def default_path(self, cache_dir: Path | None = None) -> Path:
         from fairbench.datasets.fairvlmed.synth import default_synthetic_dataset
