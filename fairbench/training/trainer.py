@@ -25,6 +25,7 @@ from fairbench.selection import EpochView, get_select_rule
 from fairbench.training.feeder import Feeder, SplitData, choose_placement, device_data_fraction, split_nbytes
 from fairbench.training.probe import ALL, inert_warnings, probe_record
 from fairbench.training.resume import TrainState, rng_state, set_rng_state
+from fairbench.training.sampling import draw_weights, epoch_order
 from fairbench.training.settings import GROUP_SAMPLING, RUN_CONTROL_SETTINGS, TrainSettings  # noqa: F401
 from fairbench.training.step import (
     EpochMeter,
@@ -154,11 +155,13 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
 
         release_fp16(model)  # FairCLIP's plain fp16 model on a GPU: fp16 inputs, no autocast
         normalize = _to_half(normalize)
+    method.prepare(train_data.groups, train_data.labels)  # may refuse the attribute: before any step
     trainable = _unfrozen(method.trainable_parameters(model), model, settings.frozen)
-    optimizer = _make_optimizer(trainable, settings)
+    optimizer = _make_optimizer(trainable, settings, method.parameter_groups(model))
     warmup = max(settings.warmup_steps, 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     n_train = train_data.labels.shape[0]
+    draws = draw_weights(settings.sampling, method, train_data.groups, train_data.labels)
     steps = math.ceil(n_train / settings.batch_size)
     if settings.max_steps_per_epoch:
         steps = min(steps, settings.max_steps_per_epoch)
@@ -191,7 +194,7 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
         model, data.images, tokenize, prompts, normalize, device, settings.eval_batch_size, autocast=use_bf16)
     for epoch in range(first_epoch, settings.epochs):
         t0 = time.perf_counter()
-        order = torch.randperm(n_train, generator=generator)
+        order = epoch_order(n_train, draws, generator)
         meter = EpochMeter(device)
         plan = EpochPlan(order, steps, settings.batch_size, sampler, feeder)
         batches = plan.batches(0)
@@ -390,16 +393,25 @@ def _restore(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimiz
     return state.epochs_done, state.best_key, best if keep_best else None
 
 
-def _make_optimizer(parameters, s: TrainSettings) -> torch.optim.Optimizer:
+def _make_optimizer(parameters, s: TrainSettings,
+                    extra: list[tuple[list[nn.Parameter], float]] = ()) -> torch.optim.Optimizer:
     """Adam/AdamW over the method's trainable parameters, fused where this torch build supports it: one update
     kernel over all of them instead of several per tensor, which a small CLIP feels (most of its parameters are the
-    token embedding, updated densely)."""
+    token embedding, updated densely). `extra` adds the method's own groups (`Method.parameter_groups`), each at the
+    trainer's lr times its multiplier; with none, the optimiser is the single group it always was."""
     params = [p for p in parameters if p.requires_grad]
     if not params:
         raise ValueError("the method's trainable_parameters() gave no parameter that requires a gradient")
+    taken = {id(p) for p in params}
+    groups: list[Any] = params
+    extra_groups = [{"params": [p for p in ps if p.requires_grad and id(p) not in taken], "lr": s.lr * scale}
+                    for ps, scale in extra]
+    extra_groups = [g for g in extra_groups if g["params"]]
+    if extra_groups:
+        groups = [{"params": params}, *extra_groups]
     cls = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
     kwargs = {"lr": s.lr, "betas": tuple(s.betas), "eps": s.eps, "weight_decay": s.weight_decay}
     try:
-        return cls(params, fused=True, **kwargs)
+        return cls(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # older torch or an unsupported device/dtype
-        return cls(params, **kwargs)
+        return cls(groups, **kwargs)
