@@ -27,6 +27,10 @@ from fairbench.metrics.inputs import EncodedAttribute
 
 Key = tuple[str, ...]
 
+# Calibration bins of the ECE: equal width over [0, 1] of the score p = P(label 1), right-closed ((lo, hi], the first
+# bin also holding 0), the edges np.linspace(0, 1, ECE_BINS + 1) as pandas.cut makes them.
+ECE_BINS = 10
+
 # Elements of one (weight vectors, segments, N) float64 work array of the AUC: about six such arrays live at once,
 # so the AUC's working memory stays near 6 × 8 × this = 96 MB however many rows there are.
 _CHUNK_ELEMENTS = 2_000_000
@@ -47,6 +51,21 @@ class Stats:
     scores: np.ndarray
     labels: np.ndarray
     row_sum: Callable[[np.ndarray], np.ndarray]
+    calibration: np.ndarray  # (B, S, ECE_BINS): Σ w (p − y) over the subset's rows in each bin; NaN: not probabilities
+    squared_error: np.ndarray  # (B, S): Σ w (p − y)²
+
+    @property
+    def ece(self) -> np.ndarray:
+        """Σ_bins |Σ_bin w (p − y)| / Σ w = Σ_bins (n_bin / n) · |mean p − share positive| (positive-class ECE)."""
+        return div(np.abs(self.calibration).sum(axis=-1), self.n)
+
+    @property
+    def brier(self) -> np.ndarray:
+        return div(self.squared_error, self.n)
+
+    @property
+    def fnr(self) -> np.ndarray:
+        return div(self.positives - self.true_positives, self.positives)
 
     @property
     def negatives(self) -> np.ndarray:
@@ -77,7 +96,8 @@ class Stats:
         full = self.row_sum
         return Stats(self.n[:, index], self.positives[:, index], self.predicted[:, index],
                      self.true_positives[:, index], self.auc[:, index], self.scores, self.labels,
-                     lambda values: full(values)[:, index])
+                     lambda values: full(values)[:, index], self.calibration[:, index],
+                     self.squared_error[:, index])
 
 
 @dataclass(frozen=True)
@@ -104,10 +124,12 @@ class Layout:
     starts: np.ndarray | None  # first sorted position of each tie block; None when all distinct
     pos_masks: np.ndarray  # (S, N) bool: segment ∧ label 1, sorted order
     neg_masks: np.ndarray  # (S, N) bool: segment ∧ label 0, sorted order
-    features: np.ndarray  # (N, 4S) sorted order: [segment, segment∧y, segment∧ŷ, segment∧y∧ŷ]
+    features: np.ndarray  # (N, 4S) sorted order: [segment, segment∧y, segment∧ŷ, segment∧y∧ŷ], then
+    # S·ECE_BINS columns segment∧bin·(p − y) and S columns segment·(p − y)² (calibration), one matrix product in all
     attributes: tuple[AttributeLayout, ...]
     scores: np.ndarray  # (N,) sorted ascending
     labels: np.ndarray  # (N,) 0/1 as floats, in the scores' order
+    probabilities: bool = True  # every score lies in [0, 1]: calibration is defined (ECE; Brier)
 
     @property
     def n_segments(self) -> int:
@@ -137,12 +159,20 @@ def build_layout(labels: np.ndarray, scores: np.ndarray, threshold: float,
         attr_layouts.append(AttributeLayout(enc.name, seg, np.arange(first, len(masks)), enc.names))
     m = np.stack(masks)
     s = len(masks)
-    features = np.empty((len(y), 4 * s))  # filled block by block: no (4S, N) temporary beside it
+    features = np.empty((len(y), (5 + ECE_BINS) * s))  # filled block by block: no (4S, N) temporary beside it
     for block, factor in enumerate((None, y, yhat, y * yhat)):
         features[:, block * s:(block + 1) * s] = (m if factor is None else m * factor).T
+    residual = s_sorted - y
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    bins = np.clip(np.searchsorted(edges, s_sorted, side="left") - 1, 0, ECE_BINS - 1)
+    binned = np.zeros((len(y), s, ECE_BINS))
+    binned[np.arange(len(y)), :, bins] = m.T * residual[:, None]
+    features[:, 4 * s:(4 + ECE_BINS) * s] = binned.reshape(len(y), s * ECE_BINS)
+    features[:, (4 + ECE_BINS) * s:] = m.T * (residual**2)[:, None]
     in_segment, positive = m > 0, y > 0
     return Layout(order=order, starts=starts, pos_masks=in_segment & positive, neg_masks=in_segment & ~positive,
-                  features=features, attributes=tuple(attr_layouts), scores=s_sorted, labels=y)
+                  features=features, attributes=tuple(attr_layouts), scores=s_sorted, labels=y,
+                  probabilities=bool(len(y) == 0 or (s_sorted[0] >= 0.0 and s_sorted[-1] <= 1.0)))
 
 
 def div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -181,9 +211,13 @@ def segment_stats(layout: Layout, weights: np.ndarray) -> Stats:
     def row_sum(values: np.ndarray) -> np.ndarray:
         return w @ (masks * np.asarray(values, dtype=np.float64)[:, None])
 
+    calibration = counts[:, 4 * s:(4 + ECE_BINS) * s].reshape(len(w), s, ECE_BINS)
+    squared_error = counts[:, (4 + ECE_BINS) * s:]
+    if not layout.probabilities:  # calibration is a property of probabilities: undefined for other scores
+        calibration, squared_error = np.full_like(calibration, np.nan), np.full_like(squared_error, np.nan)
     return Stats(n=counts[:, :s], positives=counts[:, s:2 * s], predicted=counts[:, 2 * s:3 * s],
-                 true_positives=counts[:, 3 * s:], auc=auc, scores=layout.scores, labels=layout.labels,
-                 row_sum=row_sum)
+                 true_positives=counts[:, 3 * s:4 * s], auc=auc, scores=layout.scores, labels=layout.labels,
+                 row_sum=row_sum, calibration=calibration, squared_error=squared_error)
 
 
 def nan_range(x: np.ndarray) -> np.ndarray:
@@ -192,6 +226,12 @@ def nan_range(x: np.ndarray) -> np.ndarray:
     hi = np.where(ok, x, -np.inf).max(axis=1)
     lo = np.where(ok, x, np.inf).min(axis=1)
     return np.where(ok.any(axis=1), hi - lo, np.nan)
+
+
+def nan_min(x: np.ndarray) -> np.ndarray:
+    """min over the defined (non-NaN) entries of each row; NaN when none is defined."""
+    ok = ~np.isnan(x)
+    return np.where(ok.any(axis=1), np.where(ok, x, np.inf).min(axis=1), np.nan)
 
 
 def nan_std(x: np.ndarray) -> np.ndarray:
