@@ -117,6 +117,18 @@ class AttributeLayout:
 
 
 @dataclass(frozen=True)
+class CalibrationSegment:
+    """One segment's rows (sorted order), where each non-empty ECE bin starts among them and which bin it is, and
+    each row's residual p − y and its square."""
+
+    rows: np.ndarray
+    starts: np.ndarray
+    bins: np.ndarray
+    residual: np.ndarray
+    squared: np.ndarray
+
+
+@dataclass(frozen=True)
 class Layout:
     """Everything about one (labels, scores, attributes) problem that does not depend on weights."""
 
@@ -124,11 +136,11 @@ class Layout:
     starts: np.ndarray | None  # first sorted position of each tie block; None when all distinct
     pos_masks: np.ndarray  # (S, N) bool: segment ∧ label 1, sorted order
     neg_masks: np.ndarray  # (S, N) bool: segment ∧ label 0, sorted order
-    features: np.ndarray  # (N, 4S) sorted order: [segment, segment∧y, segment∧ŷ, segment∧y∧ŷ], then
-    # S·ECE_BINS columns segment∧bin·(p − y) and S columns segment·(p − y)² (calibration), one matrix product in all
+    features: np.ndarray  # (N, 4S) sorted order: [segment, segment∧y, segment∧ŷ, segment∧y∧ŷ]
     attributes: tuple[AttributeLayout, ...]
     scores: np.ndarray  # (N,) sorted ascending
     labels: np.ndarray  # (N,) 0/1 as floats, in the scores' order
+    calibration: tuple[CalibrationSegment, ...] = ()  # one per segment
     probabilities: bool = True  # every score lies in [0, 1]: calibration is defined (ECE; Brier)
 
     @property
@@ -159,19 +171,21 @@ def build_layout(labels: np.ndarray, scores: np.ndarray, threshold: float,
         attr_layouts.append(AttributeLayout(enc.name, seg, np.arange(first, len(masks)), enc.names))
     m = np.stack(masks)
     s = len(masks)
-    features = np.empty((len(y), (5 + ECE_BINS) * s))  # filled block by block: no (4S, N) temporary beside it
+    features = np.empty((len(y), 4 * s))  # filled block by block: no (4S, N) temporary beside it
     for block, factor in enumerate((None, y, yhat, y * yhat)):
         features[:, block * s:(block + 1) * s] = (m if factor is None else m * factor).T
     residual = s_sorted - y
     edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
     bins = np.clip(np.searchsorted(edges, s_sorted, side="left") - 1, 0, ECE_BINS - 1)
-    binned = np.zeros((len(y), s, ECE_BINS))
-    binned[np.arange(len(y)), :, bins] = m.T * residual[:, None]
-    features[:, 4 * s:(4 + ECE_BINS) * s] = binned.reshape(len(y), s * ECE_BINS)
-    features[:, (4 + ECE_BINS) * s:] = m.T * (residual**2)[:, None]
+    calibration = []
+    for row in m > 0:  # scores are sorted, so each segment's rows run through the bins in order: one block per bin
+        rows = np.flatnonzero(row)
+        first = np.flatnonzero(np.r_[True, bins[rows][1:] != bins[rows][:-1]]) if rows.size else rows
+        calibration.append(CalibrationSegment(rows, first, bins[rows][first], residual[rows], residual[rows] ** 2))
     in_segment, positive = m > 0, y > 0
     return Layout(order=order, starts=starts, pos_masks=in_segment & positive, neg_masks=in_segment & ~positive,
                   features=features, attributes=tuple(attr_layouts), scores=s_sorted, labels=y,
+                  calibration=tuple(calibration),
                   probabilities=bool(len(y) == 0 or (s_sorted[0] >= 0.0 and s_sorted[-1] <= 1.0)))
 
 
@@ -211,13 +225,28 @@ def segment_stats(layout: Layout, weights: np.ndarray) -> Stats:
     def row_sum(values: np.ndarray) -> np.ndarray:
         return w @ (masks * np.asarray(values, dtype=np.float64)[:, None])
 
-    calibration = counts[:, 4 * s:(4 + ECE_BINS) * s].reshape(len(w), s, ECE_BINS)
-    squared_error = counts[:, (4 + ECE_BINS) * s:]
+    calibration, squared_error = _calibration_sums(layout, w)
     if not layout.probabilities:  # calibration is a property of probabilities: undefined for other scores
         calibration, squared_error = np.full_like(calibration, np.nan), np.full_like(squared_error, np.nan)
     return Stats(n=counts[:, :s], positives=counts[:, s:2 * s], predicted=counts[:, 2 * s:3 * s],
-                 true_positives=counts[:, 3 * s:4 * s], auc=auc, scores=layout.scores, labels=layout.labels,
+                 true_positives=counts[:, 3 * s:], auc=auc, scores=layout.scores, labels=layout.labels,
                  row_sum=row_sum, calibration=calibration, squared_error=squared_error)
+
+
+def _calibration_sums(layout: Layout, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(b, S, ECE_BINS) Σ w (p − y) per segment and bin, and (b, S) Σ w (p − y)². The sums are of non-integers, so
+    they are formed row by row (a contiguous reduction per bin block and per segment), in an order that does not
+    depend on how many weight vectors a block holds: a matrix product's summation order could."""
+    b = len(w)
+    calibration = np.zeros((b, len(layout.calibration), ECE_BINS))
+    squared = np.zeros((b, len(layout.calibration)))
+    for j, seg in enumerate(layout.calibration):
+        if not seg.rows.size:
+            continue
+        ws = w[:, seg.rows]
+        calibration[:, j, seg.bins] = np.add.reduceat(ws * seg.residual, seg.starts, axis=1)
+        squared[:, j] = (ws * seg.squared).sum(axis=1)
+    return calibration, squared
 
 
 def nan_range(x: np.ndarray) -> np.ndarray:

@@ -330,7 +330,8 @@ def per_attribute_tables(scope: Scope, metrics: list[str], heading: str, paper_t
         if sub.empty:
             continue
         summary = summarise(sub, ["method", "arch", "variant", "metric"])
-        columns = [Column(m, get_metric(m).label, m) for m in metrics]
+        present = set(sub["metric"])  # result files written before a metric existed lack it: no empty column
+        columns = [Column(m, get_metric(m).label, m) for m in metrics if m in present]
         tables.append(scope.table(heading.format(attribute=attr), attr, columns, _rows(summary, "metric", columns),
                                   paper_table=paper_table))
     return tables
