@@ -301,7 +301,8 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
 
     def split(s) -> SplitData:
         groups = s.attributes[job.attribute] if job.attribute else None
-        return SplitData(images=s.images, tokens=s.tokens, labels=s.labels, groups=groups)
+        return SplitData(images=s.images, tokens=s.tokens, labels=s.labels, groups=groups,
+                         attributes=dict(s.attributes))
 
     history: list[dict[str, Any]] = list(resume.history) if resume else []
 

@@ -185,11 +185,16 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
     best_key = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     rule = get_select_rule(settings.select)
-    keep_best = rule.split == "val" or settings.checkpoint
+    over_epochs = rule.over_epochs is not None  # a rule over all epochs keeps every epoch it may still choose
+    keep_best = (rule.split == "val" or settings.checkpoint) and not over_epochs
+    candidates: dict[int, dict[str, Any]] = {}  # epoch → {"weights", "val_scores"} under such a rule
     first_epoch = 0
     if resume is not None:
         first_epoch, best_key, best_state = _restore(resume, model, optimizer, scheduler, generator, sampler,
                                                      outcome, keep_best)
+        candidates = {int(e): c for e, c in resume.candidates.items()}
+        if over_epochs and outcome.best_epoch in candidates:
+            best_state = candidates[outcome.best_epoch]["weights"]
     score = lambda data: zero_shot_scores(  # noqa: E731 - a local shorthand
         model, data.images, tokenize, prompts, normalize, device, settings.eval_batch_size, autocast=use_bf16)
     for epoch in range(first_epoch, settings.epochs):
@@ -234,11 +239,22 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
             test_scores = score(test_data)
             record["test_auc"] = auc(test_data.labels.numpy(), test_scores)
         record.update(method.step_stats(model))
-        key = rule.key(_epoch_view(rule.split, val_data, val_scores, val_auc) if rule.split == "val"
-                       else _epoch_view(rule.split, test_data, test_scores, record["test_auc"]))
-        key = -math.inf if key is None or math.isnan(key) else key
-        better = key >= best_key if settings.ties == "later" else key > best_key
-        if better or outcome.best_epoch < 0:
+        if over_epochs:
+            view = _epoch_view(rule.split, val_data, val_scores, val_auc)
+            record["select_point"] = [float(x) for x in rule.point(view)]
+            candidates[epoch] = {"weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                                 "val_scores": torch.from_numpy(np.ascontiguousarray(val_scores))}
+            best_key, chosen = _choose_over_epochs(rule, [*outcome.history, record], candidates, settings.ties)
+            outcome.best_epoch = chosen
+            outcome.val_scores = candidates[chosen]["val_scores"].numpy()
+            best_state = candidates[chosen]["weights"]
+            better = False
+        else:
+            key = rule.key(_epoch_view(rule.split, val_data, val_scores, val_auc) if rule.split == "val"
+                           else _epoch_view(rule.split, test_data, test_scores, record["test_auc"]))
+            key = -math.inf if key is None or math.isnan(key) else key
+            better = key >= best_key if settings.ties == "later" else key > best_key
+        if not over_epochs and (better or outcome.best_epoch < 0):
             best_key = key
             outcome.best_epoch = epoch
             outcome.val_scores = val_scores
@@ -259,13 +275,15 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
                 best_epoch=outcome.best_epoch, best_key=best_key, val_scores=outcome.val_scores,
                 test_scores=outcome.test_scores, best_is_current=keep_best and outcome.best_epoch == epoch,
                 best_weights=best_state if keep_best and outcome.best_epoch != epoch else None,
-                train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds))
+                train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds,
+                candidates={str(e): c for e, c in candidates.items()}))
     if rule.split == "val":  # test data is scored once, with the selected weights
         t1 = time.perf_counter()
         model.load_state_dict(best_state)
         outcome.test_scores = score(test_data)
         outcome.eval_seconds += time.perf_counter() - t1
     outcome.state_dict = best_state if settings.checkpoint else None
+    candidates.clear()
     outcome.warnings += inert_warnings(outcome.history)
     best_val = outcome.history[outcome.best_epoch]["val_auc"]
     if best_val is not None and not math.isnan(best_val) and best_val < 0.5:
@@ -278,7 +296,28 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
 
 def _epoch_view(split: str, data: SplitData, scores: np.ndarray, split_auc: float) -> EpochView:
     groups = data.groups.numpy() if data.groups is not None else None
-    return EpochView(split, data.labels.numpy(), scores, groups, split_auc)
+    attributes = {k: v.numpy() for k, v in data.attributes.items()} if data.attributes else None
+    return EpochView(split, data.labels.numpy(), scores, groups, split_auc, attributes)
+
+
+def _choose_over_epochs(rule: Any, history: list[dict[str, Any]], candidates: dict[int, dict[str, Any]],
+                        ties: str) -> tuple[float, int]:
+    """(key, epoch) a rule over all epochs picks from every epoch's recorded point, ties by `ties`; then drops the
+    candidates no later epoch can make it pick: an epoch another epoch beats on every coordinate (weakly, and
+    strictly on one) is never closer to the per-coordinate best, however the best moves."""
+    points = np.array([h["select_point"] for h in history], dtype=float)
+    keys = np.nan_to_num(np.asarray(rule.over_epochs(points), dtype=float), nan=-np.inf)
+    best = keys.max()
+    winners = np.flatnonzero(keys == best)
+    chosen = int(winners[-1] if ties == "later" else winners[0])
+    finite = np.isfinite(points).all(axis=1)
+    for epoch in list(candidates):
+        if epoch == chosen or not finite[epoch]:
+            continue
+        others = points[finite]
+        if ((others >= points[epoch]).all(axis=1) & (others > points[epoch]).any(axis=1)).any():
+            del candidates[epoch]
+    return float(best), chosen
 
 
 class EpochPlan:
