@@ -243,7 +243,8 @@ def _rows(summary: pd.DataFrame, column_of: str, columns: list[Column]) -> list[
 
 def _variant_notes(rows: list[Row]) -> list[str]:
     notes = []
-    split = sorted({(r.method, r.arch) for r in rows if r.variant})
+    split = sorted({(r.method, r.arch) for r in rows if r.variant
+                    and sum((o.method, o.arch) == (r.method, r.arch) for o in rows) > 1})
     for method, arch in split:
         labels = [r.variant for r in rows if (r.method, r.arch) == (method, arch)]
         notes.append(f"{method}/{arch}: runs with different configs are shown as separate rows, not merged "
@@ -305,7 +306,7 @@ def _absent_notes(table: Table, part: pd.DataFrame) -> list[str]:
     for (method, arch), attrs in sorted(trained.items()):
         if "" in attrs:
             continue  # trained on no attribute: evaluated on every one, never absent for this reason
-        gaps = tuple(a for a in wanted if a not in attrs)
+        gaps = tuple(a for a in wanted if a not in attrs and not set(a.split("+")) & attrs)  # race+gender: a part
         if not one_attribute and not any(r.method == method and r.arch == arch for r in table.rows):
             continue
         if gaps:
