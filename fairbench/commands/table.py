@@ -43,8 +43,8 @@ def table(
     threshold: str = typer.Option("0.5", "--threshold", help="Decision threshold of the thresholded metrics (Acc, "
                                   "DPD, EOD, FNR/TPR gaps): 0.5 (the published protocol), youden or f1 (chosen on "
                                   "each run's VALIDATION predictions, never on test labels); named in every table."),
-    min_group: int = typer.Option(30, "--min-group", metavar="N", help="An intersectional attribute "
-                                  "(--attr race+gender)'s groups with fewer test samples are shown as too small and "
+    min_group: int = typer.Option(30, "--min-group", metavar="N", help="An intersectional attribute's (--attr "
+                                  "a+b, e.g. sex+site) groups with fewer test samples are shown as too small and "
                                   "left out of its gaps."),
     plugin: list[str] = PLUGIN_OPTION,
 ) -> None:

@@ -137,7 +137,7 @@ def eval_attributes(frame: pd.DataFrame) -> list[str]:
 
 
 def for_attribute(frame: pd.DataFrame, attr: str) -> pd.DataFrame:
-    """Runs that belong in attribute `attr`'s table: trained on `attr` (for an intersection `race+gender`, on one
+    """Runs that belong in attribute `attr`'s table: trained on `attr` (for an intersection `sex+site`, on one
     of its parts), or trained on no attribute."""
     mask = (frame["eval_attribute"] == attr) & frame["train_attribute"].isin([attr, "", *attr.split("+")])
     return frame[mask]

@@ -1,5 +1,5 @@
 """Re-scoring saved predictions when a table asks for what the run did not compute: a decision threshold chosen on
-each run's VALIDATION predictions (Youden's J or best F1), and intersectional attributes (`race+gender`).
+each run's VALIDATION predictions (Youden's J or best F1), and intersectional attributes (`sex+site`).
 
 A threshold is never fitted on test labels (MEDFAIR #16: fitting it on the evaluated samples flatters every
 threshold metric); 0.5 stays the default, the published protocol. An intersection's groups below a minimum size (in
@@ -77,14 +77,14 @@ def choose_threshold(rule: str, labels: np.ndarray, scores: np.ndarray) -> float
 
 
 def intersection_parts(name: str) -> tuple[str, ...]:
-    """`race+gender` → ("race", "gender"); a plain attribute → (name,)."""
+    """`sex+site` → ("sex", "site"); a plain attribute → (name,)."""
     return tuple(p.strip() for p in name.split(JOIN) if p.strip())
 
 
 def intersect(columns: dict[str, np.ndarray], names: dict[str, dict[int, str]], min_size: int
               ) -> tuple[np.ndarray, dict[int, str], dict[str, int]]:
-    """Codes of the intersection of `columns` (attribute → integer codes, −1 unknown), its group names ("Black &
-    Female") and the groups below `min_size` rows with their size (recoded −1: unknown)."""
+    """Codes of the intersection of `columns` (attribute → integer codes, −1 unknown), its group names ("F &
+    Site A") and the groups below `min_size` rows with their size (recoded −1: unknown)."""
     parts = list(columns)
     stacked = np.stack([np.asarray(columns[p], dtype=np.int64) for p in parts], axis=1)
     known = (stacked >= 0).all(axis=1)

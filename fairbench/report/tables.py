@@ -306,7 +306,8 @@ def _absent_notes(table: Table, part: pd.DataFrame) -> list[str]:
     for (method, arch), attrs in sorted(trained.items()):
         if "" in attrs:
             continue  # trained on no attribute: evaluated on every one, never absent for this reason
-        gaps = tuple(a for a in wanted if a not in attrs and not set(a.split("+")) & attrs)  # race+gender: a part
+        # an intersection a+b counts a run trained on one of its parts
+        gaps = tuple(a for a in wanted if a not in attrs and not set(a.split("+")) & attrs)
         if not one_attribute and not any(r.method == method and r.arch == arch for r in table.rows):
             continue
         if gaps:
