@@ -44,8 +44,11 @@ print(json.dumps({"seconds": best, "metrics": len(result.samples),
 
 def export(ref: str, target: Path) -> Path:
     """`ref`'s fairbench package, unpacked under `target`."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "fairbench", "methods"], check=True,
-                             capture_output=True).stdout
+    done = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "fairbench", "methods"], capture_output=True)
+    if done.returncode:
+        raise SystemExit(f"error: git archive {ref}: {done.stderr.decode().strip()}; pass --before REF (a commit "
+                         "before the change to measure)")
+    archive = done.stdout
     path = target / "tree.tar"
     path.write_bytes(archive)
     with tarfile.open(path) as tar:
