@@ -96,3 +96,16 @@ def test_dto_resumes_to_the_same_choice(scripted_worst, tmp_path):
     resumed = toy_train("dto", 4, val_auc, resume=state)
     assert resumed.best_epoch == reference.best_epoch
     assert np.array_equal(resumed.test_scores, reference.test_scores)
+
+
+def test_a_candidate_epoch_with_non_finite_weights_is_a_damaged_state(tmp_path):
+    from fairbench.runs.state import DamagedState, load_state, save_state
+    from fairbench.training.resume import TrainState
+
+    state = TrainState(epochs_done=1, model={"w": torch.ones(2)}, optimizer={}, scheduler={},
+                       generator=torch.Generator().get_state(),
+                       candidates={"0": {"weights": {"w": torch.tensor([1.0, float("nan")])},
+                                         "val_scores": torch.zeros(3, dtype=torch.float64)}})
+    save_state(tmp_path / "s.pt", state, "h")
+    with pytest.raises(DamagedState, match="epoch 0 candidate w: 1 of 2 values"):
+        load_state(tmp_path / "s.pt", "h")
