@@ -47,8 +47,14 @@ class Method:
                       default is a dataclass groups settings, set as `--set group.name=value`.
 
     Hooks the trainer calls besides `loss_terms`: `build` (the model to train), `trainable_parameters`
-    (what the optimiser updates), `group_batch_size` (the size of each group batch), `step_stats` and
-    `probe_parameters` (parameter sets the per-epoch gradient probe reports separately).
+    (what the optimiser updates), `parameter_groups` (extra optimiser groups with their own learning rate, e.g. an
+    adversary head), `prepare` (the training split's group codes and labels, once, before the first step),
+    `sample_weights` (how the trainer draws batches when the `sampling` setting is "method"), `group_batch_size`
+    (the size of each group batch), `step_stats` and `probe_parameters` (parameter sets the per-epoch gradient
+    probe reports separately).
+
+      sampling        how tables name the draws `sample_weights` makes ("uniform" for the default shuffle).
+      reference       the paper (and released code) its update rule follows; `fairbench methods NAME` prints it.
     """
 
     name: ClassVar[str] = ""
@@ -56,6 +62,8 @@ class Method:
     aliases: ClassVar[tuple[str, ...]] = ()
     uses_attribute: ClassVar[bool] = False
     group_batches: ClassVar[bool] = False
+    sampling: ClassVar[str] = "uniform"
+    reference: ClassVar[str] = ""
 
     @dataclass
     class Settings:
@@ -65,6 +73,24 @@ class Method:
         self.settings = settings if settings is not None else self.Settings()
         self.attribute = attribute
         self.n_groups = n_groups
+        self.group_names: dict[int, str] = {}  # the training attribute's {code: name}, for messages
+
+    def prepare(self, groups: torch.Tensor | None, labels: torch.Tensor) -> None:
+        """Called once before the first step with the TRAINING split's attribute codes (−1 = unknown; None without a
+        training attribute) and labels, so a method can count its groups or refuse an attribute before training.
+        Default: nothing."""
+
+    def sample_weights(self, groups: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor | None:
+        """Per-row draw weights of the training split for an epoch drawn with replacement (see
+        fairbench.training.sampling), or None for the default shuffled pass; used when the trainer's `sampling`
+        setting is "method", and named in tables by `sampling`."""
+        return None
+
+    def parameter_groups(self, model: nn.Module) -> list[tuple[list[nn.Parameter], float]]:
+        """Extra optimiser parameter groups as (parameters, learning-rate multiplier of the trainer's lr), for
+        parameters NOT in `trainable_parameters` (a new head that learns faster than the fine-tuned backbone).
+        The trainer's warm-up schedule scales them too; the protocol's frozen parts do not apply to them."""
+        return []
 
     def build(self, model: nn.Module) -> nn.Module:
         """Return the model to train, e.g. the backbone with layers swapped in. Default: unchanged."""

@@ -56,9 +56,9 @@ def plugin(tmp_path):
         registry.entries.update(entries)
 
 
-def _worst_group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
-    """The independent reference: sklearn's AUC per group, the smallest over groups with both classes."""
-    return min(roc_auc_score(labels[groups == g], scores[groups == g]) for g in np.unique(groups)
+def _best_group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """The independent reference: sklearn's AUC per group, the largest over groups with both classes."""
+    return max(roc_auc_score(labels[groups == g], scores[groups == g]) for g in np.unique(groups)
                if len(np.unique(labels[groups == g])) == 2)
 
 
@@ -69,19 +69,19 @@ def test_a_metric_in_one_file_is_computed_with_the_suite_and_its_bootstrap(plugi
     from fairbench.metrics import bootstrap, evaluate, get_metric, metric_names
 
     plugin("register_metric(", "my_metric.py")
-    assert metric_names("attribute")[-1] == "worst_group_auc" and get_metric("worst_group_auc").arrow == "↑"
+    assert metric_names("attribute")[-1] == "best_group_auc" and get_metric("best_group_auc").arrow == "↑"
     rng = np.random.default_rng(0)
     y, g = rng.integers(0, 2, 300), rng.integers(0, 3, 300)
     s = np.clip(rng.normal(0.4 + 0.2 * y + 0.05 * g, 0.2), 0, 1)
     suite = evaluate(y, s, {"race": g})
-    assert suite.attributes["race"].worst_group_auc == pytest.approx(_worst_group_auc(y, s, g), abs=1e-12)
-    assert suite.to_dict()["attributes"]["race"]["worst_group_auc"] == suite.attributes["race"].worst_group_auc
-    lo, hi = bootstrap(y, s, {"race": g}, n_resamples=200).interval("race", "worst_group_auc")
-    assert lo <= suite.attributes["race"].worst_group_auc <= hi
+    assert suite.attributes["race"].best_group_auc == pytest.approx(_best_group_auc(y, s, g), abs=1e-12)
+    assert suite.to_dict()["attributes"]["race"]["best_group_auc"] == suite.attributes["race"].best_group_auc
+    lo, hi = bootstrap(y, s, {"race": g}, n_resamples=200).interval("race", "best_group_auc")
+    assert lo <= suite.attributes["race"].best_group_auc <= hi
     preds = tmp_path / "p.csv"
     pd.DataFrame({"label": y, "score": s, "race": g}).to_csv(preds, index=False)
     shown = invoke("metrics", preds, env=WIDE)
-    assert shown.exit_code == 0 and "worst AUC ↑" in shown.output, shown.output
+    assert shown.exit_code == 0 and "best AUC ↑" in shown.output, shown.output
 
 
 @pytest.mark.slow
@@ -95,8 +95,8 @@ def test_a_metric_in_one_file_shows_up_in_table_compare_and_help(plugin, tmp_pat
     for result in sorted(out.rglob("result.json")):
         rec = json.loads(result.read_text())
         preds = pd.read_csv(result.parent / "predictions_test.csv")
-        got = rec["metrics"]["test"]["attributes"]["race"]["worst_group_auc"]
-        assert got == pytest.approx(_worst_group_auc(preds["label"].to_numpy(), preds["score"].to_numpy(),
+        got = rec["metrics"]["test"]["attributes"]["race"]["best_group_auc"]
+        assert got == pytest.approx(_best_group_auc(preds["label"].to_numpy(), preds["score"].to_numpy(),
                                                      preds["race"].to_numpy()), abs=1e-12)
         values.setdefault(rec["method"], []).append(100 * got)
 
@@ -104,7 +104,8 @@ def test_a_metric_in_one_file_shows_up_in_table_compare_and_help(plugin, tmp_pat
                    path)
     assert table.exit_code == 0, table.output
     header = next(line for line in table.output.splitlines() if line.startswith("| method"))
-    assert [c.strip() for c in header.split("|")[4:-1]] == ["ES-AUC ↑", "AUC ↑", "DPD ↓", "EOD ↓", "worst AUC ↑"]
+    assert [c.strip() for c in header.split("|")[4:-1]] == ["ES-AUC ↑", "AUC ↑", "DPD ↓", "EOD ↓", "Worst AUC ↑",
+                                                            "ECE gap ↓", "FNR gap ↓", "best AUC ↑"]
     for method, seeds in values.items():
         row = next(line for line in table.output.splitlines() if line.startswith(f"| {method} "))
         cell = row.split("|")[-2].strip().strip("*")
@@ -115,14 +116,14 @@ def test_a_metric_in_one_file_shows_up_in_table_compare_and_help(plugin, tmp_pat
     assert compare.exit_code == 0, compare.output
     (comparison,) = json.loads(compare.stdout)
     compared = {m["metric"]: m for m in comparison["metrics"]}
-    assert list(compared) == ["auc", "es_auc", "worst_group_auc"]
-    assert compared["worst_group_auc"]["label"] == "worst AUC race"
-    assert compared["worst_group_auc"]["a"] == pytest.approx(values["fairclip"], abs=1e-9)
-    assert compared["worst_group_auc"]["bootstrap_per_seed"]  # the paired bootstrap recomputed it
+    assert list(compared) == ["auc", "es_auc", "best_group_auc"]
+    assert compared["best_group_auc"]["label"] == "best AUC race"
+    assert compared["best_group_auc"]["a"] == pytest.approx(values["fairclip"], abs=1e-9)
+    assert compared["best_group_auc"]["bootstrap_per_seed"]  # the paired bootstrap recomputed it
 
     for command in ("table", "compare"):
         help_text = invoke(command, "--help", env=WIDE).output
-        assert "worst_group_auc (worst AUC)" in help_text, (command, help_text)
+        assert "best_group_auc (best AUC)" in help_text, (command, help_text)
 
 
 # ------------------------------------------------------------------ a launcher

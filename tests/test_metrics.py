@@ -156,12 +156,13 @@ def test_to_dict_shape_and_roundtrip() -> None:
     suite = evaluate(y, s, {"race": g, "gender": (s > 0.4).astype(int)})
     d = suite.to_dict()
     json.dumps(d, allow_nan=False)
-    assert set(d) == {"n", "threshold", "auc", "accuracy", "attributes"}
+    assert set(d) == {"n", "threshold", "auc", "accuracy", "ece", "brier", "attributes"}
     assert isinstance(d["n"], int) and d["n"] == 200 and d["threshold"] == 0.5
     for a in d["attributes"].values():
         assert set(a) == set(metric_names("attribute")) | {"groups"}
         for gd in a["groups"].values():
-            assert set(gd) == {"code", "n", "positives", "auc", "accuracy", "tpr", "fpr", "selection_rate"}
+            assert set(gd) == {"code", "n", "positives", "auc", "accuracy", "tpr", "fpr", "selection_rate", "ece",
+                               "brier", "fnr"}
             assert isinstance(gd["n"], int) and isinstance(gd["positives"], int)
     assert MetricSuite.from_dict(d) == suite
     assert MetricSuite.from_dict(json.loads(json.dumps(d))).to_dict() == d
@@ -186,7 +187,8 @@ def test_registry_directions() -> None:
     assert get_metric("selection_rate").arrow == ""
     assert get_metric("auc").display(0.71234) == "71.23" and get_metric("auc").display(float("nan")) == "-"
     assert metric_names("attribute") == ("auc", "accuracy", "es_auc", "es_acc", "dpd", "eod", "group_auc_std",
-                                         "group_auc_range")
+                                         "group_auc_range", "worst_group_auc", "auc_gap", "ece", "ece_gap", "brier",
+                                         "fnr_gap", "tpr_gap")
 
 
 # ---- edge cases ------------------------------------------------------------------------------------------

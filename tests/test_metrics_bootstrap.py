@@ -81,7 +81,7 @@ def test_to_dict_nests_like_the_suite() -> None:
     assert len(d["auc"]) == 2
     assert set(d["attributes"]["race"]) >= {"es_auc", "dpd", "eod", "groups"}
     black = d["attributes"]["race"]["groups"]["1"]  # no group names given: named by code
-    assert set(black) == {"auc", "accuracy", "tpr", "fpr", "selection_rate"}
+    assert set(black) == {"auc", "accuracy", "tpr", "fpr", "selection_rate", "ece", "brier", "fnr"}
 
 
 def test_resample_missing_a_group_gives_nan_for_that_replicate_only() -> None:

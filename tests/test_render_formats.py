@@ -39,11 +39,14 @@ def _md_rows(text: str) -> list[list[str]]:
 def test_markdown_cells_title_caption_notes(table):
     md = render_markdown([table])
     head, rule, first, second = _md_rows(md)
-    assert head == ["method", "arch", "n", "ES-AUC ↑", "paper ES-AUC", "Δ", "DPD ↓", "paper DPD", "Δ"]
-    assert [c.startswith(":") for c in rule] == [True, True] + [False] * 7
+    assert head == ["method", "arch", "n", "ES-AUC ↑", "paper ES-AUC", "Δ", "verdict", "DPD ↓", "paper DPD", "Δ",
+                    "verdict"]
+    assert [c.startswith(":") for c in rule] == [True, True] + [False] * 9
     assert all(c.endswith(":") for c in rule[2:])  # numbers right-aligned
-    assert first == ["a_b|c [x=50%]", "b16", "2 ⚠", "**71.23 ± 1.50**", "70.00 (T4)", "+1.23", "9.00 ± –", "–", "–"]
-    assert second == ["clip", "b16", "3", "60.00 ± 2.00", "62.67 ± 3.15", "-2.67", "–", "–", "–"]
+    # verdicts: 70.00 lies in 71.23 ± t(0.975, 1)·1.5/√2 = [57.8, 84.7]; 62.67 in 60 ± t(0.975, 2)·2/√3 = [55.0, 65.0]
+    assert first == ["a_b|c [x=50%]", "b16", "2 ⚠", "**71.23 ± 1.50**", "70.00 (T4)", "+1.23", "inside", "9.00 ± –",
+                     "–", "–", "–"]
+    assert second == ["clip", "b16", "3", "60.00 ± 2.00", "62.67 ± 3.15", "-2.67", "inside", "–", "–", "–", "–"]
     assert md.startswith("### Race & friends #1\n\n_mean ± std; ↑ higher is better_\n\n")
     assert "- ⚠ a_b\\|c/b16: seeds 0,1 (missing 2)\n- costs $5 {sic}\n" in md
 
@@ -55,12 +58,13 @@ def _latex_rows(text: str) -> list[list[str]]:
 
 def test_latex_booktabs_escaping_and_bold(table):
     tex = render_latex([table])
-    assert tex.count(r"\begin{table}") == 1 and r"\begin{tabular}{llrrrrrrr}" in tex
+    assert tex.count(r"\begin{table}") == 1 and r"\begin{tabular}{llrrrrrrrrr}" in tex
     assert r"\caption{Race \& friends \#1. mean $\pm$ std; $\uparrow$ higher is better}" in tex
     assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule") < tex.index(r"\end{table}")
     first, second = _latex_rows(tex)
     assert first == [r"a\_b|c [x=50\%]", "b16", "2 (!)", r"\textbf{71.23 $\pm$ 1.50}", "70.00 (T4)", "+1.23",
-                     r"9.00 $\pm$ --", "--", "--"]
-    assert second == ["clip", "b16", "3", r"60.00 $\pm$ 2.00", r"62.67 $\pm$ 3.15", "-2.67", "--", "--", "--"]
+                     "inside", r"9.00 $\pm$ --", "--", "--", "--"]
+    assert second == ["clip", "b16", "3", r"60.00 $\pm$ 2.00", r"62.67 $\pm$ 3.15", "-2.67", "inside", "--", "--",
+                      "--", "--"]
     assert r"\par\footnotesize (!) a\_b|c/b16: seeds 0,1 (missing 2) \\ costs \$5 \{sic\}" in tex
     assert "\ue000" not in tex and "\ue001" not in tex

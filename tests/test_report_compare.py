@@ -178,3 +178,41 @@ def test_verdict_covers_every_outcome_with_one_reason(t_p, boot_p, start, names)
     assert verdict.startswith(start), verdict
     assert all(n in verdict for n in names)
     assert _verdict(_mc(t_p, boot_p, diff=-1.0), 0.05, ("A", "B")).replace("B better", "A better") == verdict
+
+
+def _bh_loop(p: list[float]) -> list[float]:
+    """Benjamini–Hochberg written out: q_(i) = min over j ≥ i of p_(j)·m/j, capped at 1."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    q = [0.0] * m
+    running = 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        running = min(running, p[i] * m / rank)
+        q[i] = running
+    return q
+
+
+def test_bh_adjustment_equals_scipy_and_a_loop_and_keeps_nan():
+    from fairbench.report.significance import bh_adjust
+
+    p = [0.01, 0.04, 0.03, 0.20, 0.005]
+    assert bh_adjust(p) == pytest.approx(stats.false_discovery_control(p, method="bh").tolist(), abs=1e-15)
+    assert bh_adjust(p) == pytest.approx(_bh_loop(p), abs=1e-12)
+    with_nan = bh_adjust([0.01, float("nan"), 0.04])
+    assert np.isnan(with_nan[1]) and with_nan[0] == pytest.approx(0.02) and with_nan[2] == pytest.approx(0.04)
+
+
+def test_cli_compare_many_pairs_reports_bh_adjusted_p_values_over_all_of_them(root):
+    result = CliRunner().invoke(app, ["compare", "weak", "strong,twin,twin2", "--out", str(root), "--attr", "race",
+                                      "--resamples", "60", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    docs = json.loads(result.stdout)
+    assert [d["method_b"] for d in docs] == ["strong", "twin", "twin2"]
+    rows = [m for d in docs for m in d["metrics"]]
+    for raw, adjusted in (("t_test_p", "t_test_q_bh"), ("bootstrap_p", "bootstrap_q_bh")):
+        p = [m[raw] for m in rows]
+        assert None not in p and len(p) == 6
+        assert [m[adjusted] for m in rows] == pytest.approx(stats.false_discovery_control(p).tolist(), abs=1e-12)
+    text = CliRunner().invoke(app, ["compare", "weak", "strong,twin", "--out", str(root), "--resamples", "50"])
+    assert text.exit_code == 0 and "BH q" in text.stdout and "Benjamini–Hochberg" in text.stdout

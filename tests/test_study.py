@@ -132,7 +132,7 @@ def test_unknown_study_is_a_one_line_error(tmp_path, command):
     ("archs = [\"tiny\"]\n", r"no 'methods' list"),
     ("methods = [\"clip\"]\nseeds = 0\n", r"'seeds' must be at least 1"),
     ("methods = [\"clip\"]\nseeds = [0, 0]\n", r"'seeds' must list distinct non-negative integers"),
-    ("methods = [\"clip\"]\nselect = \"best\"\n", r"'select' must be one of 'val', 'test', got 'best'"),
+    ("methods = [\"clip\"]\nselect = \"best\"\n", r"'select' must be one of 'val', 'test', 'dto', got 'best'"),
     ("methods = \"clip\"\n", r"'methods' must be a non-empty list of names"),
     ("methods = [\"clip\"]\n[set]\nlr = [1, 2]\n", r"set.lr must be a single value"),
 ])

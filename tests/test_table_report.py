@@ -306,3 +306,39 @@ def test_single_seed_best_is_never_unexplained(tmp_path):
     x = _row(race, "x")
     assert x.cells["auc"].best and "missing" not in x.flag and "on a single seed" in x.flag
     assert not _row(race, "y").flag
+
+
+def _paper_at(value: float) -> PaperTables:
+    """A published-numbers table with one value: clip/b16 ES-AUC on race (the relabelled fixture runs' cell)."""
+    frame = pd.DataFrame({"table": [1], "attribute": ["race"], "method": ["clip"], "arch": ["ViT-B/16"],
+                          "metric": ["ES-AUC"], "mean": [value], "std": [1.0], "dataset": ["fairvlmed"]})
+    return PaperTables(frame, "inline")
+
+
+def test_paper_verdict_against_our_seeds_95_interval(loaded, root):
+    """Our three clip seeds give an interval (scipy's t interval of the mean); a published value inside it
+    reproduces, above or below it does not, and the summary line counts each."""
+    from scipy import stats
+
+    ours = [100 * v for v in _values(root, "clip", "none", "es_auc", "race").values()]
+    lo, hi = stats.t.interval(0.95, len(ours) - 1, loc=statistics.mean(ours), scale=stats.sem(ours))
+    for value, verdict in ((statistics.mean(ours), "inside"), (hi + 0.01, "above"), (lo - 0.01, "below")):
+        race = _table(build_tables(loaded.frame, paper=_paper_at(value), attrs=["race"]), "race")
+        cell = _row(race, "clip").cells["es_auc"]
+        assert cell.interval == pytest.approx((lo, hi), abs=1e-9)
+        assert cell.verdict == verdict
+        summary = [n for n in race.notes if n.startswith("verdict:")]
+        reproduced = 1 if verdict == "inside" else 0
+        assert summary == [f"verdict: {reproduced} of 1 published cells reproduce (the published value lies inside "
+                           f"our seeds' 95% interval, mean ± t·std/√n); published above it: "
+                           f"{int(verdict == 'above')}, below it: {int(verdict == 'below')}."]
+        md = _md(render_markdown([race]))
+        assert f"| {cell.diff:+.2f} | {verdict} |" in md
+        wide = pd.read_csv(io.StringIO(render_csv([race])))
+        assert wide[wide.method == "clip"].iloc[0].col1_paper_verdict == verdict
+
+
+def test_cli_table_compare_paper_prints_the_verdict_column_and_summary(root):
+    result = CliRunner().invoke(app, ["table", "--out", str(root), "--attr", "race", "--compare", "paper"])
+    assert result.exit_code == 0, result.output
+    assert "verdict" in result.stdout and "published cells reproduce" in result.stdout

@@ -25,7 +25,8 @@ from fairbench.commands.common import (
 
 def compare(
     method_a: str = typer.Argument(..., help="Method A (e.g. fairmoe)."),
-    method_b: str = typer.Argument(..., help="Method B (e.g. fairclip)."),
+    method_b: str = typer.Argument(..., help="Method B (e.g. fairclip), or a comma list to compare A with each; "
+                                   "p-values are also given Benjamini–Hochberg adjusted over all comparisons."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder written by `fairbench run`."),
     attr: str = typer.Option(None, "--attr", "-a", help="Evaluation attribute(s), comma-separated (default: the "
                              "first of the results' attributes)."),
@@ -60,15 +61,19 @@ def compare(
     if not loaded.records:
         raise typer.Exit(1)
     from fairbench.report.aggregate import eval_attributes
+    from fairbench.report.significance import adjust_comparisons
 
     comparisons, errors = [], []
-    for one in split_list(attr) or eval_attributes(loaded.frame)[:1]:
-        try:
-            comparisons += compare_methods(loaded.records, method_a, method_b, one, arch=arch,
-                                           select=select, config_a=config_a, config_b=config_b,
-                                           n_resamples=resamples, alpha=alpha, bootstrap=bootstrap, metrics=chosen)
-        except CompareError as exc:
-            errors.append(str(exc))
+    for other in split_list(method_b) or [method_b]:
+        for one in split_list(attr) or eval_attributes(loaded.frame)[:1]:
+            try:
+                comparisons += compare_methods(loaded.records, method_a, other, one, arch=arch,
+                                               select=select, config_a=config_a, config_b=config_b,
+                                               n_resamples=resamples, alpha=alpha, bootstrap=bootstrap,
+                                               metrics=chosen)
+            except CompareError as exc:
+                errors.append(str(exc))
+    adjust_comparisons(comparisons)
     if not comparisons:
         fail(errors[0] if len(errors) == 1 else " | ".join(errors))
     for error in errors:

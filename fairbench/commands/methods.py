@@ -104,6 +104,10 @@ def method_block(cls: type) -> list[str]:
     alias = f" (alias {', '.join(cls.aliases)})" if cls.aliases else ""
     trains = "trains once per protected attribute" if cls.uses_attribute else "trains on no attribute"
     lines = [f"{cls.name}{alias}: {trains}", f"  {cls.description}"]
+    if getattr(cls, "reference", ""):
+        lines.append(f"  reference: {cls.reference}")
+    if getattr(cls, "sampling", "uniform") != "uniform":
+        lines.append(f"  sampling: {cls.sampling} (the trainer setting sampling=uniform turns it off)")
     rows = setting_defaults(cls.Settings)
     if not rows:
         return lines + ["  settings: none (only the trainer's)"]

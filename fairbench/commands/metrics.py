@@ -152,6 +152,12 @@ def _cell(info: Any, value: float, interval: tuple[float, float] | None, inline:
     return text
 
 
+def _scaled(metrics: list[Any]) -> str:
+    """'× 100', naming the metrics printed unscaled (the Brier score)."""
+    plain = [m.label for m in metrics if not m.scale_100 and not m.count]
+    return "× 100" + (f" except {', '.join(plain)}" if plain else "")
+
+
 def _print_tables(path: Path, suite: Any, boot: Any, dataset_attributes: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -161,8 +167,9 @@ def _print_tables(path: Path, suite: Any, boot: Any, dataset_attributes: list[st
     def iv(*key: str) -> tuple[float, float] | None:
         return boot.interval(*key) if boot is not None else None
 
-    # A pipe or file gets a wide fixed layout instead of rich's 80-column default.
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    # A pipe or file gets a wide fixed layout instead of rich's 80-column default, wide enough for every column.
+    widest = max(len(metrics_at("attribute")), len(metrics_at("group"))) + 2
+    console = Console(width=None if sys.stdout.isatty() else max(160, 14 * widest))
     ci_note = f", {boot.ci:.0%} bootstrap CIs from {boot.n_resamples} resamples" if boot else ""
     overall = ", ".join(f"{m.label} {_cell(m, suite.values[m.name], iv(m.name), inline=True)}"
                         for m in metrics_at("overall") if not m.count)
@@ -172,7 +179,7 @@ def _print_tables(path: Path, suite: Any, boot: Any, dataset_attributes: list[st
                       "use --attr or --dataset")
         return
     attribute_metrics = metrics_at("attribute")
-    table = Table(title="Per attribute (× 100; ↑ higher is better, ↓ lower; "
+    table = Table(title=f"Per attribute ({_scaled(attribute_metrics)}; ↑ higher is better, ↓ lower; "
                         "AUC std/range: group AUC disparity ÷ AUC)")
     table.add_column("Attribute")
     for m in attribute_metrics:
@@ -183,7 +190,7 @@ def _print_tables(path: Path, suite: Any, boot: Any, dataset_attributes: list[st
 
     counts = [m for m in metrics_at("group") if m.count]
     rates = [m for m in metrics_at("group") if not m.count]
-    groups = Table(title="Per group (× 100)")
+    groups = Table(title=f"Per group ({_scaled(rates)})")
     for col in ("Attribute", "Group"):
         groups.add_column(col, justify="left")
     for m in counts + rates:

@@ -40,6 +40,12 @@ def table(
                                            "share of its mean, naming each seed's value; 0 turns it off. "
                                            "↓ gaps (DPD, EOD) sit near 0 and are never flagged."),
     study: str = typer.Option(None, "--study", help=STUDY_HELP),
+    threshold: str = typer.Option("0.5", "--threshold", help="Decision threshold of the thresholded metrics (Acc, "
+                                  "DPD, EOD, FNR/TPR gaps): 0.5 (the published protocol), youden or f1 (chosen on "
+                                  "each run's VALIDATION predictions, never on test labels); named in every table."),
+    min_group: int = typer.Option(30, "--min-group", metavar="N", help="An intersectional attribute's (--attr "
+                                  "a+b, e.g. sex+site) groups with fewer test samples are shown as too small and "
+                                  "left out of its gaps."),
     plugin: list[str] = PLUGIN_OPTION,
 ) -> None:
     """Mean ± std over seeds per method/arch, best per column marked, missing seeds and wide spreads flagged."""
@@ -60,11 +66,30 @@ def table(
     check_select(select)
     if not 0 <= spread_warn < 10:
         fail(f"--spread-warn {spread_warn} must be a share of the mean ≥ 0, e.g. 0.1 (10 %) or 0 (off)")
+    from fairbench.report.rescore import JOIN, THRESHOLD_LABELS, THRESHOLD_RULES
+
+    if threshold not in THRESHOLD_RULES:
+        fail(f"--threshold {threshold!r} is not one of {', '.join(THRESHOLD_RULES)} (a threshold fitted on test "
+             "labels is never offered)")
+    if min_group < 1:
+        fail(f"--min-group {min_group} must be at least 1, e.g. 30")
     chosen = load_study_or_fail(study, plugin) if study else None
     loaded = load_results_reporting(out, dataset, study=chosen)
     frame = loaded.frame
     if frame.empty:
         raise typer.Exit(1)
+    rescored = None
+    intersections = [a for a in split_list(attr) or [] if JOIN in a]
+    if threshold != "0.5" or intersections:
+        from fairbench.report.aggregate import long_frame
+        from fairbench.report.rescore import rescore
+
+        rescored = rescore(loaded.records, threshold=threshold, intersections=intersections, min_size=min_group)
+        for note in rescored.notes:
+            typer.echo(f"warning: {note}", err=True)
+        frame = long_frame(rescored.records)
+        if frame.empty:
+            fail("no run has the saved predictions this table needs (see the warnings above)", 1)
     if chosen and attr is None and chosen[0].attributes:  # the study's attributes that have results
         present = set(frame["eval_attribute"])
         attr = ",".join(a for a in chosen[0].attributes if a in present) or None
@@ -87,6 +112,11 @@ def table(
     tables = build_tables(frame, layout=layout, attrs=attrs, select=select, paper=paper, spread=spread_warn)
     if not tables:
         fail(f"no runs match --dataset {dataset or '*'} --select {select or '*'} --attr {attr or '*'} in {out}", 1)
+    if rescored is not None:
+        for t in tables:
+            if threshold != "0.5":
+                t.title += f" · threshold: {THRESHOLD_LABELS[threshold]}"
+            t.notes[:0] = rescored.table_notes(threshold, t.attribute)
     if fmt == "terminal":
         import shutil
         import sys

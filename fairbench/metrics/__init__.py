@@ -15,6 +15,14 @@ Definitions (Fair-MoE paper §4.1; FairCLIP's released evaluation code, `FairCLI
 - EOD = max(TPR gap, FPR gap), each gap max_g − min_g (fairlearn `equalized_odds_difference`).
 - Group disparity: population std (ddof 0) and max − min of the group AUCs, each divided by the
   attribute's AUC (FairCLIP `compute_between_group_disparity`).
+- Worst-group AUC = min_g AUC_g; AUC gap = max_g − min_g AUC_g (fairmedfm's `worst_group_auc`, `auc_gap`).
+- ECE of P(label 1): Σ_b (n_b / n) |mean p − share of positives| over `kernel.ECE_BINS` (10) equal-width bins on
+  [0, 1], right-closed (lo, hi] with 0 in the first (the edges pandas.cut makes); NaN when a score is outside
+  [0, 1]. fairmedfm bins each group over its own [min p, max p] instead. ECE gap = max_g − min_g ECE_g.
+- Brier = mean (p − y)² (sklearn `brier_score_loss`).
+- Underdiagnosis (Seyyed-Kalantari et al., Nat. Med. 2021, mapped to a disease-positive label): FNR_g = 1 − TPR_g;
+  FNR gap = max_g − min_g FNR_g; TPR gap = max_g − min_g TPR_g (fairlearn `equal_opportunity_difference`), the FNR
+  gap up to float rounding.
 
 Edge cases, decided here:
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fairbench.metrics.kernel import AttributeStats, Stats, div, equity_scaled, nan_range, nan_std
+from fairbench.metrics.kernel import ECE_BINS, AttributeStats, Stats, div, equity_scaled, nan_min, nan_range, nan_std
 from fairbench.registry import METRICS
 
 LEVELS = ("overall", "attribute", "group")
@@ -142,3 +142,22 @@ register_metric(Metric("group_auc_std", "AUC std", "population std of the group 
 register_metric(Metric("group_auc_range", "AUC range", "max − min group AUC ÷ AUC",
                        between=lambda a: div(nan_range(a.groups.auc), a.rows.auc), higher_is_better=False,
                        required=True))
+
+# Worst-group performance, calibration and underdiagnosis (issue 22; definitions and sources: the package docstring).
+register_metric(Metric("worst_group_auc", "Worst AUC", "smallest group AUC (groups with both labels)",
+                       between=lambda a: nan_min(a.groups.auc), higher_is_better=True, table=5))
+register_metric(Metric("auc_gap", "AUC gap", "max − min group AUC",
+                       between=lambda a: nan_range(a.groups.auc), higher_is_better=False))
+register_metric(Metric("ece", "ECE", f"expected calibration error of P(label 1): {ECE_BINS} equal-width bins on [0, 1]",
+                       levels=_RATE, subset=lambda s: s.ece, higher_is_better=False))
+register_metric(Metric("ece_gap", "ECE gap", "max − min group ECE",
+                       between=lambda a: nan_range(a.groups.ece), higher_is_better=False, table=6))
+register_metric(Metric("brier", "Brier", "mean (score − label)²", levels=_RATE, subset=lambda s: s.brier,
+                       higher_is_better=False, scale_100=False, digits=4))
+register_metric(Metric("fnr", "FNR", "false-negative rate 1 − TPR (underdiagnosis)", levels=("group",),
+                       subset=lambda s: s.fnr, higher_is_better=False))
+register_metric(Metric("fnr_gap", "FNR gap", "max − min group FNR (underdiagnosis gap)",
+                       between=lambda a: nan_range(a.groups.fnr), higher_is_better=False, table=7))
+register_metric(Metric("tpr_gap", "TPR gap", "max − min group TPR: equalised odds' TPR part (equal opportunity "
+                       "difference); the FNR gap up to float rounding", between=lambda a: nan_range(a.groups.tpr),
+                       higher_is_better=False))

@@ -27,6 +27,10 @@ from fairbench.metrics.inputs import EncodedAttribute
 
 Key = tuple[str, ...]
 
+# Calibration bins of the ECE: equal width over [0, 1] of the score p = P(label 1), right-closed ((lo, hi], the first
+# bin also holding 0), the edges np.linspace(0, 1, ECE_BINS + 1) as pandas.cut makes them.
+ECE_BINS = 10
+
 # Elements of one (weight vectors, segments, N) float64 work array of the AUC: about six such arrays live at once,
 # so the AUC's working memory stays near 6 × 8 × this = 96 MB however many rows there are.
 _CHUNK_ELEMENTS = 2_000_000
@@ -47,6 +51,21 @@ class Stats:
     scores: np.ndarray
     labels: np.ndarray
     row_sum: Callable[[np.ndarray], np.ndarray]
+    calibration: np.ndarray  # (B, S, ECE_BINS): Σ w (p − y) over the subset's rows in each bin; NaN: not probabilities
+    squared_error: np.ndarray  # (B, S): Σ w (p − y)²
+
+    @property
+    def ece(self) -> np.ndarray:
+        """Σ_bins |Σ_bin w (p − y)| / Σ w = Σ_bins (n_bin / n) · |mean p − share positive| (positive-class ECE)."""
+        return div(np.abs(self.calibration).sum(axis=-1), self.n)
+
+    @property
+    def brier(self) -> np.ndarray:
+        return div(self.squared_error, self.n)
+
+    @property
+    def fnr(self) -> np.ndarray:
+        return div(self.positives - self.true_positives, self.positives)
 
     @property
     def negatives(self) -> np.ndarray:
@@ -77,7 +96,8 @@ class Stats:
         full = self.row_sum
         return Stats(self.n[:, index], self.positives[:, index], self.predicted[:, index],
                      self.true_positives[:, index], self.auc[:, index], self.scores, self.labels,
-                     lambda values: full(values)[:, index])
+                     lambda values: full(values)[:, index], self.calibration[:, index],
+                     self.squared_error[:, index])
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,18 @@ class AttributeLayout:
 
 
 @dataclass(frozen=True)
+class CalibrationSegment:
+    """One segment's rows (sorted order), where each non-empty ECE bin starts among them and which bin it is, and
+    each row's residual p − y and its square."""
+
+    rows: np.ndarray
+    starts: np.ndarray
+    bins: np.ndarray
+    residual: np.ndarray
+    squared: np.ndarray
+
+
+@dataclass(frozen=True)
 class Layout:
     """Everything about one (labels, scores, attributes) problem that does not depend on weights."""
 
@@ -108,6 +140,8 @@ class Layout:
     attributes: tuple[AttributeLayout, ...]
     scores: np.ndarray  # (N,) sorted ascending
     labels: np.ndarray  # (N,) 0/1 as floats, in the scores' order
+    calibration: tuple[CalibrationSegment, ...] = ()  # one per segment
+    probabilities: bool = True  # every score lies in [0, 1]: calibration is defined (ECE; Brier)
 
     @property
     def n_segments(self) -> int:
@@ -140,9 +174,19 @@ def build_layout(labels: np.ndarray, scores: np.ndarray, threshold: float,
     features = np.empty((len(y), 4 * s))  # filled block by block: no (4S, N) temporary beside it
     for block, factor in enumerate((None, y, yhat, y * yhat)):
         features[:, block * s:(block + 1) * s] = (m if factor is None else m * factor).T
+    residual = s_sorted - y
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    bins = np.clip(np.searchsorted(edges, s_sorted, side="left") - 1, 0, ECE_BINS - 1)
+    calibration = []
+    for row in m > 0:  # scores are sorted, so each segment's rows run through the bins in order: one block per bin
+        rows = np.flatnonzero(row)
+        first = np.flatnonzero(np.r_[True, bins[rows][1:] != bins[rows][:-1]]) if rows.size else rows
+        calibration.append(CalibrationSegment(rows, first, bins[rows][first], residual[rows], residual[rows] ** 2))
     in_segment, positive = m > 0, y > 0
     return Layout(order=order, starts=starts, pos_masks=in_segment & positive, neg_masks=in_segment & ~positive,
-                  features=features, attributes=tuple(attr_layouts), scores=s_sorted, labels=y)
+                  features=features, attributes=tuple(attr_layouts), scores=s_sorted, labels=y,
+                  calibration=tuple(calibration),
+                  probabilities=bool(len(y) == 0 or (s_sorted[0] >= 0.0 and s_sorted[-1] <= 1.0)))
 
 
 def div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -181,9 +225,28 @@ def segment_stats(layout: Layout, weights: np.ndarray) -> Stats:
     def row_sum(values: np.ndarray) -> np.ndarray:
         return w @ (masks * np.asarray(values, dtype=np.float64)[:, None])
 
+    calibration, squared_error = _calibration_sums(layout, w)
+    if not layout.probabilities:  # calibration is a property of probabilities: undefined for other scores
+        calibration, squared_error = np.full_like(calibration, np.nan), np.full_like(squared_error, np.nan)
     return Stats(n=counts[:, :s], positives=counts[:, s:2 * s], predicted=counts[:, 2 * s:3 * s],
                  true_positives=counts[:, 3 * s:], auc=auc, scores=layout.scores, labels=layout.labels,
-                 row_sum=row_sum)
+                 row_sum=row_sum, calibration=calibration, squared_error=squared_error)
+
+
+def _calibration_sums(layout: Layout, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(b, S, ECE_BINS) Σ w (p − y) per segment and bin, and (b, S) Σ w (p − y)². The sums are of non-integers, so
+    they are formed row by row (a contiguous reduction per bin block and per segment), in an order that does not
+    depend on how many weight vectors a block holds: a matrix product's summation order could."""
+    b = len(w)
+    calibration = np.zeros((b, len(layout.calibration), ECE_BINS))
+    squared = np.zeros((b, len(layout.calibration)))
+    for j, seg in enumerate(layout.calibration):
+        if not seg.rows.size:
+            continue
+        ws = w[:, seg.rows]
+        calibration[:, j, seg.bins] = np.add.reduceat(ws * seg.residual, seg.starts, axis=1)
+        squared[:, j] = (ws * seg.squared).sum(axis=1)
+    return calibration, squared
 
 
 def nan_range(x: np.ndarray) -> np.ndarray:
@@ -192,6 +255,12 @@ def nan_range(x: np.ndarray) -> np.ndarray:
     hi = np.where(ok, x, -np.inf).max(axis=1)
     lo = np.where(ok, x, np.inf).min(axis=1)
     return np.where(ok.any(axis=1), hi - lo, np.nan)
+
+
+def nan_min(x: np.ndarray) -> np.ndarray:
+    """min over the defined (non-NaN) entries of each row; NaN when none is defined."""
+    ok = ~np.isnan(x)
+    return np.where(ok.any(axis=1), np.where(ok, x, np.inf).min(axis=1), np.nan)
 
 
 def nan_std(x: np.ndarray) -> np.ndarray:

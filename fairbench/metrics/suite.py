@@ -238,7 +238,9 @@ def undefined_warnings(suite: MetricSuite) -> list[str]:
         for gname, g in a.groups.items():
             if g.positives in (0, g.n):
                 cls = "positive" if g.positives else "negative"
-                rate = "FPR" if g.positives else "TPR"
+                rate = "FPR" if g.positives else "TPR and FNR"
+                gaps = "EOD" if g.positives else "EOD and FNR/TPR gaps"
                 out.append(f"{attr} group {gname!r} (n={g.n}) has only {cls} labels: its AUC and {rate} "
-                           f"are undefined (NaN) and left out of {attr}'s ES-AUC, AUC disparity and EOD")
+                           f"are undefined (NaN) and left out of {attr}'s ES-AUC, worst-group AUC, AUC gap and "
+                           f"disparity, {gaps}")
     return out

@@ -79,6 +79,21 @@ def variant_labels(records: Iterable[dict[str, Any]]) -> dict[str, str]:
     }
 
 
+def sampling_of(record: dict[str, Any]) -> str:
+    """How a run drew its batches ("uniform" for files written before the `sampling` field existed)."""
+    return str(record.get("sampling") or "uniform")
+
+
+def row_variant(record: dict[str, Any], config_variant: str) -> str:
+    """A row's variant label: the settings that differ from same-method runs, and the sampling when it is not the
+    uniform shuffle, so a resampled run never reads as the plain one (kohpangwei/group_DRO #6)."""
+    sampling = sampling_of(record)
+    parts = [config_variant] if config_variant else []
+    if sampling != "uniform" and f"sampling={sampling}" not in config_variant:
+        parts.append(f"sampling={sampling}")
+    return ", ".join(parts)
+
+
 def _num(value: Any) -> float:
     if value is None or isinstance(value, bool):
         return math.nan
@@ -94,7 +109,8 @@ def long_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows: list[tuple] = []
     for rec in records:
         base = (rec["dataset"].get("tag", "?"), bool(rec["dataset"].get("synthetic", False)),
-                rec["selection"].get("rule", "?"), protocol_of(rec), rec["method"], rec["arch"], labels[rec["_dir"]],
+                rec["selection"].get("rule", "?"), protocol_of(rec), rec["method"], rec["arch"],
+                row_variant(rec, labels[rec["_dir"]]),
                 rec["config_hash"], rec.get("attribute") or "")
         tail = (int(rec["seed"]), rec.get("run_id") or rec["_dir"])
         suite = rec["metrics"]["test"] or {}
@@ -121,8 +137,9 @@ def eval_attributes(frame: pd.DataFrame) -> list[str]:
 
 
 def for_attribute(frame: pd.DataFrame, attr: str) -> pd.DataFrame:
-    """Runs that belong in attribute `attr`'s table: trained on `attr`, or trained on no attribute."""
-    mask = (frame["eval_attribute"] == attr) & frame["train_attribute"].isin([attr, ""])
+    """Runs that belong in attribute `attr`'s table: trained on `attr` (for an intersection `sex+site`, on one
+    of its parts), or trained on no attribute."""
+    mask = (frame["eval_attribute"] == attr) & frame["train_attribute"].isin([attr, "", *attr.split("+")])
     return frame[mask]
 
 

@@ -56,16 +56,18 @@ def render_comparisons(comparisons: list[Comparison], width: int = 220) -> str:
         table = Table(title=escape(title(c)), caption=escape(
             f"{_scale_text(c)}; A/B: mean ± std over seeds (ddof = 1); Δ = A − B per seed; t-test: paired over seeds; "
             f"sign test: A wins/B wins; bootstrap: {c.n_resamples} paired resamples of the test samples per seed, "
-            f"CI of the seed-averaged Δ ({ci}); α = {c.alpha}"), caption_justify="left")
-        for name in ("metric", "A", "B", "Δ mean", "Δ per seed", "t-test p (seeds)", "sign test (seeds)",
-                     f"bootstrap {ci} CI (test set)", "bootstrap p (test set)"):
+            f"CI of the seed-averaged Δ ({ci}); BH q: Benjamini–Hochberg adjusted p over every comparison of this "
+            f"command, per test; α = {c.alpha}"), caption_justify="left")
+        for name in ("metric", "A", "B", "Δ mean", "Δ per seed", "t-test p (seeds)", "BH q", "sign test (seeds)",
+                     f"bootstrap {ci} CI (test set)", "bootstrap p (test set)", "BH q "):
             table.add_column(name, overflow="fold")
         for m in c.metrics:
             per_seed = " ".join(_f(a - b, "+.2f") for a, b in zip(m.a, m.b, strict=True))
             sign = f"{m.wins[0]}/{m.wins[1]} p={_p(m.sign_p)}"
             boot = DASH if math.isnan(m.boot_low) else f"[{m.boot_low:+.2f}, {m.boot_high:+.2f}]"
             table.add_row(*(escape(x) for x in (m.label, _mean_sd(m.a), _mean_sd(m.b), _f(m.diff, "+.2f"),
-                                                per_seed, _p(m.t_p), sign, boot, _p(m.boot_p))))
+                                                per_seed, _p(m.t_p), _p(m.t_q), sign, boot, _p(m.boot_p),
+                                                _p(m.boot_q))))
         console.print(table)
         console.print(noise_sentence(c), markup=False)
         for m in c.metrics:
@@ -113,6 +115,7 @@ def to_json(comparisons: list[Comparison]) -> list[dict[str, Any]]:
             metrics.append({
                 "metric": m.metric, "label": m.label, "seeds": m.seeds, "a": [_num(x) for x in m.a],
                 "b": [_num(x) for x in m.b], "diff_mean": _num(m.diff), "t_test_p": _num(m.t_p),
+                "t_test_q_bh": _num(m.t_q), "bootstrap_q_bh": _num(m.boot_q),
                 "sign_test_p": _num(m.sign_p), "wins_a": m.wins[0], "wins_b": m.wins[1], "ties": m.wins[2],
                 "bootstrap_ci": [_num(m.boot_low), _num(m.boot_high)], "bootstrap_p": _num(m.boot_p),
                 "bootstrap_per_seed": [{"seed": s, "diff": _num(d), "low": _num(lo), "high": _num(hi), "p": _num(p)}

@@ -54,7 +54,7 @@ def header(table: Table) -> list[str]:
     for col in table.columns:
         cols.append(f"{col.label} {col.arrow}")
         if table.compare:
-            cols += [f"paper {col.label}", "Δ"]
+            cols += [f"paper {col.label}", "Δ", "verdict"]
     return cols
 
 
@@ -68,7 +68,8 @@ def _body(table: Table, mark: Callable[[str], str]) -> list[list[str]]:
             text = cell_text(cell)
             line.append(mark(text) if cell is not None and cell.best else text)
             if table.compare:
-                line += [paper_text(cell, _default_table(table)), fmt(cell.diff, signed=True) if cell else DASH]
+                line += [paper_text(cell, _default_table(table)), fmt(cell.diff, signed=True) if cell else DASH,
+                         (cell.verdict if cell else "") or DASH]
         out.append(line)
     return out
 
@@ -184,7 +185,7 @@ def render_csv(tables: list[Table]) -> str:
     """Wide CSV, one line per table row; numbers scaled as in the tables (see the `scale` column)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    metric_cols = ("mean", "std", "n", "best", "paper_mean", "paper_std", "paper_table", "diff")
+    metric_cols = ("mean", "std", "n", "best", "paper_mean", "paper_std", "paper_table", "diff", "paper_verdict")
     width = max((len(t.columns) for t in tables), default=0)
     head = ["dataset", "synthetic", "selection", "protocol", "layout", "attribute", "method", "arch", "variant",
             "n_seeds", "seeds", "flag", "scale"]
@@ -204,11 +205,11 @@ def render_csv(tables: list[Table]) -> str:
 
 def _csv_cell(col: Column, cell: Cell | None) -> list:
     if cell is None:
-        return [col.key] + [""] * 8
+        return [col.key] + [""] * 9
     paper = cell.paper
     return [col.key, _csv_num(cell.mean), _csv_num(cell.std), cell.n, int(cell.best),
             _csv_num(paper.mean if paper else None), _csv_num(paper.std if paper else None),
-            paper.table if paper else "", _csv_num(cell.diff)]
+            paper.table if paper else "", _csv_num(cell.diff), cell.verdict]
 
 
 # -- HTML -------------------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def render_html_table(table: Table) -> str:
                 text = f"<strong>{text}</strong>"
             if table.compare and cell is not None and cell.paper is not None:
                 text += (f'<div class="paper">paper {esc(paper_text(cell, _default_table(table)))} · '
-                         f"Δ {esc(fmt(cell.diff, signed=True))}</div>")
+                         f"Δ {esc(fmt(cell.diff, signed=True))} · {esc(cell.verdict)}</div>")
             line.append(f"<td>{text}</td>")
         out.append("<tr>" + "".join(line) + "</tr>")
     out.append("</tbody></table>")

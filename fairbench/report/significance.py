@@ -48,6 +48,8 @@ class MetricComparison:
     boot_seeds: list[tuple[int, float, float, float, float]] = field(default_factory=list)  # seed, Δ, lo, hi, p
     verdict: str = ""
     scale: float = 100.0  # the metric's print scale: bootstrap differences are reported in it
+    t_q: float = math.nan  # Benjamini–Hochberg adjusted t-test p over every comparison of one command
+    boot_q: float = math.nan  # the same for the bootstrap p
 
     @property
     def diff(self) -> float:
@@ -289,3 +291,36 @@ def _nothing_shared(method_a: str, method_b: str, attr: str, runs_a: dict, runs_
     filt = f" matching --arch {arch or '*'} --dataset {dataset or '*'} --select {select or '*'}"
     return (f"{method_a} ({where(runs_a)}) and {method_b} ({where(runs_b)}) share no dataset/selection/arch"
             f"{filt}; both must run on the same data, rule and backbone to be paired")
+
+
+def bh_adjust(p_values: list[float]) -> list[float]:
+    """Benjamini–Hochberg adjusted p-values (scipy.stats.false_discovery_control, method "bh") of the defined
+    entries; an undefined (NaN) p stays NaN and is not counted among the tests."""
+    from scipy.stats import false_discovery_control
+
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = false_discovery_control(p[ok], method="bh")
+    return out.tolist()
+
+
+def adjust_comparisons(comparisons: list[Comparison]) -> int:
+    """Fill every metric comparison's BH-adjusted t-test and bootstrap p-values, one family per test over all the
+    comparisons given (pairs × attributes × metrics of one command), so comparing many pairs does not make chance
+    differences look real. Returns the size of the larger family. Adds a note where a "better" verdict, decided on
+    the raw p-values, does not survive the adjustment."""
+    rows = [mc for c in comparisons for mc in c.metrics]
+    for field_p, field_q in (("t_p", "t_q"), ("boot_p", "boot_q")):
+        for mc, q in zip(rows, bh_adjust([getattr(mc, field_p) for mc in rows]), strict=True):
+            setattr(mc, field_q, q)
+    family = max(sum(not math.isnan(getattr(mc, f)) for mc in rows) for f in ("t_p", "boot_p")) if rows else 0
+    for c in comparisons:
+        lost = [mc.label for mc in c.metrics if " better: " in mc.verdict
+                and not (mc.t_q < c.alpha and mc.boot_q < c.alpha)]
+        if lost and family > 1:
+            c.notes.append(f"{', '.join(lost)}: the verdict uses the raw p-values; after Benjamini–Hochberg "
+                           f"adjustment over the {family} tests of this command, q ≥ {c.alpha:g} for at least one "
+                           "test, so it may be a chance finding among many comparisons")
+    return family

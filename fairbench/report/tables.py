@@ -31,6 +31,8 @@ STD_NOTE = "mean ± std over seeds (sample std, ddof = 1)"
 # collapsed. ↓ metrics (DPD, EOD, AUC gaps) are gaps near zero, where any spread is a large share of the
 # mean, so they are never flagged by this rule.
 DEFAULT_SPREAD = 0.10
+# The paper verdict asks whether a published value lies within this interval of our mean over seeds (t-based).
+VERDICT_LEVEL = 0.95
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,28 @@ class Cell:
     def diff(self) -> float:
         """Ours − published (× 100), NaN without a published value."""
         return self.mean - self.paper.mean if self.paper is not None else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95 % interval of our mean over seeds: mean ± t(0.975, n − 1) · std / √n (NaN with fewer than two
+        seeds, where no spread is measured)."""
+        if self.n < 2 or math.isnan(self.std) or math.isnan(self.mean):
+            return (math.nan, math.nan)
+        from scipy.stats import t
+
+        half = float(t.ppf(0.5 + VERDICT_LEVEL / 2, self.n - 1)) * self.std / math.sqrt(self.n)
+        return (self.mean - half, self.mean + half)
+
+    @property
+    def verdict(self) -> str:
+        """Where the published value lies against our seeds' 95 % interval: "inside" (reproduced), "above" or
+        "below" it; "one seed" when no interval exists; "" without a published value."""
+        if self.paper is None or math.isnan(self.paper.mean):
+            return ""
+        lo, hi = self.interval
+        if math.isnan(lo):
+            return "one seed"
+        return "above" if self.paper.mean > hi else "below" if self.paper.mean < lo else "inside"
 
 
 @dataclass
@@ -139,7 +163,8 @@ def _caption(table: Table, n_max: int, compare: bool, spread: float | None) -> s
     if table.lead:
         parts.insert(0, table.lead)
     if compare:
-        parts.append(f"paper = {PAPER_CITATION}; Δ = ours − paper")
+        parts.append(f"paper = {PAPER_CITATION}; Δ = ours − paper; verdict = the published value inside, above or "
+                     f"below our seeds' {VERDICT_LEVEL:.0%} interval")
     return "; ".join(parts) + "."
 
 
@@ -218,7 +243,8 @@ def _rows(summary: pd.DataFrame, column_of: str, columns: list[Column]) -> list[
 
 def _variant_notes(rows: list[Row]) -> list[str]:
     notes = []
-    split = sorted({(r.method, r.arch) for r in rows if r.variant})
+    split = sorted({(r.method, r.arch) for r in rows if r.variant
+                    and sum((o.method, o.arch) == (r.method, r.arch) for o in rows) > 1})
     for method, arch in split:
         labels = [r.variant for r in rows if (r.method, r.arch) == (method, arch)]
         notes.append(f"{method}/{arch}: runs with different configs are shown as separate rows, not merged "
@@ -243,6 +269,7 @@ def _attach_paper(table: Table, paper: PaperTables) -> None:
         table.notes.append(f"paper: {PAPER_CITATION}; values from Table(s) {', '.join(map(str, sorted(used)))} "
                            "(Table 1 preferred where a number appears in several; the paper's Fair-MoE ES-AUC "
                            "differs between Table 1 and Tables 4–6).")
+    table.notes.append(verdict_summary(table))
     if table.synthetic or table.dataset != paper.dataset:
         table.notes.append(f"paper numbers are on real {paper.dataset or 'other'} data; these runs are "
                            f"{'SYNTHETIC' if table.synthetic else table.dataset!r} data, so Δ is not a "
@@ -250,6 +277,20 @@ def _attach_paper(table: Table, paper: PaperTables) -> None:
     if table.selection != PAPER_SELECTION:
         table.notes.append("the paper kept the epoch with the best TEST AUC; these runs use "
                            f"{selection_label(table.selection)}, so expect lower numbers than published.")
+
+
+def verdict_summary(table: Table) -> str:
+    """How many published cells our runs reproduce: the published value inside our seeds' 95 % interval."""
+    verdicts = [row.cells[c.key].verdict for row in table.rows for c in table.columns
+                if c.key in row.cells and row.cells[c.key].verdict]
+    counts = {v: verdicts.count(v) for v in ("inside", "above", "below", "one seed")}
+    tested = counts["inside"] + counts["above"] + counts["below"]
+    text = (f"verdict: {counts['inside']} of {tested} published cells reproduce (the published value lies inside our "
+            f"seeds' {VERDICT_LEVEL:.0%} interval, mean ± t·std/√n); published above it: {counts['above']}, below "
+            f"it: {counts['below']}")
+    if counts["one seed"]:
+        text += f"; {counts['one seed']} cell(s) with one seed have no interval"
+    return text + "."
 
 
 def _absent_notes(table: Table, part: pd.DataFrame) -> list[str]:
@@ -265,7 +306,8 @@ def _absent_notes(table: Table, part: pd.DataFrame) -> list[str]:
     for (method, arch), attrs in sorted(trained.items()):
         if "" in attrs:
             continue  # trained on no attribute: evaluated on every one, never absent for this reason
-        gaps = tuple(a for a in wanted if a not in attrs)
+        # an intersection a+b counts a run trained on one of its parts
+        gaps = tuple(a for a in wanted if a not in attrs and not set(a.split("+")) & attrs)
         if not one_attribute and not any(r.method == method and r.arch == arch for r in table.rows):
             continue
         if gaps:
@@ -330,7 +372,8 @@ def per_attribute_tables(scope: Scope, metrics: list[str], heading: str, paper_t
         if sub.empty:
             continue
         summary = summarise(sub, ["method", "arch", "variant", "metric"])
-        columns = [Column(m, get_metric(m).label, m) for m in metrics]
+        present = set(sub["metric"])  # result files written before a metric existed lack it: no empty column
+        columns = [Column(m, get_metric(m).label, m) for m in metrics if m in present]
         tables.append(scope.table(heading.format(attribute=attr), attr, columns, _rows(summary, "metric", columns),
                                   paper_table=paper_table))
     return tables

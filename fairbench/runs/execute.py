@@ -270,6 +270,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     from fairbench.models.backbones import default_weights_built_here
     from fairbench.runs.provenance import code_version
     from fairbench.runs.state import save_state
+    from fairbench.training.sampling import resolved_sampling
     from fairbench.training.trainer import SplitData, pick_device, seed_everything, train
 
     job, path, config = planned.job, planned.run_dir, planned.config
@@ -300,7 +301,8 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
 
     def split(s) -> SplitData:
         groups = s.attributes[job.attribute] if job.attribute else None
-        return SplitData(images=s.images, tokens=s.tokens, labels=s.labels, groups=groups)
+        return SplitData(images=s.images, tokens=s.tokens, labels=s.labels, groups=groups,
+                         attributes=dict(s.attributes))
 
     history: list[dict[str, Any]] = list(resume.history) if resume else []
 
@@ -354,6 +356,7 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
         "selection": {"rule": settings.select, "metric": "auc", "epoch": outcome.best_epoch,
                       "label": selection_label(settings.select)},
         "metrics": suites,
+        "sampling": resolved_sampling(settings.sampling, method),
         "epochs_trained": len(outcome.history),
         "warnings": outcome.warnings,
         "versions": _versions(),

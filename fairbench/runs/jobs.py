@@ -97,8 +97,10 @@ class PlannedJob:
     def method_instance(self) -> Method:
         cls = get_method(self.job.method)
         settings = parse_settings(cls.Settings, self.method_overrides, owner=f"method {self.job.method!r}")
-        n_groups = len(get_dataset(self.dataset).attributes[self.job.attribute]) if self.job.attribute else 0
-        return cls(settings, self.job.attribute, n_groups)
+        names = dict(get_dataset(self.dataset).attributes[self.job.attribute]) if self.job.attribute else {}
+        method = cls(settings, self.job.attribute, len(names))
+        method.group_names = names
+        return method
 
 
 def expand_jobs(methods: list[str], archs: list[str], attributes: list[str] | None, seeds: list[int],

@@ -14,6 +14,8 @@ result.json (schema "fairbench.result/1"):
   recipe, val_auc, ...},
   selection {rule (a registered selection rule: "val", "test"), metric, epoch, label},
   metrics {"val": suite, "test": suite} (suite = fairbench.metrics suite dict, NaN stored as null),
+  sampling (how batches were drawn, fairbench.training.sampling: "uniform", "group-balanced", or a plugin's name;
+  absent in older files, which all drew uniformly),
   epochs_trained, warnings [one line each, e.g. a validation AUC below 0.5], versions {...},
   code {git_commit, git_dirty} (empty outside a git checkout), device, timings {train_s, eval_s, total_s},
   finished_at, files {config, history, predictions_val, predictions_test, checkpoint (only with the trainer
@@ -56,7 +58,7 @@ def run_config(*, protocol: str, method: str, arch: str, pretrained: str | None,
     """The config one run records (config.json, result.json's `config`) and hashes: `train` is the resolved
     `TrainSettings`, stored without its run-control settings (they change no number, so not the hash)."""
     from fairbench.method import settings_dict
-    from fairbench.training.settings import RUN_CONTROL_SETTINGS
+    from fairbench.training.settings import LATER_SETTINGS, RUN_CONTROL_SETTINGS
 
     config = {
         "protocol": protocol,
@@ -66,7 +68,8 @@ def run_config(*, protocol: str, method: str, arch: str, pretrained: str | None,
         "attribute": attribute,
         "text_source": text_source,
         "method_settings": method_settings,
-        "train": {k: v for k, v in settings_dict(train).items() if k not in RUN_CONTROL_SETTINGS},
+        "train": {k: v for k, v in settings_dict(train).items() if k not in RUN_CONTROL_SETTINGS
+                  and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])},
     }
     if pretraining is not None:  # the checkpoint's key (recipe, data, torch) makes a new pretraining a new run folder
         config["pretraining"] = pretraining

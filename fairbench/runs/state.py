@@ -106,9 +106,12 @@ def load_state(path: Path, config_hash: str) -> TrainState:
 
 
 def _non_finite(fields: dict[str, Any]) -> str:
-    """The first model / selected-epoch weight holding NaN or inf, as "name: n of m values", or ""."""
-    for group in ("model", "best_weights"):
-        for name, tensor in (fields.get(group) or {}).items():
+    """The first model / selected-epoch / candidate-epoch weight holding NaN or inf, as "name: n of m values", or
+    ""."""
+    groups = [("model", fields.get("model")), ("best_weights", fields.get("best_weights"))]
+    groups += [(f"epoch {e} candidate", c.get("weights")) for e, c in (fields.get("candidates") or {}).items()]
+    for group, weights in groups:
+        for name, tensor in (weights or {}).items():
             if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
                 finite = torch.isfinite(tensor)
                 if not bool(finite.all()):

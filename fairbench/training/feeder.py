@@ -32,6 +32,7 @@ class SplitData:
     tokens: torch.Tensor
     labels: torch.Tensor
     groups: torch.Tensor | None = None
+    attributes: dict[str, torch.Tensor] | None = None  # every attribute's codes (selection rules read them)
 
 
 def compact_images(images: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,16 @@ def clip_contrastive_loss(image_features: torch.Tensor, text_features: torch.Ten
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
+def clip_contrastive_per_sample(image_features: torch.Tensor, text_features: torch.Tensor,
+                                logit_scale: torch.Tensor) -> torch.Tensor:
+    """Each pair's share of the symmetric InfoNCE loss, (B,): ½ (image→text CE of row i + text→image CE of row i).
+    Its mean is `clip_contrastive_loss`; weighting or grouping it is how the reweighting and GroupDRO baselines act."""
+    logits = logit_scale * image_features @ text_features.t()
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target, reduction="none")
+                  + F.cross_entropy(logits.t(), target, reduction="none"))
+
+
 @fp32_island(always=True)
 def sinkhorn_distance(x: torch.Tensor, y: torch.Tensor, blur: float = 1e-4, p: int = 2, scaling: float = 0.5,
                       debias: bool = True, max_iter: int = 200, *, max_diameter: float | None = None,

@@ -35,6 +35,9 @@ class TrainState:
     best_is_current: bool = False
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    # Under a selection rule over all epochs (DTO): each epoch it may still pick, by epoch number ("3"), with its
+    # weights and validation scores (a tensor).
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def rng_state() -> dict[str, Any]:

@@ -20,11 +20,16 @@ TIE_RULES = ("earlier", "later")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16-weights")
 COMPILE_MODES = ("auto", "off", "on", "cudagraphs")
 GROUP_SAMPLING = ("reshuffle", "loader")
+SAMPLINGS = ("method", "uniform", "group-balanced")  # fairbench.training.sampling defines each
 MAX_THREADS = 1024  # torch CPU threads: more than any machine has cores
 
 # Trainer settings that change how a run is executed but no number it produces: they stay out of the config
 # hash (and config.json), so setting them never turns an existing run into a new one.
 RUN_CONTROL_SETTINGS = ("keep_state", "device_data", "grad_probe")
+# Settings added after run folders existed, with the default that reproduces the earlier behaviour: at that default
+# they stay out of the config hash (and config.json), so every earlier run keeps its folder; set to anything else,
+# they enter it like any setting.
+LATER_SETTINGS: dict[str, object] = {"sampling": "method"}
 
 
 @dataclass
@@ -63,6 +68,10 @@ class TrainSettings:
     # once per epoch, each loss term's gradient norm on the trainable parameters (fairbench.training.probe), recorded
     # in history.json; changes no number of the training. Run control.
     grad_probe: bool = True
+    # how an epoch's batches are drawn (fairbench.training.sampling): method = the method's own choice (uniform
+    # except `resample`), uniform = one shuffled pass, group-balanced = draws with replacement, each group of the
+    # training attribute equally likely. Its own setting, so a method and a sampler are never confounded.
+    sampling: str = "method"
 
     def __post_init__(self) -> None:
         from fairbench.registry import UnknownNameError
@@ -107,6 +116,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warmup_steps": (lambda v: _integer(v) and v >= 0, "an integer ≥ 0 (0 = no warm-up)"),
     "ties": (lambda v: v in TIE_RULES, f"one of {', '.join(TIE_RULES)}"),
     "group_sampling": (lambda v: v in GROUP_SAMPLING, f"one of {', '.join(GROUP_SAMPLING)}"),
+    "sampling": (lambda v: v in SAMPLINGS, f"one of {', '.join(SAMPLINGS)}"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "frozen": (lambda v: all(isinstance(p, str) and p for p in v), "a list of model attribute names"),
     "eval_batch_size": (lambda v: _integer(v) and v >= 1, "an integer ≥ 1"),

@@ -25,6 +25,7 @@ from fairbench.selection import EpochView, get_select_rule
 from fairbench.training.feeder import Feeder, SplitData, choose_placement, device_data_fraction, split_nbytes
 from fairbench.training.probe import ALL, inert_warnings, probe_record
 from fairbench.training.resume import TrainState, rng_state, set_rng_state
+from fairbench.training.sampling import draw_weights, epoch_order
 from fairbench.training.settings import GROUP_SAMPLING, RUN_CONTROL_SETTINGS, TrainSettings  # noqa: F401
 from fairbench.training.step import (
     EpochMeter,
@@ -154,11 +155,13 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
 
         release_fp16(model)  # FairCLIP's plain fp16 model on a GPU: fp16 inputs, no autocast
         normalize = _to_half(normalize)
+    method.prepare(train_data.groups, train_data.labels)  # may refuse the attribute: before any step
     trainable = _unfrozen(method.trainable_parameters(model), model, settings.frozen)
-    optimizer = _make_optimizer(trainable, settings)
+    optimizer = _make_optimizer(trainable, settings, method.parameter_groups(model))
     warmup = max(settings.warmup_steps, 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     n_train = train_data.labels.shape[0]
+    draws = draw_weights(settings.sampling, method, train_data.groups, train_data.labels)
     steps = math.ceil(n_train / settings.batch_size)
     if settings.max_steps_per_epoch:
         steps = min(steps, settings.max_steps_per_epoch)
@@ -182,16 +185,21 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
     best_key = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     rule = get_select_rule(settings.select)
-    keep_best = rule.split == "val" or settings.checkpoint
+    over_epochs = rule.over_epochs is not None  # a rule over all epochs keeps every epoch it may still choose
+    keep_best = (rule.split == "val" or settings.checkpoint) and not over_epochs
+    candidates: dict[int, dict[str, Any]] = {}  # epoch → {"weights", "val_scores"} under such a rule
     first_epoch = 0
     if resume is not None:
         first_epoch, best_key, best_state = _restore(resume, model, optimizer, scheduler, generator, sampler,
                                                      outcome, keep_best)
+        candidates = {int(e): c for e, c in resume.candidates.items()}
+        if over_epochs and outcome.best_epoch in candidates:
+            best_state = candidates[outcome.best_epoch]["weights"]
     score = lambda data: zero_shot_scores(  # noqa: E731 - a local shorthand
         model, data.images, tokenize, prompts, normalize, device, settings.eval_batch_size, autocast=use_bf16)
     for epoch in range(first_epoch, settings.epochs):
         t0 = time.perf_counter()
-        order = torch.randperm(n_train, generator=generator)
+        order = epoch_order(n_train, draws, generator)
         meter = EpochMeter(device)
         plan = EpochPlan(order, steps, settings.batch_size, sampler, feeder)
         batches = plan.batches(0)
@@ -231,11 +239,22 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
             test_scores = score(test_data)
             record["test_auc"] = auc(test_data.labels.numpy(), test_scores)
         record.update(method.step_stats(model))
-        key = rule.key(_epoch_view(rule.split, val_data, val_scores, val_auc) if rule.split == "val"
-                       else _epoch_view(rule.split, test_data, test_scores, record["test_auc"]))
-        key = -math.inf if key is None or math.isnan(key) else key
-        better = key >= best_key if settings.ties == "later" else key > best_key
-        if better or outcome.best_epoch < 0:
+        if over_epochs:
+            view = _epoch_view(rule.split, val_data, val_scores, val_auc)
+            record["select_point"] = [float(x) for x in rule.point(view)]
+            candidates[epoch] = {"weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                                 "val_scores": torch.from_numpy(np.ascontiguousarray(val_scores))}
+            best_key, chosen = _choose_over_epochs(rule, [*outcome.history, record], candidates, settings.ties)
+            outcome.best_epoch = chosen
+            outcome.val_scores = candidates[chosen]["val_scores"].numpy()
+            best_state = candidates[chosen]["weights"]
+            better = False
+        else:
+            key = rule.key(_epoch_view(rule.split, val_data, val_scores, val_auc) if rule.split == "val"
+                           else _epoch_view(rule.split, test_data, test_scores, record["test_auc"]))
+            key = -math.inf if key is None or math.isnan(key) else key
+            better = key >= best_key if settings.ties == "later" else key > best_key
+        if not over_epochs and (better or outcome.best_epoch < 0):
             best_key = key
             outcome.best_epoch = epoch
             outcome.val_scores = val_scores
@@ -256,13 +275,15 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
                 best_epoch=outcome.best_epoch, best_key=best_key, val_scores=outcome.val_scores,
                 test_scores=outcome.test_scores, best_is_current=keep_best and outcome.best_epoch == epoch,
                 best_weights=best_state if keep_best and outcome.best_epoch != epoch else None,
-                train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds))
+                train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds,
+                candidates={str(e): c for e, c in candidates.items()}))
     if rule.split == "val":  # test data is scored once, with the selected weights
         t1 = time.perf_counter()
         model.load_state_dict(best_state)
         outcome.test_scores = score(test_data)
         outcome.eval_seconds += time.perf_counter() - t1
     outcome.state_dict = best_state if settings.checkpoint else None
+    candidates.clear()
     outcome.warnings += inert_warnings(outcome.history)
     best_val = outcome.history[outcome.best_epoch]["val_auc"]
     if best_val is not None and not math.isnan(best_val) and best_val < 0.5:
@@ -275,7 +296,28 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
 
 def _epoch_view(split: str, data: SplitData, scores: np.ndarray, split_auc: float) -> EpochView:
     groups = data.groups.numpy() if data.groups is not None else None
-    return EpochView(split, data.labels.numpy(), scores, groups, split_auc)
+    attributes = {k: v.numpy() for k, v in data.attributes.items()} if data.attributes else None
+    return EpochView(split, data.labels.numpy(), scores, groups, split_auc, attributes)
+
+
+def _choose_over_epochs(rule: Any, history: list[dict[str, Any]], candidates: dict[int, dict[str, Any]],
+                        ties: str) -> tuple[float, int]:
+    """(key, epoch) a rule over all epochs picks from every epoch's recorded point, ties by `ties`; then drops the
+    candidates no later epoch can make it pick: an epoch another epoch beats on every coordinate (weakly, and
+    strictly on one) is never closer to the per-coordinate best, however the best moves."""
+    points = np.array([h["select_point"] for h in history], dtype=float)
+    keys = np.nan_to_num(np.asarray(rule.over_epochs(points), dtype=float), nan=-np.inf)
+    best = keys.max()
+    winners = np.flatnonzero(keys == best)
+    chosen = int(winners[-1] if ties == "later" else winners[0])
+    finite = np.isfinite(points).all(axis=1)
+    for epoch in list(candidates):
+        if epoch == chosen or not finite[epoch]:
+            continue
+        others = points[finite]
+        if ((others >= points[epoch]).all(axis=1) & (others > points[epoch]).any(axis=1)).any():
+            del candidates[epoch]
+    return float(best), chosen
 
 
 class EpochPlan:
@@ -390,16 +432,25 @@ def _restore(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimiz
     return state.epochs_done, state.best_key, best if keep_best else None
 
 
-def _make_optimizer(parameters, s: TrainSettings) -> torch.optim.Optimizer:
+def _make_optimizer(parameters, s: TrainSettings,
+                    extra: list[tuple[list[nn.Parameter], float]] = ()) -> torch.optim.Optimizer:
     """Adam/AdamW over the method's trainable parameters, fused where this torch build supports it: one update
     kernel over all of them instead of several per tensor, which a small CLIP feels (most of its parameters are the
-    token embedding, updated densely)."""
+    token embedding, updated densely). `extra` adds the method's own groups (`Method.parameter_groups`), each at the
+    trainer's lr times its multiplier; with none, the optimiser is the single group it always was."""
     params = [p for p in parameters if p.requires_grad]
     if not params:
         raise ValueError("the method's trainable_parameters() gave no parameter that requires a gradient")
+    taken = {id(p) for p in params}
+    groups: list[Any] = params
+    extra_groups = [{"params": [p for p in ps if p.requires_grad and id(p) not in taken], "lr": s.lr * scale}
+                    for ps, scale in extra]
+    extra_groups = [g for g in extra_groups if g["params"]]
+    if extra_groups:
+        groups = [{"params": params}, *extra_groups]
     cls = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
     kwargs = {"lr": s.lr, "betas": tuple(s.betas), "eps": s.eps, "weight_decay": s.weight_decay}
     try:
-        return cls(params, fused=True, **kwargs)
+        return cls(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # older torch or an unsupported device/dtype
-        return cls(params, **kwargs)
+        return cls(groups, **kwargs)
