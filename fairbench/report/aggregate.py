@@ -20,8 +20,10 @@ OVERALL = "overall"
 # Columns of the tidy frame, in order. `group` is "" for attribute-level metrics; `value` is raw (0–1), not × 100.
 LONG_COLUMNS = (
     "dataset", "synthetic", "selection", "protocol", "method", "arch", "variant", "config_hash", "train_attribute",
-    "eval_attribute", "group", "metric", "value", "seed", "run_id",
+    "eval_attribute", "group", "metric", "value", "seed", "run_id", "mode", "single_run", "trainable",
 )
+# How a run used the model (fairbench.method.Method.mode); results written before modes existed fine-tuned.
+DEFAULT_MODE = "fine-tune"
 ROW_KEYS = ("dataset", "synthetic", "selection", "protocol", "method", "arch", "variant")
 _SKIP_CONFIG_KEYS = frozenset({"seed", "seeds", "out", "output", "attribute", "attr"})
 _MAX_VARIANT_KEYS = 3
@@ -96,7 +98,9 @@ def long_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         base = (rec["dataset"].get("tag", "?"), bool(rec["dataset"].get("synthetic", False)),
                 rec["selection"].get("rule", "?"), protocol_of(rec), rec["method"], rec["arch"], labels[rec["_dir"]],
                 rec["config_hash"], rec.get("attribute") or "")
-        tail = (int(rec["seed"]), rec.get("run_id") or rec["_dir"])
+        trainable = rec.get("trainable_parameters")
+        tail = (int(rec["seed"]), rec.get("run_id") or rec["_dir"], str(rec.get("mode") or DEFAULT_MODE),
+                bool(rec.get("single_run", False)), -1 if not isinstance(trainable, int) else trainable)
         suite = rec["metrics"]["test"] or {}
         for metric in ("auc", "accuracy"):
             if metric in suite:

@@ -47,6 +47,8 @@ class TrainOutcome:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    trainable_parameters: int | None = None  # parameters the optimiser (or a mode's own fit) updated
+    details: dict[str, Any] = field(default_factory=dict)  # a mode's own facts for result.json (e.g. the chosen C)
 
 
 def seed_everything(seed: int) -> None:
@@ -178,11 +180,13 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
                          mode=resolve_compile(settings.compile, device, half_weights))
     probe_sets = _probe_sets(method, model, [p for p in trainable if p.requires_grad]) if settings.grad_probe else {}
 
-    outcome = TrainOutcome(best_epoch=-1, val_scores=np.zeros(0), test_scores=np.zeros(0))
+    outcome = TrainOutcome(best_epoch=-1, val_scores=np.zeros(0), test_scores=np.zeros(0),
+                           trainable_parameters=sum(p.numel() for p in {id(p): p for p in trainable
+                                                                        if p.requires_grad}.values()))
     best_key = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     rule = get_select_rule(settings.select)
-    keep_best = rule.split == "val" or settings.checkpoint
+    keep_best = rule.split == "val" or settings.checkpoint or settings.adapter != "none"  # adapters are saved
     first_epoch = 0
     if resume is not None:
         first_epoch, best_key, best_state = _restore(resume, model, optimizer, scheduler, generator, sampler,
@@ -262,7 +266,7 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
         model.load_state_dict(best_state)
         outcome.test_scores = score(test_data)
         outcome.eval_seconds += time.perf_counter() - t1
-    outcome.state_dict = best_state if settings.checkpoint else None
+    outcome.state_dict = best_state if settings.checkpoint or settings.adapter != "none" else None
     outcome.warnings += inert_warnings(outcome.history)
     best_val = outcome.history[outcome.best_epoch]["val_auc"]
     if best_val is not None and not math.isnan(best_val) and best_val < 0.5:
