@@ -380,3 +380,49 @@ def toy_train(select: str, epochs: int, keys: list[float], resume=None, on_epoch
                      on_epoch_state=saved if on_epoch_state else None)
     except Stop:
         return None
+
+
+# ---------------------------------------------------------------- a tiny BiomedCLIP-layout local-dir: model
+
+BIOMED_WORDS = ["a", "scanning", "laser", "ophthalmoscope", "fundus", "image", "of", "glaucoma", "normal", "no",
+                "the", "patient", "has", "with", "eye", "optic", "nerve", "cup", "disc", "ratio"]
+
+
+def biomedclip_folder(root: Path, context_length: int = 32) -> Path:
+    """A folder with BiomedCLIP's file structure (open_clip_config.json with a timm image tower and a BERT-style
+    Hugging Face text tower, its tokenizer files and open_clip weights), tiny and randomly initialised, written
+    offline: the BERT config.json sits in the folder and `hf_model_name` points at it (research-21 §3). The
+    context length is shorter than BiomedCLIP's 256 only to keep tests fast; the layout is the same."""
+    import json
+
+    import open_clip
+    import torch
+    from transformers import BertConfig
+
+    folder = root / "biomedclip-tiny"
+    if (folder / "open_clip_pytorch_model.bin").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BIOMED_WORDS, ".", ","]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=64, max_position_embeddings=64, pad_token_id=0, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0).save_pretrained(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": context_length}))
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]", "sep_token": "[SEP]",
+         "unk_token": "[UNK]"}))
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": {"embed_dim": 16,
+                      "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "",
+                                     "timm_proj": "linear", "image_size": 64},
+                      "text_cfg": {"hf_model_name": str(folder.resolve()), "hf_tokenizer_name": str(folder.resolve()),
+                                   "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
+                                   "context_length": context_length}},
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
+                           "std": [0.26862954, 0.26130258, 0.27577711]}}))
+    torch.manual_seed(0)
+    model = open_clip.create_model(f"local-dir:{folder}", pretrained_text=False)
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return folder

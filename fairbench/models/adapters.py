@@ -94,7 +94,10 @@ def save_adapter(run_dir: Path, state: dict[str, torch.Tensor], names: list[str]
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapted model's weights with every adapter merged (W + scale·BA, peft's own delta) under the names the
     model had before the adapters were injected; a method's own layers are kept as they are."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        raise AdapterError("merging adapters needs peft: pip install 'fairbench-medvlm[peft]'") from None
 
     state = {}
     for key, value in model.state_dict().items():

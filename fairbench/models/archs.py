@@ -346,11 +346,17 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
+def _has_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401 - the [hf] extra; open_clip builds HF text towers with it
+    except ImportError:
+        return False
+    return True
+
+
 def schema_arch(name: str) -> SchemaArch:
     """The arch of a `local-dir:` / `hf-hub:` model name, checked: a folder must exist and hold open_clip's config,
     and a Hugging Face text tower needs `transformers` (the `[hf]` extra)."""
-    import importlib.util
-
     if name.startswith("local-dir:"):
         folder = Path(name.removeprefix("local-dir:")).expanduser()
         if not folder.is_dir():
@@ -363,7 +369,7 @@ def schema_arch(name: str) -> SchemaArch:
                       default_weights=SHIPPED_WEIGHTS)
     config = arch.model_config()
     family = tower_family(config)
-    if family == "hf-text" and importlib.util.find_spec("transformers") is None:
+    if family == "hf-text" and not _has_transformers():
         raise ArchError(f"arch {name!r} has a Hugging Face text tower ({config['text_cfg']['hf_model_name']}), which "
                         "needs transformers: pip install 'fairbench-medvlm[hf]'")
     return dataclasses.replace(arch, frozen=frozen_parts(config), family=family)

@@ -348,9 +348,18 @@ def _unfrozen(parameters, model: nn.Module, frozen: tuple[str, ...]) -> list[nn.
         raise ValueError(f"the protocol freezes {', '.join(frozen)}, but the model has no CLIP module (one with "
                          "`visual` and `logit_scale`); use a protocol without frozen parts")
     roots = tuple(f"{prefix}." if prefix else "" for prefix in prefixes)
-    blocked = {id(p) for name, p in model.named_parameters()
-               if any(name.startswith(root + part) and name[len(root + part):len(root + part) + 1] in ("", ".")
-                      for root in roots for part in frozen)}
+
+    def under(name: str, part: str) -> bool:
+        return any(name.startswith(root + part) and name[len(root + part):len(root + part) + 1] in ("", ".")
+                   for root in roots)
+
+    names = [name for name, _ in model.named_parameters()]
+    absent = [part for part in frozen if not any(under(name, part) for name in names)]
+    if absent:  # a rule written for another tower family would silently train what it means to freeze
+        raise ValueError(f"the protocol freezes {', '.join(absent)}, which the model ({type(model).__name__}) does "
+                         "not have: the arch's frozen parts are for another tower family (fairbench.models.archs."
+                         "TOWER_FROZEN)")
+    blocked = {id(p) for name, p in model.named_parameters() if any(under(name, part) for part in frozen)}
     return [p for p in parameters if id(p) not in blocked]
 
 
