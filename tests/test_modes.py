@@ -254,8 +254,6 @@ def test_lora_counts_adapters_keeps_base_weights_and_merges_to_the_adapter_model
 @pytest.mark.parametrize("method", ["clip", "fairclip"])
 def test_lora_run_saves_adapters_and_its_merged_export_scores_like_the_run(dataset, tmp_path, method):
     pytest.importorskip("peft")
-    from fairbench.models.adapters import export_merged
-
     start = tmp_path / "start.pt"
     torch.save(tiny_model(2).state_dict(), start)
     out = tmp_path / "results"
@@ -274,7 +272,9 @@ def test_lora_run_saves_adapters_and_its_merged_export_scores_like_the_run(datas
         if ".lora_" not in key:
             assert torch.equal(value, base[key.replace(".base_layer.", ".")]), key
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in trained.items() if "lora_B" in k)
-    merged = export_merged(run, tmp_path / "merged.safetensors")
+    merged = tmp_path / "merged.safetensors"
+    e = invoke("export", run, "--out", merged)
+    assert e.exit_code == 0, e.output
     z = invoke("run", "--method", "zeroshot", "--data", dataset, "--out", tmp_path / "zs", "--pretrained", merged)
     assert z.exit_code == 0, z.output
     (zs,) = sorted((tmp_path / "zs").rglob("result.json"))
@@ -283,7 +283,10 @@ def test_lora_run_saves_adapters_and_its_merged_export_scores_like_the_run(datas
     assert max(abs(got[k] - want[k]) for k in want) < 1e-5
 
     table = invoke("table", "--out", out, "--attr", "race")
-    assert table.exit_code == 0 and "· lora" in table.output and "trainable parameters" in table.output
+    text = " ".join(table.output.split())
+    assert table.exit_code == 0 and f"{method} · lora" in text and "trainable parameters:" in text
+    bad = invoke("export", zs.parent, "--out", tmp_path / "x.safetensors")
+    assert bad.exit_code == 2 and "only runs trained with --set adapter=lora have adapters" in bad.output
 
 
 # ---------------------------------------------------------------- BiomedCLIP layout (local-dir:, HF text tower)
