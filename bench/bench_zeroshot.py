@@ -7,7 +7,9 @@ time) scores `--images` random 224 px images with the two prompts, exactly as `f
 does (fairbench.training.zeroshot.zero_shot_scores, batches of `--batch`, fp32 on a CPU). It prints the seconds per
 image, measured twice (the first pass includes one-time warm-up; the second is the steady rate), and the time for
 `--target` images extrapolated linearly from the steady rate: scoring is one forward pass per image, so its time is
-linear in the image count at a fixed batch size. Loading and resizing the dataset's images to 224 px (once, then
+linear in the image count at a fixed batch size. Side by side it measures this machine's matmul rate and counts one
+image's FLOPs (torch.utils.flop_counter), and prints measured time / compute floor: a ratio a busy machine affects
+less than the seconds. Loading and resizing the dataset's images to 224 px (once, then
 cached) is not included.
 """
 
@@ -48,7 +50,23 @@ def main() -> None:
                          batch_size=args.batch)
         rates.append((time.perf_counter() - start) / args.images)
     steady = rates[1]
+    # side by side: this machine's matmul rate now and the FLOPs of one image's forward, so the ratio of the measured
+    # time to its compute floor can be compared across machines and loads
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        backbone.model.encode_image(normalize(images[:1]))
+    flops = counter.get_total_flops()
+    a = torch.randn(1024, 1024)
+    torch.mm(a, a)
+    start = time.perf_counter()
+    for _ in range(8):
+        torch.mm(a, a)
+    rate = 2 * 1024**3 * 8 / (time.perf_counter() - start)
+    floor = flops / rate
     print(f"b16 (random init), {backbone.image_size} px, batch {args.batch}, {torch.get_num_threads()} torch threads")
+    print(f"one image forward: {flops / 1e9:.1f} GFLOP; matmul rate now: {rate / 1e9:.0f} GFLOP/s; "
+          f"compute floor {floor * 1000:.0f} ms/image; measured / floor = {steady / floor:.2f}")
     print(f"build model: {build_s:.1f} s")
     print(f"first pass:  {rates[0] * 1000:.0f} ms/image ({args.images} images)")
     print(f"steady pass: {steady * 1000:.0f} ms/image ({args.images} images)")
