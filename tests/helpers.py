@@ -196,8 +196,9 @@ def make_scores(pop: dict[str, np.ndarray], strength: float, seed: int) -> np.nd
 def write_run(root: Path, method: str, arch: str, attribute: str | None, seed: int, *, strength: float = 1.0,
               dataset: str = "fairvlmed", synthetic: bool = False, selection: str = "val",
               config: dict | None = None, predictions: bool = True, pop: dict | None = None,
-              score_seed: int | None = None) -> dict:
-    """Write one finished run (predictions CSVs, history, result.json last); return the record."""
+              score_seed: int | None = None, mode: dict | None = None) -> dict:
+    """Write one finished run (predictions CSVs, history, result.json last); return the record. `mode` adds the
+    usage-mode fields (e.g. {"mode": "zero-shot", "single_run": True, "trainable_parameters": 0})."""
     from fairbench.files import write_json_atomic
     from fairbench.runs.results import RESULT_SCHEMA, config_hash, run_dir
 
@@ -231,6 +232,7 @@ def write_run(root: Path, method: str, arch: str, attribute: str | None, seed: i
         "versions": {"fairbench": "0.1.0", "torch": "2.x", "python": "3.11"}, "device": "cpu",
         "timings": {"train_s": 1.0, "eval_s": 0.1, "total_s": 1.1}, "finished_at": "2025-01-01T00:00:00Z",
         "files": {"predictions_test": "predictions_test.csv", "predictions_val": "predictions_val.csv"},
+        **(mode or {}),
     }
     write_json_atomic(folder / "result.json", record)
     return record

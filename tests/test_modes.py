@@ -390,3 +390,33 @@ def test_zeroshot_linear_probe_and_clip_make_three_labelled_rows_with_zero_shot_
     assert "clip · fine-tune" in text and "linear-probe " in text and "zeroshot (single run)" in text
     assert "missing 1" not in text  # one zero-shot run is not a missing seed
     assert "a seed-independent mode (zero-shot) scored once, so no std over seeds" in text
+
+
+def test_modes_never_pool_and_a_single_run_pairs_with_every_seed_in_compare(tmp_path):
+    from fairbench.report.aggregate import long_frame
+    from fairbench.report.significance import compare_methods
+    from fairbench.report.tables import build_tables
+    from fairbench.runs.results import collect_results
+    from tests.helpers import write_run
+
+    full = {"method": "clip", "arch": "b16", "train": {"lr": 1e-5}}
+    lora = {"method": "clip", "arch": "b16", "train": {"lr": 1e-5, "adapter": "lora", "adapter_rank": 8}}
+    for seed in (0, 1):
+        write_run(tmp_path, "clip", "b16", None, seed, config=full,
+                  mode={"mode": "fine-tune", "single_run": False, "trainable_parameters": 86_000_000})
+        write_run(tmp_path, "clip", "b16", None, seed, config=lora, strength=0.5,
+                  mode={"mode": "lora", "single_run": False, "trainable_parameters": 294_912})
+    write_run(tmp_path, "zeroshot", "b16", None, 0, strength=0.3,
+              mode={"mode": "zero-shot", "single_run": True, "trainable_parameters": 0})
+    records = collect_results(tmp_path).records
+    (table,) = build_tables(long_frame(records), attrs=["race"])
+    labels = {r.label for r in table.rows}
+    assert labels == {"clip [adapter=∅, adapter_rank=∅] · fine-tune", "clip [adapter=lora, adapter_rank=8] · lora",
+                      "zeroshot (single run)"}
+    caption = " ".join(table.caption.split())
+    assert "trainable parameters: " in caption and "clip [adapter=∅, adapter_rank=∅] · fine-tune 86M" in caption
+    assert "clip [adapter=lora, adapter_rank=8] · lora 295k" in caption and "zeroshot (single run) 0" in caption
+    assert not any("missing" in note for note in table.notes)
+    full_hash = next(r["config_hash"] for r in records if r["config"] == full)
+    (comp,) = compare_methods(records, "zeroshot", "clip", "race", config_b=full_hash, n_resamples=20)
+    assert comp.seeds == [0, 1] and any("single run" in n for n in comp.notes)
