@@ -420,3 +420,20 @@ def test_modes_never_pool_and_a_single_run_pairs_with_every_seed_in_compare(tmp_
     full_hash = next(r["config_hash"] for r in records if r["config"] == full)
     (comp,) = compare_methods(records, "zeroshot", "clip", "race", config_b=full_hash, n_resamples=20)
     assert comp.seeds == [0, 1] and any("single run" in n for n in comp.notes)
+
+
+@pytest.mark.slow
+def test_a_linear_probe_on_one_training_class_stops_before_its_run_folder(dataset, tmp_path):
+    from tests.helpers import copy_dataset
+
+    data = copy_dataset(dataset, tmp_path / "data")
+    for path in sorted((data / "Training").glob("*.npz")):  # every training sample negative
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        arrays["glaucoma"] = np.array(0, dtype=arrays["glaucoma"].dtype)
+        np.savez(path, **arrays)
+    out = tmp_path / "results"
+    r = invoke("run", "--method", "linear-probe", "--attr", "race", "--seeds", "1", "--data", data, "--out", out,
+               "--pretrained", "none")
+    assert "the training split has one class only (label [0])" in r.output, r.output
+    assert not list(out.rglob("linear-probe"))  # no run folder was made
