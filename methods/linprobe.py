@@ -84,7 +84,7 @@ class LinearProbeSettings:
 
 
 @register_method("linear-probe", description="linear probe: frozen image encoder + a linear classifier on its "
-                 "features (FairCLIP's protocol; regularisation chosen on validation)", aliases=("linprobe",))
+                 "features (FairCLIP's protocol; regularisation chosen on validation)")
 class LinearProbe(Method):
     """Trains a linear head on cached frozen features; the model itself never changes."""
 

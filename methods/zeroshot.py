@@ -18,7 +18,7 @@ from fairbench.registry import register_method
 
 
 @register_method("zeroshot", description="zero-shot: score the model as loaded with the dataset's prompts "
-                 "(trains nothing; one run per arch)", aliases=("zero-shot",))
+                 "(trains nothing; one run per arch)")
 class ZeroShot(Method):
     """No training: the scores of the loaded weights."""
 

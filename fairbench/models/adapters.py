@@ -150,10 +150,7 @@ def rebuild_adapted(record: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     seed_everything(int(record["seed"]))
     backbone = create_backbone(record["arch"], pretrained=weights)
     cls = get_method(record["method"])
-    from fairbench.method import parse_settings
-
-    settings = parse_settings(cls.Settings, {}, owner=record["method"])
-    settings = _settings_from(cls.Settings, config.get("method_settings") or {}) or settings
+    settings = _settings_from(cls.Settings, config.get("method_settings") or {})
     attribute = record.get("attribute")
     n_groups = len(get_dataset(record["dataset"].get("name")).attributes[attribute]) if attribute else 0
     model = cls(settings, attribute, n_groups).build(backbone.model)
