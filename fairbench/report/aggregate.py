@@ -54,8 +54,7 @@ def variant_labels(records: Iterable[dict[str, Any]]) -> dict[str, str]:
     """
     by_group: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for rec in records:
-        key = (rec["dataset"].get("tag"), rec["selection"].get("rule"), protocol_of(rec), rec["method"], rec["arch"],
-               rec.get("attribute"))
+        key = _variant_group(rec)
         by_group[key][rec["config_hash"]] = _flatten(rec.get("config") or {})
     labels_by_hash: dict[tuple, str] = {}
     for key, configs in by_group.items():
@@ -74,11 +73,14 @@ def variant_labels(records: Iterable[dict[str, Any]]) -> dict[str, str]:
             else:
                 labels_by_hash[key + (cfg_hash,)] = ", ".join(
                     f"{n}={_fmt_setting(cfg.get(k, '∅'))}" for n, k in zip(names, differing, strict=True))
-    return {
-        rec["_dir"]: labels_by_hash[(rec["dataset"].get("tag"), rec["selection"].get("rule"), protocol_of(rec),
-                                     rec["method"], rec["arch"], rec.get("attribute"), rec["config_hash"])]
-        for rec in records
-    }
+    return {rec["_dir"]: labels_by_hash[_variant_group(rec) + (rec["config_hash"],)] for rec in records}
+
+
+def _variant_group(rec: dict[str, Any]) -> tuple:
+    """Runs whose configs are told apart by a variant label: one method/arch/dataset/selection/protocol/training
+    attribute and usage mode (rows of two modes are apart already, and their labels name the mode)."""
+    return (rec["dataset"].get("tag"), rec["selection"].get("rule"), protocol_of(rec), rec["method"], rec["arch"],
+            rec.get("attribute"), rec.get("mode") or DEFAULT_MODE)
 
 
 def _num(value: Any) -> float:
