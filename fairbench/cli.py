@@ -48,6 +48,7 @@ _COMMANDS: list[tuple[str, str, str, str]] = [
     ("fairbench.commands.plot", "plot", "plot", "command"),
     ("fairbench.commands.report", "report", "report", "command"),
     ("fairbench.commands.status", "status", "status", "command"),
+    ("fairbench.commands.export", "export", "export", "command"),
     ("fairbench.commands.listing", "list_", "list", "command"),
     ("fairbench.commands.data", "app", "data", "group"),
 ]

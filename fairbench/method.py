@@ -64,6 +64,13 @@ class Method:
     group_batches: ClassVar[bool] = False
     sampling: ClassVar[str] = "uniform"
     reference: ClassVar[str] = ""
+    # How the method uses the model (FairMedFM's usage modes): "fine-tune" (the trainer updates the model), or a
+    # mode whose `fit` replaces the trainer ("zero-shot", "linear-probe"); tables never pool two modes and label
+    # every row with its mode (a trainer-level adapter turns "fine-tune" into "lora").
+    mode: ClassVar[str] = "fine-tune"
+    # The result does not depend on the seed (zero-shot scoring of fixed weights): one run per arch and attribute,
+    # whatever --seeds says, shown in tables as a single run rather than a mean over seeds.
+    seed_independent: ClassVar[bool] = False
 
     @dataclass
     class Settings:
@@ -95,6 +102,21 @@ class Method:
     def build(self, model: nn.Module) -> nn.Module:
         """Return the model to train, e.g. the backbone with layers swapped in. Default: unchanged."""
         return model
+
+    @classmethod
+    def check_arch(cls, arch: Any) -> None:
+        """Raise SettingsError (one line) if this method cannot use `arch` (a fairbench.models.archs.Arch), at
+        planning, before any run folder exists. Default: every arch works."""
+
+    def check_training_labels(self, labels: Any) -> None:
+        """Raise SettingsError (one line) if the training labels (a numpy array) cannot serve this method (e.g. a
+        classifier on one class); called before the run folder is made. Default: any labels do."""
+
+    def fit(self, model: nn.Module, context: Any) -> Any:
+        """Fit and score without the shared trainer, for a mode that does not fine-tune: return a
+        fairbench.training.trainer.TrainOutcome from `context` (fairbench.training.context.FitContext). Default:
+        None, and the shared trainer fine-tunes the model with `loss_terms`."""
+        return None
 
     def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
         """The parameters the optimiser updates. Default: every parameter that requires a gradient; a protocol

@@ -196,8 +196,9 @@ def make_scores(pop: dict[str, np.ndarray], strength: float, seed: int) -> np.nd
 def write_run(root: Path, method: str, arch: str, attribute: str | None, seed: int, *, strength: float = 1.0,
               dataset: str = "fairvlmed", synthetic: bool = False, selection: str = "val",
               config: dict | None = None, predictions: bool = True, pop: dict | None = None,
-              score_seed: int | None = None) -> dict:
-    """Write one finished run (predictions CSVs, history, result.json last); return the record."""
+              score_seed: int | None = None, mode: dict | None = None) -> dict:
+    """Write one finished run (predictions CSVs, history, result.json last); return the record. `mode` adds the
+    usage-mode fields (e.g. {"mode": "zero-shot", "single_run": True, "trainable_parameters": 0})."""
     from fairbench.files import write_json_atomic
     from fairbench.runs.results import RESULT_SCHEMA, config_hash, run_dir
 
@@ -231,6 +232,7 @@ def write_run(root: Path, method: str, arch: str, attribute: str | None, seed: i
         "versions": {"fairbench": "0.1.0", "torch": "2.x", "python": "3.11"}, "device": "cpu",
         "timings": {"train_s": 1.0, "eval_s": 0.1, "total_s": 1.1}, "finished_at": "2025-01-01T00:00:00Z",
         "files": {"predictions_test": "predictions_test.csv", "predictions_val": "predictions_val.csv"},
+        **(mode or {}),
     }
     write_json_atomic(folder / "result.json", record)
     return record
@@ -459,3 +461,49 @@ def write_table_dataset(root: Path, sizes: dict[str, int] | None = None, seed: i
     spec = root / "lesions.toml"
     spec.write_text(TABLE_DATASET_FILE)
     return spec
+
+
+# ---------------------------------------------------------------- a tiny BiomedCLIP-layout local-dir: model
+
+BIOMED_WORDS = ["a", "scanning", "laser", "ophthalmoscope", "fundus", "image", "of", "glaucoma", "normal", "no",
+                "the", "patient", "has", "with", "eye", "optic", "nerve", "cup", "disc", "ratio"]
+
+
+def biomedclip_folder(root: Path, context_length: int = 32) -> Path:
+    """A folder with BiomedCLIP's file structure (open_clip_config.json with a timm image tower and a BERT-style
+    Hugging Face text tower, its tokenizer files and open_clip weights), tiny and randomly initialised, written
+    offline: the BERT config.json sits in the folder and `hf_model_name` points at it (research-21 §3). The
+    context length is shorter than BiomedCLIP's 256 only to keep tests fast; the layout is the same."""
+    import json
+
+    import open_clip
+    import torch
+    from transformers import BertConfig
+
+    folder = root / "biomedclip-tiny"
+    if (folder / "open_clip_pytorch_model.bin").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BIOMED_WORDS, ".", ","]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=64, max_position_embeddings=64, pad_token_id=0, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0).save_pretrained(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": context_length}))
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]", "sep_token": "[SEP]",
+         "unk_token": "[UNK]"}))
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": {"embed_dim": 16,
+                      "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "",
+                                     "timm_proj": "linear", "image_size": 64},
+                      "text_cfg": {"hf_model_name": str(folder.resolve()), "hf_tokenizer_name": str(folder.resolve()),
+                                   "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
+                                   "context_length": context_length}},
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
+                           "std": [0.26862954, 0.26130258, 0.27577711]}}))
+    torch.manual_seed(0)
+    model = open_clip.create_model(f"local-dir:{folder}", pretrained_text=False)
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return folder

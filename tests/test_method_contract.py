@@ -25,11 +25,18 @@ def settings_variant(cls: type[Method]) -> bool:
     return parent is not Method and bool(parent.name) and not own
 
 
-CONTRACT_METHODS = [n for n in list_methods() if not settings_variant(get_method(n))]
+def own_fit(cls: type[Method]) -> bool:
+    """A mode that does not fine-tune (zero-shot, linear probe): it overrides `fit` instead of the trainer's loop."""
+    return cls.fit is not Method.fit
+
+
+CONTRACT_METHODS = [n for n in list_methods() if not settings_variant(get_method(n)) and not own_fit(get_method(n))]
+FIT_METHODS = [n for n in list_methods() if not settings_variant(get_method(n)) and own_fit(get_method(n))]
 
 
 def test_the_contract_covers_each_method_class_and_skips_only_settings_variants():
     assert {"clip", "fairclip", "fairmoe"} <= set(CONTRACT_METHODS)
+    assert {"zeroshot", "linear-probe"} <= set(FIT_METHODS)
     assert "fairmoe-no-fei" not in CONTRACT_METHODS and settings_variant(get_method("fairclip-fom"))
 
 
@@ -94,3 +101,43 @@ def test_method_trains_two_epochs_and_scores(name, data):
         assert np.isfinite(scores).all() and np.unique(scores).size > scores.size // 2  # samples scored apart
     assert len(out.history) == 2
     assert out.best_epoch == int(np.argmax([h["val_auc"] for h in out.history]))
+
+
+@pytest.mark.parametrize("name", FIT_METHODS)
+@pytest.mark.slow
+def test_a_mode_with_its_own_fit_scores_samples_apart_and_leaves_the_model_as_loaded(name, data, tmp_path):
+    """The contract of `Method.fit`: val and test scores for every sample, in [0, 1], told apart; the backbone is
+    not changed (these modes train no backbone parameter); what it trained is counted."""
+    from fairbench.datasets import normalize_images
+    from fairbench.datasets.fairvlmed import FairVLMed
+    from fairbench.metrics import overall_auc as _auc
+    from fairbench.models import create_backbone
+    from fairbench.training.context import FitContext
+
+    cls = get_method(name)
+    attribute = "race" if cls.uses_attribute else None
+    method = cls(cls.Settings(), attribute, len(FairVLMed.attributes["race"]) if attribute else 0)
+    if hasattr(method.settings, "probe_epochs"):
+        method.settings.probe_epochs = 20
+    torch.manual_seed(0)
+    bb = create_backbone("tiny", pretrained=None)
+    model = method.build(bb.model)
+    initial = {k: p.detach().clone() for k, p in model.named_parameters()}
+    mean = torch.tensor(bb.mean).view(1, 3, 1, 1)
+    std = torch.tensor(bb.std).view(1, 3, 1, 1)
+
+    def split(s):
+        return SplitData(s.images, s.tokens, s.labels, s.attributes[attribute] if attribute else None)
+
+    context = FitContext(settings=TrainSettings(eval_batch_size=64), train=split(data.train), val=split(data.val),
+                         test=split(data.test), normalize=lambda x: normalize_images(x, mean, std),
+                         tokenize=bb.tokenize, prompts=FairVLMed.prompts, device=torch.device("cpu"), auc=_auc,
+                         seed=0, data_key="contract", cache_dir=tmp_path)
+    out = method.fit(model, context)
+    assert out.test_scores.shape == (data.test.labels.shape[0],)
+    assert out.val_scores.shape == (data.val.labels.shape[0],)
+    for scores in (out.test_scores, out.val_scores):
+        assert np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()
+        assert np.unique(scores).size > scores.size // 2  # samples scored apart
+    assert all(torch.equal(p.detach(), initial[k]) for k, p in model.named_parameters())
+    assert isinstance(out.trainable_parameters, int) and out.trainable_parameters >= 0

@@ -126,8 +126,9 @@ def summary_line(planned, rec: dict[str, Any]) -> str:
     tag = " [yellow]SYNTHETIC[/]" if rec["dataset"]["synthetic"] else ""
     sel = rec["selection"]
     fair = f", {attr} ES-AUC {fmt(a.get('es_auc'))}, DPD {fmt(a.get('dpd'))}, EOD {fmt(a.get('eod'))}" if a else ""
-    return (f"[green]done[/] {planned.label()}: AUC {fmt(test['auc'])}{fair} (epoch {sel['epoch']}, "
-            f"{sel['label']}; {rec['timings']['total_s']:.0f}s){tag}")
+    when = f"epoch {sel['epoch']}, {sel['label']}" if sel.get("epoch") is not None else rec.get("mode", "no epochs")
+    seconds = rec["timings"]["total_s"]
+    return f"[green]done[/] {planned.label()}: AUC {fmt(test['auc'])}{fair} ({when}; {seconds:.0f}s){tag}"
 
 
 # A seed whose selected validation AUC is this far (absolute) below the median of its finished sibling seeds

@@ -16,10 +16,13 @@ naming rule (it names run folders). This module imports neither torch nor open_c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fairbench.registry import ARCHS, check_name
@@ -39,6 +42,47 @@ PRETRAINED_HERE = "fairbench-pretraining"
 # layers outside the towers) are not in this list and train.
 CLIP_FROZEN: tuple[str, ...] = ("logit_scale", "token_embedding", "positional_embedding", "ln_final",
                                 "text_projection")
+
+# The same rule per tower family, as the parameter paths each family gives those parts (research-21 §2.3): the
+# logit scale, the text tower's token and position embeddings, its final norm and its projection stay as loaded;
+# everything else in the two towers trains (the whole image tower, its projection head included, as FairCLIP's
+# optimiser holds all of `model.visual`).
+#  - "openai": open_clip.CLIP (OpenAI layout: the text tower's parts are attributes of the CLIP module itself);
+#  - "open_clip-text": CustomTextCLIP with open_clip's own TextTransformer under `text.`;
+#  - "hf-text": CustomTextCLIP with a Hugging Face (BERT-style) text tower, BiomedCLIP's layout. BERT's embeddings
+#    module (word, position and token-type embeddings and its LayerNorm) is frozen whole: it is the embedding stage
+#    OpenAI's `token_embedding` + `positional_embedding` correspond to; BERT has no final text norm (it is post-LN);
+#    the projection is open_clip's `text.proj` (a Linear or an MLP).
+TOWER_FROZEN: dict[str, tuple[str, ...]] = {
+    "openai": CLIP_FROZEN,
+    "open_clip-text": ("logit_scale", "text.token_embedding", "text.positional_embedding", "text.ln_final",
+                       "text.text_projection"),
+    "hf-text": ("logit_scale", "text.transformer.embeddings", "text.proj"),
+}
+# open_clip prefixes of models it loads from a folder or the Hugging Face hub rather than by name
+MODEL_SCHEMAS = ("local-dir:", "hf-hub:")
+
+
+class ArchError(ValueError):
+    """An arch that cannot be used as given (a local-dir: folder without a config, a missing optional dependency);
+    the message is one line naming the fix."""
+
+
+def tower_family(model_cfg: dict[str, Any]) -> str:
+    """The text tower family of an open_clip model config (see TOWER_FROZEN)."""
+    text = model_cfg.get("text_cfg") or {}
+    if text.get("hf_model_name"):
+        return "hf-text"
+    if model_cfg.get("custom_text"):
+        return "open_clip-text"
+    return "openai"
+
+
+def frozen_parts(model_cfg: dict[str, Any]) -> tuple[str, ...]:
+    """What a towers-only protocol freezes in a model of this config: its family's parts, plus the logit bias of a
+    model that has one (SigLIP-style)."""
+    parts = TOWER_FROZEN[tower_family(model_cfg)]
+    return parts + ("logit_bias",) if model_cfg.get("init_logit_bias") is not None else parts
 
 # Real backbones train with the FairCLIP protocol (TrainSettings' defaults) and keep the selected weights.
 PROTOCOL_TRAIN_DEFAULTS: dict[str, Any] = {"checkpoint": True}
@@ -110,6 +154,12 @@ class Arch:
     frozen: tuple[str, ...] = CLIP_FROZEN
     step_tflop_b32: float | None = None
     pretraining: PretrainRecipe | None = None
+    family: str = "openai"  # the text tower family (TOWER_FROZEN): which swap points and LoRA targets exist
+
+    @property
+    def folder(self) -> str:
+        """The run-folder name part of this arch (its name; a slug for `local-dir:` / `hf-hub:` models)."""
+        return self.name
 
     def inputs(self) -> InputSpec:
         """The input pipeline, read from open_clip's config: cheap even for ViT-L/14."""
@@ -225,6 +275,106 @@ def hub_error(model_name: str, tag: str, exc: BaseException) -> WeightsUnavailab
         "`--arch tiny` runs without weights.")
 
 
+@dataclass(frozen=True)
+class SchemaArch(Arch):
+    """An open_clip model loaded from a folder (`local-dir:PATH`) or the Hugging Face hub (`hf-hub:ORG/REPO`), e.g.
+    BiomedCLIP. Its default weights are the ones shipped with it (open_clip loads them and ignores a tag); `None`
+    is a random init of the same config. The folder's (or repo's) open_clip_config.json says everything else."""
+
+    def inputs(self) -> InputSpec:
+        import open_clip
+
+        config = self.model_config()
+        try:
+            tokenizer = open_clip.get_tokenizer(self.model_name)
+        except Exception as exc:  # a missing tokenizer file, or no network for a hub tokenizer
+            raise ArchError(f"arch {self.name!r}: cannot load its tokenizer ({type(exc).__name__}: "
+                            f"{_first_line(exc)}); a local-dir: folder needs the tokenizer files beside its "
+                            "config") from None
+        size = config["vision_cfg"].get("image_size", 224)
+        size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        context = getattr(tokenizer, "context_length", None) or config.get("text_cfg", {}).get("context_length", 77)
+        return InputSpec(self.model_name, size, tokenizer, f"{type(tokenizer).__name__}-{context}")
+
+    def model_config(self) -> dict[str, Any]:
+        import open_clip
+
+        try:
+            config = open_clip.get_model_config(self.model_name)
+        except Exception as exc:
+            raise ArchError(f"arch {self.name!r}: cannot read its open_clip config ({type(exc).__name__}: "
+                            f"{_first_line(exc)})") from None
+        if not config:
+            raise ArchError(f"arch {self.name!r}: no open_clip model config found")
+        return config
+
+    def create(self, weights: str | None) -> nn.Module:
+        import open_clip
+
+        with quiet_root_logger():
+            if weights:  # the weights shipped with the folder / repo
+                return open_clip.create_model(self.model_name)
+            # a random init of the config: no CLIP checkpoint and no pretrained HF text tower (research-21 §3)
+            return open_clip.create_model(self.model_name, load_weights=False, pretrained_text=False)
+
+    def check_hub_weights(self, tag: str) -> str:
+        if tag != SHIPPED_WEIGHTS:
+            raise WeightsUnavailableError(f"arch {self.name!r} loads the weights shipped with it (--pretrained "
+                                          f"default), none (random init) or a local checkpoint file, not {tag!r}")
+        if self.model_name.startswith("local-dir:"):
+            folder = Path(self.model_name.removeprefix("local-dir:"))
+            found = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pth")]
+            if not found:
+                raise WeightsUnavailableError(f"arch {self.name!r}: no weights (*.safetensors, *.bin, *.pth) in "
+                                              f"{folder}; add them or run with --pretrained none")
+        return f"the weights shipped with {self.model_name}"
+
+    @property
+    def folder(self) -> str:
+        import hashlib
+
+        schema, _, where = self.model_name.partition(":")
+        tail = re.sub(r"[^A-Za-z0-9._-]", "-", where.rstrip("/").rsplit("/", 1)[-1])[:40].strip("-._") or "model"
+        return f"{schema}-{tail}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
+
+
+# `default_weights` of a SchemaArch: the weights that come with the folder or hub repo
+SHIPPED_WEIGHTS = "shipped"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _has_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401 - the [hf] extra; open_clip builds HF text towers with it
+    except ImportError:
+        return False
+    return True
+
+
+def schema_arch(name: str) -> SchemaArch:
+    """The arch of a `local-dir:` / `hf-hub:` model name, checked: a folder must exist and hold open_clip's config,
+    and a Hugging Face text tower needs `transformers` (the `[hf]` extra)."""
+    if name.startswith("local-dir:"):
+        folder = Path(name.removeprefix("local-dir:")).expanduser()
+        if not folder.is_dir():
+            raise ArchError(f"arch {name!r}: folder {folder} not found; pass local-dir:/path/to/model_folder")
+        if not (folder / "open_clip_config.json").is_file():
+            raise ArchError(f"arch {name!r}: {folder} has no open_clip_config.json; a local-dir: model needs "
+                            "open_clip's config file (with model_cfg) beside its weights, as its hub repo has it")
+        name = f"local-dir:{folder.resolve()}"
+    arch = SchemaArch(name=name, description=f"open_clip model {name}", model_name=name,
+                      default_weights=SHIPPED_WEIGHTS)
+    config = arch.model_config()
+    family = tower_family(config)
+    if family == "hf-text" and not _has_transformers():
+        raise ArchError(f"arch {name!r} has a Hugging Face text tower ({config['text_cfg']['hf_model_name']}), which "
+                        "needs transformers: pip install 'fairbench-medvlm[hf]'")
+    return dataclasses.replace(arch, frozen=frozen_parts(config), family=family)
+
+
 def register_arch(arch: Arch) -> Arch:
     """Make `arch` available as `--arch NAME`."""
     return ARCHS.add(arch)
@@ -235,12 +385,23 @@ def get_arch(name: str) -> Arch:
     (one line, with close names) for anything else, an InvalidNameError for a name that cannot name a folder."""
     if name in ARCHS:
         return ARCHS.get(name)
+    if isinstance(name, str) and name.startswith(MODEL_SCHEMAS):
+        return schema_arch(name)
     check_name("arch", name)
     import open_clip
 
-    if open_clip.get_model_config(name) is None:
+    config = open_clip.get_model_config(name)
+    if config is None:
         ARCHS.get(name)  # raises the registry's unknown-name error
-    return Arch(name=name, description=f"open_clip model {name}", model_name=name, default_weights=None)
+    return Arch(name=name, description=f"open_clip model {name}", model_name=name, default_weights=None,
+                frozen=frozen_parts(config), family=tower_family(config))
+
+
+def arch_folder(name: str) -> str:
+    """The run-folder part for arch `name` (a slug for local-dir: / hf-hub: models, the name itself otherwise)."""
+    if isinstance(name, str) and name.startswith(MODEL_SCHEMAS):
+        return get_arch(name).folder
+    return name
 
 
 def list_archs() -> list[str]:

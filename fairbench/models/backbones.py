@@ -84,6 +84,64 @@ def create_backbone(arch: str, pretrained: str | None = "default", device: str |
                     image_size=inputs.image_size, mean=mean, std=std, arch=arch, pretrained=pretrained)
 
 
+def shape_map(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def meta_model(arch: str) -> nn.Module:
+    """`arch`'s model with its parameters on the meta device: its names and shapes, without memory or init cost."""
+    spec = get_arch(arch)
+    with torch.device("meta"), quiet_root_logger():
+        try:
+            return spec.create(None)
+        except NotImplementedError:  # open_clip's factory moves the model to a device: ask it for the meta one
+            import open_clip
+
+            return open_clip.create_model(spec.model_name, pretrained=None, device="meta", load_weights=False,
+                                          pretrained_text=False)
+
+
+def first_mismatches(want: dict[str, tuple[int, ...]], have: dict[str, tuple[int, ...]], k: int = 3) -> list[str]:
+    """Up to `k` keys that differ, in the model's order: missing, shape-mismatched, then unexpected."""
+    out = [f"{key} (missing)" if key not in have else f"{key} (checkpoint {list(have[key])}, arch {list(shape)})"
+           for key, shape in want.items() if have.get(key) != shape]
+    out += [f"{key} (unexpected)" for key in have if key not in want]
+    return out[:k]
+
+
+def looks_like(have: dict[str, tuple[int, ...]]) -> str:
+    """Which registered arch a checkpoint's names and shapes fit (or fit best), for the mismatch message."""
+    from fairbench.models.archs import list_archs
+
+    best, best_score = "", -1.0
+    for name in list_archs():
+        try:
+            want = shape_map(meta_model(name))
+        except Exception:  # an arch that cannot build on the meta device is just not a candidate
+            continue
+        score = sum(have.get(k) == v for k, v in want.items()) / max(len(want), len(have), 1)
+        if score == 1.0:
+            return f"it looks like arch {name!r} (--arch {name})"
+        if score > best_score:
+            best, best_score = name, score
+    if best and best_score > 0:
+        return f"it looks most like arch {best!r} ({best_score:.0%} of keys fit), i.e. none of the registered archs"
+    return "it fits none of the registered archs (tiny, b16, l14, ...); pass the open_clip model name as --arch"
+
+
+def check_checkpoint_fits(arch: str, path: Path) -> None:
+    """Before any run folder: a local checkpoint must have exactly the arch's names and shapes; otherwise one line
+    naming the first mismatched keys and the arch the checkpoint looks like."""
+    model = meta_model(arch)
+    want = shape_map(model)
+    state = _adapt_keys(read_checkpoint(path), model)
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    wrong = first_mismatches(want, have)
+    if wrong:
+        raise WeightsUnavailableError(f"checkpoint {path} does not fit arch {arch!r} ({get_arch(arch).model_name}): "
+                                      f"first mismatched keys {'; '.join(wrong)}; {looks_like(have)}")
+
+
 def load_local_weights(model: nn.Module, model_name: str, path: Path) -> None:
     """Load a local checkpoint strictly: a partial load would silently train a half-random model."""
     state = read_checkpoint(path)
@@ -150,6 +208,7 @@ def ensure_weights(arch: str, pretrained: str | None = "default") -> str:
             except Exception as exc:
                 raise WeightsUnavailableError(f"cannot read checkpoint {local} ({type(exc).__name__}: "
                                               f"{str(exc)[:160]}); it is truncated or damaged, copy it again") from None
+        check_checkpoint_fits(arch, local)
         return f"local checkpoint {local}"
     if local.suffix in CHECKPOINT_SUFFIXES or os.sep in str(pretrained):
         raise WeightsUnavailableError(f"checkpoint file {local} not found; pass an existing file to --pretrained")
@@ -194,6 +253,9 @@ def _adapt_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, t
     for extra in ("input_resolution", "context_length", "vocab_size"):
         state.pop(extra, None)
     own = model.state_dict()
-    if "logit_scale" in state and "logit_scale" in own:
+    if "logit_scale" in state and "logit_scale" in own and state["logit_scale"].numel() == own["logit_scale"].numel():
         state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
+    # open_clip drops this stale BERT buffer too (factory.py load_checkpoint) when the model has none
+    if "text.transformer.embeddings.position_ids" not in own:
+        state.pop("text.transformer.embeddings.position_ids", None)
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

@@ -20,8 +20,10 @@ OVERALL = "overall"
 # Columns of the tidy frame, in order. `group` is "" for attribute-level metrics; `value` is raw (0–1), not × 100.
 LONG_COLUMNS = (
     "dataset", "synthetic", "selection", "protocol", "method", "arch", "variant", "config_hash", "train_attribute",
-    "eval_attribute", "group", "metric", "value", "seed", "run_id",
+    "eval_attribute", "group", "metric", "value", "seed", "run_id", "mode", "single_run", "trainable",
 )
+# How a run used the model (fairbench.method.Method.mode); results written before modes existed fine-tuned.
+DEFAULT_MODE = "fine-tune"
 ROW_KEYS = ("dataset", "synthetic", "selection", "protocol", "method", "arch", "variant")
 _SKIP_CONFIG_KEYS = frozenset({"seed", "seeds", "out", "output", "attribute", "attr"})
 _MAX_VARIANT_KEYS = 3
@@ -52,8 +54,7 @@ def variant_labels(records: Iterable[dict[str, Any]]) -> dict[str, str]:
     """
     by_group: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for rec in records:
-        key = (rec["dataset"].get("tag"), rec["selection"].get("rule"), protocol_of(rec), rec["method"], rec["arch"],
-               rec.get("attribute"))
+        key = _variant_group(rec)
         by_group[key][rec["config_hash"]] = _flatten(rec.get("config") or {})
     labels_by_hash: dict[tuple, str] = {}
     for key, configs in by_group.items():
@@ -72,11 +73,14 @@ def variant_labels(records: Iterable[dict[str, Any]]) -> dict[str, str]:
             else:
                 labels_by_hash[key + (cfg_hash,)] = ", ".join(
                     f"{n}={_fmt_setting(cfg.get(k, '∅'))}" for n, k in zip(names, differing, strict=True))
-    return {
-        rec["_dir"]: labels_by_hash[(rec["dataset"].get("tag"), rec["selection"].get("rule"), protocol_of(rec),
-                                     rec["method"], rec["arch"], rec.get("attribute"), rec["config_hash"])]
-        for rec in records
-    }
+    return {rec["_dir"]: labels_by_hash[_variant_group(rec) + (rec["config_hash"],)] for rec in records}
+
+
+def _variant_group(rec: dict[str, Any]) -> tuple:
+    """Runs whose configs are told apart by a variant label: one method/arch/dataset/selection/protocol/training
+    attribute and usage mode (rows of two modes are apart already, and their labels name the mode)."""
+    return (rec["dataset"].get("tag"), rec["selection"].get("rule"), protocol_of(rec), rec["method"], rec["arch"],
+            rec.get("attribute"), rec.get("mode") or DEFAULT_MODE)
 
 
 def sampling_of(record: dict[str, Any]) -> str:
@@ -112,7 +116,9 @@ def long_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
                 rec["selection"].get("rule", "?"), protocol_of(rec), rec["method"], rec["arch"],
                 row_variant(rec, labels[rec["_dir"]]),
                 rec["config_hash"], rec.get("attribute") or "")
-        tail = (int(rec["seed"]), rec.get("run_id") or rec["_dir"])
+        trainable = rec.get("trainable_parameters")
+        tail = (int(rec["seed"]), rec.get("run_id") or rec["_dir"], str(rec.get("mode") or DEFAULT_MODE),
+                bool(rec.get("single_run", False)), -1 if not isinstance(trainable, int) else trainable)
         suite = rec["metrics"]["test"] or {}
         for metric in ("auc", "accuracy"):
             if metric in suite:

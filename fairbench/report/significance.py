@@ -108,6 +108,11 @@ def _pick(records: list[dict[str, Any]], method: str, attr: str, config: str | N
     return out
 
 
+def _single_run(runs: dict[int, dict[str, Any]]) -> bool:
+    """One run of a seed-independent mode (result.json `single_run`)."""
+    return len(runs) == 1 and bool(next(iter(runs.values())).get("single_run"))
+
+
 def _seed_tests(mc: MetricComparison) -> None:
     from scipy import stats
 
@@ -237,10 +242,18 @@ def compare_methods(records: list[dict[str, Any]], method_a: str, method_b: str,
     out = []
     for key in keys:
         a, b = runs_a[key], runs_b[key]
+        single = [name for name, runs in ((method_a, a), (method_b, b)) if _single_run(runs)]
+        if len(single) == 1 and _single_run(a):  # a seed-independent mode (zero-shot): its one run pairs with
+            a = dict.fromkeys(b, next(iter(a.values())))  # every seed of the other method
+        elif len(single) == 1:
+            b = dict.fromkeys(a, next(iter(b.values())))
         seeds = sorted(set(a) & set(b))
         tag, synthetic, rule, arch_name = key
         comp = Comparison(method_a, method_b, arch_name, attr, tag, synthetic, rule, seeds, [],
                           n_resamples=n_resamples if bootstrap else 0, alpha=alpha)
+        if len(single) == 1:
+            comp.notes.append(f"{single[0]} is a single run (seed-independent): each seed of the other method is "
+                              "paired with it, so the t-test measures that method's seed spread against fixed scores")
         only = sorted(set(a) ^ set(b))
         if only:
             comp.notes.append(f"seed(s) {', '.join(map(str, only))} ran for only one method and are left out")

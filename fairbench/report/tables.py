@@ -33,6 +33,8 @@ STD_NOTE = "mean ± std over seeds (sample std, ddof = 1)"
 DEFAULT_SPREAD = 0.10
 # The paper verdict asks whether a published value lies within this interval of our mean over seeds (t-based).
 VERDICT_LEVEL = 0.95
+# Frame columns that split rows besides method, arch and variant: a run's usage mode never pools with another's.
+ROW_MODE = ("mode", "single_run", "trainable")
 
 
 @dataclass(frozen=True)
@@ -111,10 +113,17 @@ class Row:
     cells: dict[str, Cell]
     seeds: tuple[int, ...] = ()
     flag: str = ""
+    mode: str = "fine-tune"  # how the runs used the model (fairbench.method.Method.mode, or the adapter)
+    single_run: bool = False  # a seed-independent mode (zero-shot): one run, no spread over seeds
+    trainable: int = -1  # parameters the runs trained (-1: not recorded)
+    show_mode: bool = False  # the table mixes modes or shows one that is not fine-tuning: the label names it
 
     @property
     def label(self) -> str:
-        return f"{self.method} [{self.variant}]" if self.variant else self.method
+        base = f"{self.method} [{self.variant}]" if self.variant else self.method
+        if self.show_mode and self.mode.replace("-", "") not in self.method.replace("-", ""):
+            base += f" · {self.mode}"  # a method named after its mode (zeroshot, linear-probe) already says it
+        return base + (" (single run)" if self.single_run else "")
 
     @property
     def name(self) -> str:
@@ -160,12 +169,24 @@ def _caption(table: Table, n_max: int, compare: bool, spread: float | None) -> s
              "↑ higher is better, ↓ lower is better", "best per column marked"]
     if spread is not None:
         parts.append(f"⚠ on a value: its std over seeds is above {spread:.0%} of its mean (see the note)")
+    if any(r.single_run for r in table.rows):
+        parts.append("(single run): a seed-independent mode (zero-shot) scored once, so no std over seeds")
+    counts = [f"{r.label} {_count(r.trainable)}" for r in table.rows if r.trainable >= 0]
+    if counts:
+        parts.append("trainable parameters: " + ", ".join(counts))
     if table.lead:
         parts.insert(0, table.lead)
     if compare:
         parts.append(f"paper = {PAPER_CITATION}; Δ = ours − paper; verdict = the published value inside, above or "
                      f"below our seeds' {VERDICT_LEVEL:.0%} interval")
     return "; ".join(parts) + "."
+
+
+def _count(n: int) -> str:
+    """A parameter count as 7.57M / 12.3k / 513."""
+    if n >= 1_000_000:
+        return f"{n / 1e6:.3g}M"
+    return f"{n / 1e3:.3g}k" if n >= 1000 else str(n)
 
 
 def _mark_best(columns: list[Column], rows: list[Row]) -> None:
@@ -203,7 +224,7 @@ def _flag_rows(columns: list[Column], rows: list[Row], spread: float) -> None:
     expected = max((len(r.seeds) for r in rows), default=0)
     for row in rows:
         reasons = []
-        problem = seed_problem(row.seeds, expected)
+        problem = "" if row.single_run else seed_problem(row.seeds, expected)
         if problem:
             reasons.append(problem)
         fewer = [k for k, c in row.cells.items() if len(c.seeds) < len(row.seeds)]
@@ -213,7 +234,7 @@ def _flag_rows(columns: list[Column], rows: list[Row], spread: float) -> None:
         if undefined:
             reasons.append(f"undefined values (e.g. a group without both classes) for {', '.join(undefined)}")
         present = [(col, row.cells[col.key]) for col in columns if col.key in row.cells]
-        lone_best = [col.label for col, cell in present if cell.best and cell.n < 2]
+        lone_best = [col.label for col, cell in present if cell.best and cell.n < 2 and not row.single_run]
         if lone_best:
             reasons.append(f"marked best for {', '.join(lone_best)} on a single seed: no spread over seeds "
                            "to tell it from noise")
@@ -228,10 +249,11 @@ def _rows(summary: pd.DataFrame, column_of: str, columns: list[Column]) -> list[
     """Pivot a summary (one line per row key × column) into Rows, sorted by method, arch, variant; each value
     scaled as its column's metric prints it."""
     by_key = {c.key: c for c in columns}
-    rows: dict[tuple[str, str, str], Row] = {}
+    rows: dict[tuple[str, str, str, str], Row] = {}
     for rec in summary.itertuples(index=False):
-        key = (rec.method, rec.arch, rec.variant)
-        row = rows.setdefault(key, Row(rec.method, rec.arch, rec.variant, {}))
+        key = (rec.method, rec.arch, rec.variant, rec.mode)
+        row = rows.setdefault(key, Row(rec.method, rec.arch, rec.variant, {}, mode=rec.mode,
+                                       single_run=bool(rec.single_run), trainable=int(rec.trainable)))
         col = by_key[getattr(rec, column_of)]
         per_seed = tuple((int(s), col.scale * v) for s, v in rec.per_seed)
         row.cells[col.key] = Cell(col.scale * rec.mean, col.scale * rec.std, int(rec.n), rec.seeds,
@@ -324,6 +346,9 @@ def _absent_notes(table: Table, part: pd.DataFrame) -> list[str]:
 
 
 def _finish(table: Table, paper: PaperTables | None, part: pd.DataFrame) -> Table:
+    modes = {r.mode for r in table.rows}
+    for row in table.rows:  # results of different modes never pool: each row names its mode where it matters
+        row.show_mode = len(modes) > 1 or modes != {"fine-tune"}
     _mark_best(table.columns, table.rows)
     _flag_rows(table.columns, table.rows, table.spread)
     n_max = max((len(r.seeds) for r in table.rows), default=0)
@@ -371,7 +396,7 @@ def per_attribute_tables(scope: Scope, metrics: list[str], heading: str, paper_t
         sub = sub[(sub["group"] == "") & sub["metric"].isin(metrics)]
         if sub.empty:
             continue
-        summary = summarise(sub, ["method", "arch", "variant", "metric"])
+        summary = summarise(sub, ["method", "arch", "variant", *ROW_MODE, "metric"])
         present = set(sub["metric"])  # result files written before a metric existed lack it: no empty column
         columns = [Column(m, get_metric(m).label, m) for m in metrics if m in present]
         tables.append(scope.table(heading.format(attribute=attr), attr, columns, _rows(summary, "metric", columns),
@@ -388,7 +413,7 @@ def across_attributes_table(scope: Scope, metric: str, heading: str, lead: str =
     sub = pd.concat(parts) if parts else scope.frame.iloc[0:0]
     if sub.empty:
         return []
-    summary = summarise(sub, ["method", "arch", "variant", "eval_attribute"])
+    summary = summarise(sub, ["method", "arch", "variant", *ROW_MODE, "eval_attribute"])
     present = [a for a in scope.attributes if a in set(summary["eval_attribute"])]
     label = get_metric(metric).label
     columns = [Column(a, f"{label} {a}", metric, attribute=a) for a in present]

@@ -122,6 +122,7 @@ def execute(planned: PlannedJob, *, data_cache: DataCache | None = None, log: Ca
 
     if planned.state() == "done":
         return JobResult(planned, "skipped", "finished run with this config exists")
+    _check_training_data(planned, data_cache)
     created = _make_dirs(planned.run_dir)
     try:
         claim = acquire(planned.run_dir)
@@ -161,6 +162,18 @@ def execute(planned: PlannedJob, *, data_cache: DataCache | None = None, log: Ca
             claim.release(event)
         _remove_if_unused(planned.run_dir, created)
     return JobResult(planned, "done", record=record)
+
+
+def _check_training_data(planned: PlannedJob, data_cache: DataCache | None) -> None:
+    """A method that checks its training labels (`Method.check_training_labels`, e.g. a linear probe on one class)
+    does so before the run folder is made; the data it loads is kept in `data_cache` for the run itself."""
+    from fairbench.method import Method
+
+    method = planned.method_instance()
+    if type(method).check_training_labels is Method.check_training_labels:
+        return
+    data = (data_cache or DataCache()).get(planned)
+    method.check_training_labels(data.train.labels.numpy())
 
 
 def tidy_done(planned: PlannedJob) -> list[str]:
@@ -291,6 +304,12 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     seed_everything(job.seed)  # the random init of `tiny` (and any new layers) depends on the seed
     backbone = create_backbone(job.arch, pretrained=weights, device="cpu")
     model = method.build(backbone.model)
+    adapted: list[str] = []
+    if settings.adapter == "lora":
+        from fairbench.models.adapters import apply_lora, trainable_names
+
+        model = apply_lora(model, backbone.model, settings.adapter_rank, settings.adapter_alpha)
+        adapted = trainable_names(model)
     write_json_atomic(path / CONFIG_FILE, {**config, "seed": job.seed, "config_hash": planned.config_hash,
                                            "dataset": _dataset_info(planned, data)})
     resume = _load_resume_state(planned, log)
@@ -321,10 +340,22 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
             raise ClaimLost(f"stopped after epoch {state.epochs_done}: {holder} took the run over (this process "
                             "looked dead to it) and continues it")
 
-    outcome = train(method, model, settings, train_data=split(data.train), val_data=split(data.val),
-                    test_data=split(data.test), normalize=normalize, tokenize=backbone.tokenize,
-                    prompts=spec.prompts, label=spec.label, seed=job.seed, device=device, auc=overall_auc,
-                    on_epoch=on_epoch, progress=progress, resume=resume, on_epoch_state=on_epoch_state)
+    from fairbench.digests import value_digest
+    from fairbench.training.context import FitContext
+
+    context = FitContext(settings=settings, train=split(data.train), val=split(data.val), test=split(data.test),
+                         normalize=normalize, tokenize=backbone.tokenize, prompts=spec.prompts, device=device,
+                         auc=overall_auc, seed=job.seed, cache_dir=planned.cache_dir, log=log,
+                         data_key=value_digest([data.fingerprint, backbone.image_size, list(backbone.mean),
+                                                list(backbone.std)]))
+    outcome = method.fit(model, context)  # a mode that does not fine-tune (zero-shot, linear probe)
+    if outcome is None:
+        outcome = train(method, model, settings, train_data=context.train, val_data=context.val,
+                        test_data=context.test, normalize=normalize, tokenize=backbone.tokenize,
+                        prompts=spec.prompts, label=spec.label, seed=job.seed, device=device, auc=overall_auc,
+                        on_epoch=on_epoch, progress=progress, resume=resume, on_epoch_state=on_epoch_state)
+    else:
+        write_json_atomic(path / HISTORY_FILE, outcome.history)
     del resume
     for w in outcome.warnings:
         log(f"[yellow]warning[/]: {job.label()}: {w}")
@@ -337,9 +368,16 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     files = {"config": CONFIG_FILE, "history": HISTORY_FILE,
              "predictions_val": PREDICTIONS_FILE.format(split="val"),
              "predictions_test": PREDICTIONS_FILE.format(split="test")}
-    if outcome.state_dict is not None:
+    if outcome.state_dict is not None and settings.checkpoint:
         torch.save(outcome.state_dict, path / "checkpoint.pt")
         files["checkpoint"] = "checkpoint.pt"
+    if adapted and outcome.state_dict is not None:
+        from fairbench.models.adapters import save_adapter
+
+        saved = save_adapter(path, outcome.state_dict, adapted, {
+            "adapter": settings.adapter, "rank": settings.adapter_rank, "alpha": settings.adapter_alpha,
+            "tensors": len(adapted)})
+        files["adapter"], files["adapter_info"] = saved
     if settings.keep_state:
         files["state"] = STATE_FILE  # kept on purpose: `fairbench.runs.tidy` leaves it
     record = {
@@ -353,11 +391,16 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
         "config": config,
         "config_hash": planned.config_hash,
         "pretrained": pretrained_info or {"weights": weights or "random init"},
-        "selection": {"rule": settings.select, "metric": "auc", "epoch": outcome.best_epoch,
+        "selection": {"rule": settings.select, "metric": "auc",
+                      "epoch": outcome.best_epoch if outcome.best_epoch >= 0 else None,
                       "label": selection_label(settings.select)},
+        "mode": run_mode(method, settings),
+        "single_run": bool(method.seed_independent),
+        "trainable_parameters": outcome.trainable_parameters,
+        **({"fit": outcome.details} if outcome.details else {}),
         "metrics": suites,
         "sampling": resolved_sampling(settings.sampling, method),
-        "epochs_trained": len(outcome.history),
+        "epochs_trained": len(outcome.history) if method.mode == "fine-tune" else 0,
         "warnings": outcome.warnings,
         "versions": _versions(),
         "code": code_version(),
@@ -377,6 +420,13 @@ def _train_and_write(planned: PlannedJob, data, log: Callable[[str], None], prog
     if not settings.keep_state:
         (path / STATE_FILE).unlink(missing_ok=True)
     return record
+
+
+def run_mode(method, settings) -> str:
+    """The usage mode a run's rows are labelled with: the method's, or the adapter's for a fine-tune with one."""
+    if method.mode == "fine-tune" and settings.adapter != "none":
+        return settings.adapter
+    return method.mode
 
 
 def _write_predictions(path: Path, samples: list[str], labels, scores, attributes: dict[str, Any]) -> None:

@@ -106,10 +106,12 @@ class PlannedJob:
 def expand_jobs(methods: list[str], archs: list[str], attributes: list[str] | None, seeds: list[int],
                 dataset: str | None = None) -> list[Job]:
     """A method that trains on an attribute runs once per attribute (default: all of the dataset's); one that
-    uses none runs once per seed. More than MAX_JOBS jobs is a SettingsError, counted before any is made."""
+    uses none runs once per seed; a seed-independent one once per arch (and attribute). More than MAX_JOBS jobs is
+    a SettingsError, counted before any is made."""
     all_attributes = list(get_dataset(dataset).attributes)
     per_method = [(get_method(name), list(attributes or all_attributes)) for name in methods]
-    count = sum(len(archs) * (len(attrs) if cls.uses_attribute else 1) * len(seeds) for cls, attrs in per_method)
+    count = sum(len(archs) * (len(attrs) if cls.uses_attribute else 1) * (1 if cls.seed_independent else len(seeds))
+                for cls, attrs in per_method)
     if count > MAX_JOBS:
         raise SettingsError(f"{count:,} jobs ({len(methods)} method(s) × {len(archs)} arch(s) × attributes × "
                             f"{len(seeds)} seed(s)) is more than the {MAX_JOBS:,} one command may plan: every job is "
@@ -119,7 +121,8 @@ def expand_jobs(methods: list[str], archs: list[str], attributes: list[str] | No
     for cls, attrs in per_method:
         for arch in archs:
             for attr in attrs if cls.uses_attribute else [None]:
-                jobs.extend(Job(cls.name, arch, attr, seed) for seed in seeds)
+                # a seed-independent method (zero-shot scoring) runs once, under the first seed
+                jobs.extend(Job(cls.name, arch, attr, seed) for seed in (seeds[:1] if cls.seed_independent else seeds))
     return jobs
 
 
@@ -130,6 +133,7 @@ def split_overrides(methods: list[str], overrides: dict[str, str]) -> tuple[dict
     groups are dotted (`group.field`) and routed whole.
     """
     from fairbench.method import did_you_mean, flat_settings
+    from fairbench.training.settings import train_key
 
     train_fields = set(setting_names())
     method_fields = {m: set(flat_settings(get_method(m).Settings)) for m in methods}
@@ -141,8 +145,8 @@ def split_overrides(methods: list[str], overrides: dict[str, str]) -> tuple[dict
         if scope != "train" and owners:
             for m in owners:
                 per_method[m][key] = value
-        elif scope != "method" and key in train_fields:
-            train[key] = value
+        elif scope != "method" and train_key(key) in train_fields:
+            train[train_key(key)] = value
         else:
             known = sorted(train_fields.union(*method_fields.values()))
             raise SettingsError(f"--set {raw_key}: no method in this run nor the trainer has that setting"
@@ -168,6 +172,9 @@ def plan(options: RunOptions, jobs: list[Job]) -> list[PlannedJob]:
     archs = list(dict.fromkeys(j.arch for j in jobs))
     for arch in archs:
         get_arch(arch)  # an unknown or unsafe arch name fails before the data is looked at
+    for name in methods:  # e.g. a method that cannot swap its layers into this arch's towers: one line, now
+        for arch in archs:
+            get_method(name).check_arch(get_arch(arch))
     method_overrides, train_overrides = split_overrides(methods, options.overrides)
     settings = {arch: resolve_train_settings(arch, options.protocol, train_overrides, epochs=options.epochs,
                                              select=options.select) for arch in archs}

@@ -101,7 +101,7 @@ class JobRequest:
 
     def check(self) -> None:
         """Every name and bound, before anything is expanded: protocol, selection rule, attributes, archs, seeds."""
-        from fairbench.models.archs import get_arch
+        from fairbench.models.archs import ArchError, get_arch
         from fairbench.protocols import get_protocol
         from fairbench.registry import InvalidNameError, UnknownNameError
         from fairbench.selection import get_select_rule
@@ -112,7 +112,7 @@ class JobRequest:
                 get_select_rule(self.select)
             for arch in self.archs:
                 get_arch(arch)
-        except (UnknownNameError, InvalidNameError) as exc:
+        except (UnknownNameError, InvalidNameError, ArchError) as exc:
             raise self.fail(str(exc)) from None
         spec = self.dataset_class
         unknown = [a for a in self.attributes or () if a not in spec.attributes]
@@ -133,7 +133,8 @@ class JobRequest:
         self.check()
         try:
             methods = expand_methods(list(self.methods))
-            return expand_jobs(methods, list(self.archs), list(self.attributes) if self.attributes else None,
+            archs = [canonical_arch(a) for a in self.archs]
+            return expand_jobs(methods, archs, list(self.attributes) if self.attributes else None,
                                list(self.seeds), dataset=self.dataset_class.name)
         except (UnknownNameError, SettingsError) as exc:
             raise self.fail(str(exc)) from None
@@ -157,6 +158,14 @@ class JobRequest:
             return plan(self.options(out, **run_options), jobs)
         except (SettingsError, DatasetError, UnknownNameError, InvalidNameError) as exc:
             raise self.fail(str(exc)) from None
+
+
+def canonical_arch(name: str) -> str:
+    """A `local-dir:` arch by its absolute folder (so every process and every later command names the same run
+    folders); any other arch name as given."""
+    from fairbench.models.archs import MODEL_SCHEMAS, get_arch
+
+    return get_arch(name).name if name.startswith(MODEL_SCHEMAS) else name
 
 
 def request_from_options(*, methods: Iterable[str], archs: Iterable[str] | None = None,

@@ -58,7 +58,7 @@ def run_config(*, protocol: str, method: str, arch: str, pretrained: str | None,
     """The config one run records (config.json, result.json's `config`) and hashes: `train` is the resolved
     `TrainSettings`, stored without its run-control settings (they change no number, so not the hash)."""
     from fairbench.method import settings_dict
-    from fairbench.training.settings import LATER_SETTINGS, RUN_CONTROL_SETTINGS
+    from fairbench.training.settings import ADAPTER_SETTINGS, LATER_SETTINGS, RUN_CONTROL_SETTINGS
 
     config = {
         "protocol": protocol,
@@ -69,7 +69,8 @@ def run_config(*, protocol: str, method: str, arch: str, pretrained: str | None,
         "text_source": text_source,
         "method_settings": method_settings,
         "train": {k: v for k, v in settings_dict(train).items() if k not in RUN_CONTROL_SETTINGS
-                  and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])},
+                  and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])
+                  and (k not in ADAPTER_SETTINGS or getattr(train, "adapter", "none") != "none")},
     }
     if pretraining is not None:  # the checkpoint's key (recipe, data, torch) makes a new pretraining a new run folder
         config["pretraining"] = pretraining
@@ -88,8 +89,10 @@ def run_dir(out: Path, dataset_tag: str, method: str, arch: str, attribute: str 
             cfg_hash: str, seed: int) -> Path:
     """<out>/<tag>/<method>/<arch>/<attribute|none>/<hash>/seed<N>; every part follows the naming rule, so a run
     folder is always inside `out`."""
+    from fairbench.models.archs import arch_folder
     from fairbench.registry import check_name
 
+    arch = arch_folder(arch)  # a local-dir: / hf-hub: model gets a slug of its path
     for kind, part in (("dataset tag", dataset_tag), ("method", method), ("arch", arch),
                        ("attribute", attribute or NO_ATTRIBUTE), ("config hash", cfg_hash)):
         check_name(kind, part)

@@ -30,6 +30,9 @@ RUN_CONTROL_SETTINGS = ("keep_state", "device_data", "grad_probe")
 # they stay out of the config hash (and config.json), so every earlier run keeps its folder; set to anything else,
 # they enter it like any setting.
 LATER_SETTINGS: dict[str, object] = {"sampling": "method"}
+ADAPTERS = ("none", "lora")
+# Settings that enter the config only when an adapter is used (so older runs keep their hashes).
+ADAPTER_SETTINGS = ("adapter", "adapter_rank", "adapter_alpha")
 
 
 @dataclass
@@ -72,6 +75,13 @@ class TrainSettings:
     # except `resample`), uniform = one shuffled pass, group-balanced = draws with replacement, each group of the
     # training attribute equally likely. Its own setting, so a method and a sampler are never confounded.
     sampling: str = "method"
+    # parameter-efficient fine-tuning (fairbench.models.adapters): none = the method trains what it trains; lora =
+    # LoRA adapters of rank `adapter_rank` and scale `adapter_alpha` on the backbone's attention projections, the
+    # backbone frozen. Set as `--set adapter=lora --set adapter.rank=8`. Left out of the config while "none", so
+    # runs without adapters keep their config hashes.
+    adapter: str = "none"
+    adapter_rank: int = 8
+    adapter_alpha: float = 16.0
 
     def __post_init__(self) -> None:
         from fairbench.registry import UnknownNameError
@@ -126,7 +136,16 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "compile": (lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
     "device_data": (lambda v: _finite(v) and 0.0 <= v <= 1.0,
                     "a fraction between 0 and 1 (0 = keep the training data on the host)"),
+    "adapter": (lambda v: v in ADAPTERS, f"one of {', '.join(ADAPTERS)}"),
+    "adapter_rank": (lambda v: _integer(v) and 1 <= v <= 4096, "an integer from 1 to 4096"),
+    "adapter_alpha": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
 }
+
+
+def train_key(key: str) -> str:
+    """A trainer setting's field name for a `--set` key: `adapter.rank` is the field `adapter_rank`."""
+    flat = key.replace(".", "_")
+    return flat if "." in key and flat in setting_names() else key
 
 
 def setting_names() -> list[str]:
@@ -155,6 +174,7 @@ def resolve_train_settings(arch: str, protocol: str = "fairbench", overrides: Ma
     defaults = TrainSettings(**values)
     known = setting_names()
     for key, raw in (overrides or {}).items():
+        key = train_key(key)
         if key not in known:
             raise SettingsError(f"the trainer has no setting {key!r}; settable: {', '.join(known)}")
         values[key] = convert_value(raw, getattr(defaults, key), f"trainer setting {key!r}")

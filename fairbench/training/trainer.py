@@ -48,6 +48,8 @@ class TrainOutcome:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    trainable_parameters: int | None = None  # parameters the optimiser (or a mode's own fit) updated
+    details: dict[str, Any] = field(default_factory=dict)  # a mode's own facts for result.json (e.g. the chosen C)
 
 
 def seed_everything(seed: int) -> None:
@@ -181,12 +183,15 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
                          mode=resolve_compile(settings.compile, device, half_weights))
     probe_sets = _probe_sets(method, model, [p for p in trainable if p.requires_grad]) if settings.grad_probe else {}
 
-    outcome = TrainOutcome(best_epoch=-1, val_scores=np.zeros(0), test_scores=np.zeros(0))
+    outcome = TrainOutcome(best_epoch=-1, val_scores=np.zeros(0), test_scores=np.zeros(0),
+                           trainable_parameters=sum(p.numel() for p in {id(p): p for p in trainable
+                                                                        if p.requires_grad}.values()))
     best_key = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     rule = get_select_rule(settings.select)
     over_epochs = rule.over_epochs is not None  # a rule over all epochs keeps every epoch it may still choose
-    keep_best = (rule.split == "val" or settings.checkpoint) and not over_epochs
+    saves_weights = settings.checkpoint or settings.adapter != "none"  # adapters are saved with the run
+    keep_best = (rule.split == "val" or saves_weights) and not over_epochs
     candidates: dict[int, dict[str, Any]] = {}  # epoch → {"weights", "val_scores"} under such a rule
     first_epoch = 0
     if resume is not None:
@@ -282,7 +287,7 @@ def _train(method: Method, model: nn.Module, settings: TrainSettings, *, train_d
         model.load_state_dict(best_state)
         outcome.test_scores = score(test_data)
         outcome.eval_seconds += time.perf_counter() - t1
-    outcome.state_dict = best_state if settings.checkpoint else None
+    outcome.state_dict = best_state if saves_weights else None
     candidates.clear()
     outcome.warnings += inert_warnings(outcome.history)
     best_val = outcome.history[outcome.best_epoch]["val_auc"]
@@ -386,9 +391,18 @@ def _unfrozen(parameters, model: nn.Module, frozen: tuple[str, ...]) -> list[nn.
         raise ValueError(f"the protocol freezes {', '.join(frozen)}, but the model has no CLIP module (one with "
                          "`visual` and `logit_scale`); use a protocol without frozen parts")
     roots = tuple(f"{prefix}." if prefix else "" for prefix in prefixes)
-    blocked = {id(p) for name, p in model.named_parameters()
-               if any(name.startswith(root + part) and name[len(root + part):len(root + part) + 1] in ("", ".")
-                      for root in roots for part in frozen)}
+
+    def under(name: str, part: str) -> bool:
+        return any(name.startswith(root + part) and name[len(root + part):len(root + part) + 1] in ("", ".")
+                   for root in roots)
+
+    names = [name for name, _ in model.named_parameters()]
+    absent = [part for part in frozen if not any(under(name, part) for name in names)]
+    if absent:  # a rule written for another tower family would silently train what it means to freeze
+        raise ValueError(f"the protocol freezes {', '.join(absent)}, which the model ({type(model).__name__}) does "
+                         "not have: the arch's frozen parts are for another tower family (fairbench.models.archs."
+                         "TOWER_FROZEN)")
+    blocked = {id(p) for name, p in model.named_parameters() if any(under(name, part) for part in frozen)}
     return [p for p in parameters if id(p) not in blocked]
 
 

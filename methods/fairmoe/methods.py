@@ -72,6 +72,19 @@ class FairMoE(FairCLIP):
         self.moe = self.settings.moe.resolved()
         self.fol = self.settings.fol.resolved(self.settings.moe.form)
 
+    @classmethod
+    def check_arch(cls, arch: Any) -> None:
+        """FO-MoE swaps the MLP of the last block of OpenAI-layout towers (`c_fc`/`c_proj` under
+        `transformer.resblocks`); other tower families have no such swap point here: a BERT-style HF text tower
+        splits its MLP over `intermediate` and `output` (with the residual and LayerNorm inside the latter), and a
+        timm image tower's blocks live under `visual.trunk`. Refused at planning, naming the tower."""
+        if getattr(arch, "family", "openai") != "openai":
+            tower = {"hf-text": "a Hugging Face (BERT-style) text tower (BiomedCLIP: also a timm image tower)",
+                     "open_clip-text": "open_clip's CustomTextCLIP text tower (under `text.`)"}.get(arch.family,
+                                                                                                   arch.family)
+            raise SettingsError(f"method {cls.name!r} cannot use arch {arch.name!r}: it has {tower}, and FO-MoE swaps "
+                                "only OpenAI-layout transformer MLPs (c_fc/c_proj); use an arch like tiny, b16 or l14")
+
     def build(self, model: nn.Module) -> nn.Module:
         return build_fair_moe(model, self.settings.moe, n_groups=self.n_groups)
 
