@@ -23,7 +23,7 @@ from fairbench.training.probe import (
     inert_warnings,
 )
 from fairbench.training.trainer import SplitData, TrainSettings, train
-from tests.helpers import small_synthetic
+from tests.helpers import ToyCLIP, small_synthetic
 
 
 def test_gradient_norms_per_term_and_set_equal_the_hand_computed_ones():
@@ -59,21 +59,6 @@ def test_inert_terms_are_named_once_at_the_first_epoch_they_are_inert_and_lines_
 
 # -- the probe changes no number: a toy whose model draws dropout and whose loss draws Python and NumPy numbers
 
-class DropoutCLIP(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.image = torch.nn.Linear(3 * 4 * 4, 8)
-        self.text = torch.nn.Embedding(16, 8)
-        self.drop = torch.nn.Dropout(0.3)
-        self.logit_scale = torch.nn.Parameter(torch.tensor(1.0))
-
-    def encode_image(self, x):
-        return self.drop(self.image(x.flatten(1)))
-
-    def encode_text(self, tokens):
-        return self.text(tokens).mean(1)
-
-
 class Noisy(Method):
     name = "noisy"
     group_batches = True
@@ -105,7 +90,7 @@ def _toy(probe: bool):
     torch.manual_seed(7)
     random.seed(7)
     np.random.seed(7)
-    model = DropoutCLIP()
+    model = ToyCLIP()  # dropout: torch's generator
     settings = TrainSettings(epochs=2, batch_size=6, lr=1e-2, betas=(0.9, 0.99), checkpoint=True, grad_probe=probe,
                              max_steps_per_epoch=3)
     return train(Noisy(None, "g", 2), model, settings, train_data=_split(20, 1), val_data=_split(10, 2),

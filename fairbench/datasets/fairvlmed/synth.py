@@ -21,7 +21,6 @@ chance AUC; with the larger one it reaches validation AUC ≈ 0.9 in the same bu
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -32,8 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from fairbench.datasets.base import DatasetError
-from fairbench.files import new_temp_dir, remove_tree
-from fairbench.phases import phase
 
 log = logging.getLogger("fairbench.data")
 
@@ -290,60 +287,16 @@ def pretraining_synthetic_dataset(cache_dir: Path | None = None) -> Path:
 
 
 def cached_synthetic(params: dict[str, int], cache_dir: Path | None, what: str) -> Path:
-    """A synthetic dataset with `params`, generated once under the cache root, keyed by generator version and
-    parameters. Concurrent callers generate it once (the build is claimed, `fairbench.runs.claims.build_once`);
-    a copy whose files no longer match the digests in its marker is named in one warning and generated again."""
-    from fairbench.datasets.cache import cache_root
-    from fairbench.runs.claims import build_once
+    """A synthetic dataset with `params`, generated once under the cache root (`fairbench.datasets.synthetic`)."""
+    from fairbench.datasets.synthetic import cached_generated_set
 
-    key = hashlib.sha256(json.dumps([GENERATOR_VERSION, params], sort_keys=True).encode()).hexdigest()[:10]
-    path = cache_root(cache_dir) / "synthetic" / f"fairvlmed-synth-v{GENERATOR_VERSION}-{key}"
-    warned: list[str] = []
-
-    def ready() -> bool:
-        damage = _damage(path)
-        if damage and path.exists() and damage not in warned:
-            log.warning("%s: %s: generating it again", path, damage)
-            warned.append(damage)
-        return not damage
-
-    def build() -> None:
-        remove_tree(path)  # an interrupted or damaged copy
-        tmp = new_temp_dir(path)
-        try:
-            n = params["n_train"] + params["n_val"] + params["n_test"]
-            with phase(f"generating {what} ({n} samples, once) into {path}"):
-                make_synthetic(tmp, **params)
-            os.rename(tmp, path)
-        finally:
-            remove_tree(tmp)
-
-    build_once(path.parent / f".{path.name}.build", ready, build, f"generating {what}", log=log.info)
-    return path
+    n = params["n_train"] + params["n_val"] + params["n_test"]
+    return cached_generated_set("fairvlmed-synth", GENERATOR_VERSION, params, cache_dir, what, f"{n} samples",
+                                lambda out: make_synthetic(out, **params), MARKER)
 
 
 def _damage(path: Path) -> str:
-    """Why the synthetic dataset at `path` cannot be used ("" if it can): missing, incomplete, or a file that does
-    not match the SHA-256 its marker lists (checked through the cache's stat memo: a stat per unchanged file)."""
-    from fairbench.datasets.cache import FileDigests
+    """Why the synthetic dataset at `path` cannot be used ("" if it can)."""
+    from fairbench.datasets.synthetic import synthetic_damage
 
-    try:
-        listed = json.loads((path / MARKER).read_text())["sha256"]
-    except FileNotFoundError:
-        return "incomplete (no marker)"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "its marker lists no content digests (written by an older fairbench, or damaged)"
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != MARKER)
-    names = [str(p.relative_to(path)) for p in files]
-    if sorted(listed) != names:
-        extra = sorted(set(names) ^ set(listed))
-        return f"its files differ from those its marker lists (e.g. {extra[0]})"
-    memo = path.parent / "index" / f"{path.name}.digests.json"
-    try:
-        actual = FileDigests(memo, path).of(files)
-    except DatasetError as exc:
-        return str(exc)
-    bad = [n for n, d in zip(names, actual, strict=True) if listed[n] != d]
-    if bad:
-        return f"{len(bad)} file(s) do not match the digests written with them (e.g. {bad[0]})"
-    return ""
+    return synthetic_damage(path, MARKER)

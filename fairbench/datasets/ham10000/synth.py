@@ -98,42 +98,8 @@ def make_synthetic(out: str | os.PathLike[str], n_images: int = DEFAULTS["n_imag
 
 
 def cached_synthetic(params: dict[str, int], cache_dir: Path | None, what: str) -> Path:
-    """A synthetic set with `params`, generated once under the cache root (claimed, so commands started side by side
-    generate it once); a copy whose files no longer match the digests in its marker is generated again."""
-    import hashlib
-    import logging
+    """A synthetic set with `params`, generated once under the cache root (`fairbench.datasets.synthetic`)."""
+    from fairbench.datasets.synthetic import cached_generated_set
 
-    from fairbench.datasets.cache import FileDigests, cache_root
-    from fairbench.files import new_temp_dir, remove_tree
-    from fairbench.phases import phase
-    from fairbench.runs.claims import build_once
-
-    key = hashlib.sha256(json.dumps([GENERATOR_VERSION, params], sort_keys=True).encode()).hexdigest()[:10]
-    path = cache_root(cache_dir) / "synthetic" / f"ham10000-synth-v{GENERATOR_VERSION}-{key}"
-    log = logging.getLogger("fairbench.data")
-
-    def ready() -> bool:
-        try:
-            listed = json.loads((path / MARKER).read_text())["sha256"]
-            files = sorted(q for q in path.rglob("*") if q.is_file() and q.name != MARKER)
-            names = [str(q.relative_to(path)) for q in files]
-            memo = path.parent / "index" / f"{path.name}.digests.json"
-            ok = sorted(listed) == names and FileDigests(memo, path).of(files) == [listed[n] for n in names]
-        except (OSError, ValueError, KeyError, TypeError, DatasetError):
-            ok = False
-        if not ok and path.exists():
-            log.warning("%s: damaged or incomplete: generating it again", path)
-        return ok
-
-    def build() -> None:
-        remove_tree(path)
-        tmp = new_temp_dir(path)
-        try:
-            with phase(f"generating {what} ({params['n_images']} images, once) into {path}"):
-                make_synthetic(tmp, **params)
-            os.rename(tmp, path)
-        finally:
-            remove_tree(tmp)
-
-    build_once(path.parent / f".{path.name}.build", ready, build, f"generating {what}", log=log.info)
-    return path
+    return cached_generated_set("ham10000-synth", GENERATOR_VERSION, params, cache_dir, what,
+                                f"{params['n_images']} images", lambda out: make_synthetic(out, **params), MARKER)
