@@ -159,6 +159,35 @@ def test_each_task_outcome_names_what_happened_and_the_log(dataset, tmp_path):
     assert (done.status, done.record, done.planned) == ("done", {"metrics": {}}, planned)
 
 
+
+def test_a_requeue_between_two_looks_at_sacct_is_still_reported(dataset, tmp_path, monkeypatch):
+    """The task's checkpoint() leaves a line per requeue; the waiting launcher reports it even when sacct showed the
+    task RUNNING before and after (it ran, was requeued and ran again between two polls)."""
+    pytest.importorskip("submitit")
+    from types import SimpleNamespace
+
+    from fairbench.launchers.slurm import SlurmLauncher, SlurmTask
+
+    planned = _planned(dataset, tmp_path)
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    SlurmTask(planned, threads=1, requeue_folder=str(tmp_path)).checkpoint()
+    assert (tmp_path / "7_3.requeued").read_text().count("\n") == 1
+
+    job = _FakeJob(tmp_path, pickled=False)
+    states = iter(["RUNNING", "RUNNING", "COMPLETED"])
+    job.watcher = SimpleNamespace(update=lambda: None)
+    job.get_info = lambda mode: {"State": next(states), "NodeList": "vm"}
+    lines: list[str] = []
+    reporter = SimpleNamespace(log=lines.append, job_finished=lambda result: None)
+    launcher = SlurmLauncher.__new__(SlurmLauncher)
+    launcher.poll_s, launcher.sync_s = 0.0, 0.0
+    monkeypatch.setattr("fairbench.launchers.slurm._report_pending_reasons", lambda *args: None)
+    launcher._wait([planned], {0: job}, {}, reporter, tmp_path)
+    assert [line.split(":")[0] for line in lines] == ["SLURM 7_3 running on vm",
+                                                      "SLURM 7_3 requeued (time limit or preemption)"]
+
+
 # --- on a real cluster ------------------------------------------------------------------------------------------
 
 

@@ -149,6 +149,9 @@ class SlurmTask:
 
     planned: PlannedJob
     threads: int
+    # Where checkpoint() leaves one line per requeue (`<job id>.requeued`): the waiting launcher reports a requeue
+    # from it even when sacct's states never showed the task between its two runs.
+    requeue_folder: str = ""
 
     def __call__(self) -> tuple[str, str, dict[str, Any] | None]:
         import torch
@@ -160,8 +163,7 @@ class SlurmTask:
         console = Console(soft_wrap=True, highlight=False)  # a log file: whole lines, markup stripped
         load_plugins(self.planned.plugins)
         torch.set_num_threads(self.threads)
-        slurm_id = "_".join(filter(None, (os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
-                                          os.environ.get("SLURM_ARRAY_TASK_ID"))))
+        slurm_id = _slurm_id()
         console.print(f"fairbench: {self.planned.label()} → {self.planned.run_dir} (SLURM job {slurm_id or '?'}, "
                       f"{self.threads} torch threads)", markup=False)
         epochs = self.planned.settings.epochs
@@ -181,7 +183,27 @@ class SlurmTask:
         `execute` writes the training state after every epoch and the requeued task resumes from it."""
         print(f"fairbench: {self.planned.label()} interrupted (time limit or preemption); asking submitit to "
               "requeue it, it resumes from its last saved epoch", flush=True)
+        if self.requeue_folder and _slurm_id():
+            try:
+                with open(Path(self.requeue_folder) / f"{_slurm_id()}.requeued", "a") as fh:
+                    fh.write(f"{time.time():.3f}\n")
+            except OSError:  # the launcher then reports the requeue only if sacct shows it
+                pass
         return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _slurm_id() -> str:
+    """This task's SLURM id as submitit names it (`<array>_<task>`, or the job id), "" outside SLURM."""
+    return "_".join(filter(None, (os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
+                                  os.environ.get("SLURM_ARRAY_TASK_ID"))))
+
+
+def _requeues(folder: Path, job_id: str) -> int:
+    """How many times task `job_id` has asked to be requeued (lines its checkpoint() wrote)."""
+    try:
+        return len((folder / f"{job_id}.requeued").read_text().splitlines())
+    except OSError:
+        return 0
 
 
 @register_launcher("slurm", description="one SLURM job array through submitit (--slurm-* options)")
@@ -244,7 +266,7 @@ class SlurmLauncher(Launcher):
         threads = torch.get_num_threads()
         try:
             with executor.batch():
-                submitted = [executor.submit(SlurmTask(jobs[i], threads)) for i in todo]
+                submitted = [executor.submit(SlurmTask(jobs[i], threads, str(folder))) for i in todo]
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedSubmissionError, OSError) as exc:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             reason = next((line for line in lines if "error:" in line and "submission failed" not in line),
@@ -265,7 +287,7 @@ class SlurmLauncher(Launcher):
                 results[i] = JobResult(jobs[i], "submitted", f"SLURM job {job.job_id}")
             return [results[i] for i in range(len(jobs))]
         try:
-            self._wait(jobs, dict(zip(todo, submitted, strict=True)), results, reporter)
+            self._wait(jobs, dict(zip(todo, submitted, strict=True)), results, reporter, folder)
         except BaseException:  # Ctrl-C (or a signal) while waiting: the array itself is not touched
             reporter.log(f"stopped waiting; the SLURM jobs keep running: squeue -j {array_id}, "
                          f"scancel {array_id} to cancel them")
@@ -273,9 +295,10 @@ class SlurmLauncher(Launcher):
         return [results[i] for i in range(len(jobs))]
 
     def _wait(self, jobs: list[PlannedJob], pending: dict[int, Any], results: dict[int, JobResult],
-              reporter: Reporter) -> None:
+              reporter: Reporter, folder: Path) -> None:
         seen: dict[str, str] = {}
         ran: set[str] = set()
+        requeues_told: dict[str, int] = {}
         reasons: set[str] = set()
         last_sync = float("-inf")
         while pending:
@@ -288,9 +311,14 @@ class SlurmLauncher(Launcher):
                 state = (info.get("State") or "PENDING").split()[0]
                 before = seen.get(job.job_id)
                 if state != before:
-                    _report_state(reporter, job.job_id, jobs[index], before, state, info.get("NodeList"),
-                                  ran=job.job_id in ran)
+                    if _report_state(reporter, job.job_id, jobs[index], before, state, info.get("NodeList"),
+                                     ran=job.job_id in ran):
+                        requeues_told[job.job_id] = requeues_told.get(job.job_id, 0) + 1
                     seen[job.job_id] = state
+                asked = _requeues(folder, job.job_id)
+                if asked > requeues_told.get(job.job_id, 0):  # requeued between two looks at sacct
+                    reporter.log(_requeued_line(job.job_id, jobs[index]))
+                    requeues_told[job.job_id] = asked
                     if state == "RUNNING":
                         ran.add(job.job_id)
                 if job.paths.result_pickle.exists() or state in _FINAL:
@@ -319,14 +347,21 @@ def _report_pending_reasons(reporter: Reporter, array_id: str, reported: set[str
 
 
 def _report_state(reporter: Reporter, job_id: str, planned: PlannedJob, before: str | None, state: str,
-                  node: str | None, *, ran: bool) -> None:
-    """A line when a task starts running, and when a running task goes back to the queue (requeued)."""
+                  node: str | None, *, ran: bool) -> bool:
+    """A line when a task starts running, and when a running task goes back to the queue (requeued); True for the
+    latter."""
     if state == "RUNNING":
         reporter.log(f"SLURM {job_id} running{' again' if ran else ''}{f' on {node}' if node else ''}: "
                      f"{planned.label()}")
     elif state in ("REQUEUED", "PREEMPTED") or (state == "PENDING" and before == "RUNNING"):
-        reporter.log(f"SLURM {job_id} requeued (time limit or preemption): {planned.label()}; it resumes from "
-                     "its last saved epoch when it runs again")
+        reporter.log(_requeued_line(job_id, planned))
+        return True
+    return False
+
+
+def _requeued_line(job_id: str, planned: PlannedJob) -> str:
+    return (f"SLURM {job_id} requeued (time limit or preemption): {planned.label()}; it resumes from its last saved "
+            "epoch when it runs again")
 
 
 def _outcome(planned: PlannedJob, job, state: str) -> JobResult:
