@@ -277,7 +277,6 @@ def test_the_fairclip_step_in_fp64_without_the_fairness_term_equals_the_released
     assert torch.equal(mine.token_embedding.weight, frozen["token_embedding.weight"])  # outside the optimiser
 
 
-@pytest.mark.slow  # fp16/fp32 transcribed-step references: seconds each, run by the full suite
 def test_the_fairclip_step_in_fp32_with_the_fairness_term_has_the_released_step_1_loss():
     """Step 1's loss and Sinkhorn term equal the released ones to 1e-6; later steps are not compared bit for bit,
     because the step-1 gradient is not: at blur 1e-6 the Sinkhorn's ε = 1e-12 makes fp32 `logsumexp` ties decide
@@ -320,7 +319,6 @@ def _half_fixture():
     return model, state, data, normalize, idx, group_idx
 
 
-@pytest.mark.slow  # fp16/fp32 transcribed-step references: seconds each, run by the full suite
 def test_fp16_forward_of_the_protocol_equals_the_transcribed_plain_fp16_forward_on_a_cpu():
     from open_clip import CLIP
     from open_clip.transformer import LayerNormFp32

@@ -111,11 +111,7 @@ CASES = [("fairclip", {"form": "published"}), ("fairclip", {"form": "aligned", "
          ("fairmoe", {"moe.form": "v0.1", "form": "aligned"})]
 
 
-# unequal groups in the quick loop; equal groups (the batched path) in the full suite
-SIZES = [(3, 5, 2), pytest.param((4, 4, 4), marks=pytest.mark.slow)]
-
-
-@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("sizes", [(3, 5, 2), (4, 4, 4)])
 @pytest.mark.parametrize("name,overrides", CASES)
 def test_one_group_forward_equals_encoding_each_group(backbone, name, overrides, sizes, group_forward):
     import copy
@@ -169,7 +165,7 @@ def test_group_batches_join_on_accelerators_only(backbone, monkeypatch):
     assert calls == [10]
 
 
-@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("sizes", [(3, 5, 2), (4, 4, 4)])
 @pytest.mark.parametrize("name", ["fairclip", "fairmoe"])
 def test_a_training_step_reads_nothing_back(backbone, name, monkeypatch, sizes, group_forward):
     import copy
@@ -191,7 +187,7 @@ def test_a_training_step_reads_nothing_back(backbone, name, monkeypatch, sizes, 
     assert "sinkhorn/over_bound" not in method.step_stats(model)
 
 
-@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("sizes", [(3, 5, 2), (4, 4, 4)])
 def test_values_beyond_the_bound_are_counted_and_reported_once(backbone, caplog, sizes):
     import copy
     import math

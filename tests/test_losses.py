@@ -122,7 +122,6 @@ def test_bounded_sinkhorn_never_reads_the_device(monkeypatch):
     assert torch.isfinite(loss)
 
 
-@pytest.mark.slow  # torch.compile: seconds of compilation, run by the full suite
 @pytest.mark.parametrize("pairs", [0, 3])
 def test_bounded_sinkhorn_compiles_to_one_graph(pairs):
     x, y = _clouds(1.0, dtype=torch.float32)

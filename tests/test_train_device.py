@@ -234,7 +234,6 @@ def test_compile_setting_values_and_defaults():
     assert resolve_train_settings("tiny", overrides={"compile": "off"}).compile == "off"
 
 
-@pytest.mark.slow  # torch.compile: seconds of compilation, run by the full suite
 def test_compiled_step_matches_eager_and_the_partial_batch_never_compiles(monkeypatch):
     import fairbench.training.step as train_step
 
