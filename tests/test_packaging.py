@@ -35,9 +35,9 @@ SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
 
 # Distribution name (normalised) → the top-level module it installs, where the two differ.
 IMPORT_NAMES = {"open-clip-torch": "open_clip", "scikit-learn": "sklearn", "pillow": "PIL", "pot": "ot",
-                "pyyaml": "yaml"}
+                "pyyaml": "yaml", "pytest-xdist": "xdist"}
 FIRST_PARTY = {"fairbench", BUILTIN_PACKAGE, "tests", "bench"}
-TOOLS = {"ruff"}  # test-extra tools run as commands, never imported
+TOOLS = {"ruff", "xdist"}  # test-extra tools run as commands or pytest plugins (`-n 2`), never imported
 
 
 def import_name(requirement: str) -> str:
