@@ -124,16 +124,21 @@ def test_duplicate_and_empty_summaries_and_a_second_summary_file_are_problems_an
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [message]
 
 
-def test_a_sample_saved_as_npz_in_capitals_is_a_problem_and_stops_a_run(root, tmp_path):
-    victim = sorted((root / "Test").glob("*.npz"))[2]
-    renamed = victim.with_suffix(".NPZ")
-    victim.rename(renamed)
-    message = f"{renamed}: sample saved with the suffix '.NPZ', which is not read; rename it to {victim.name}"
+def _is_a_problem_and_stops_loading(root, tmp_path, message: str) -> None:
+    """`data check` lists `message` among its problems, and loading the dataset raises it."""
     code, problems = check(root)
     assert code == 1 and message in problems
     with pytest.raises(DatasetError) as err:
         load_small(root, tmp_path / "c")
     assert str(err.value) == message
+
+
+def test_a_sample_saved_as_npz_in_capitals_is_a_problem_and_stops_a_run(root, tmp_path):
+    victim = sorted((root / "Test").glob("*.npz"))[2]
+    renamed = victim.with_suffix(".NPZ")
+    victim.rename(renamed)
+    message = f"{renamed}: sample saved with the suffix '.NPZ', which is not read; rename it to {victim.name}"
+    _is_a_problem_and_stops_loading(root, tmp_path, message)
     r = CliRunner().invoke(app, ["run", "--method", "clip", "--data", str(root), "--out", str(tmp_path / "o"),
                                  "--dry-run"])
     assert r.exit_code == 2 and r.output.strip() == f"error: {message}"
@@ -149,8 +154,4 @@ def test_one_sample_in_two_splits_is_a_problem_and_stops_a_run(root, tmp_path, h
             fh.write(f"{copy.name},n,a summary\n")
     what = "the same file name" if how == "same name" else "identical bytes"
     message = f"{source} and {copy}: one sample in two splits ({what}); keep it in one split"
-    code, problems = check(root)
-    assert code == 1 and message in problems
-    with pytest.raises(DatasetError) as err:
-        load_small(root, tmp_path / "c")
-    assert str(err.value) == message
+    _is_a_problem_and_stops_loading(root, tmp_path, message)

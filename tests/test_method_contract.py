@@ -49,30 +49,44 @@ def data(dataset):
     return load_fairvlmed(dataset, image_size=bb.image_size, tokenize=bb.tokenize, tokenizer_key=bb.tokenizer_key)
 
 
+def _built(name: str, **settings: int):
+    """Method `name` (on race where it uses an attribute) built on a seeded random tiny backbone, with the
+    parameters it starts from."""
+    from fairbench.datasets.fairvlmed import FairVLMed
+    from fairbench.models import create_backbone
+
+    cls = get_method(name)
+    attribute = "race" if cls.uses_attribute else None
+    method = cls(cls.Settings(), attribute, len(FairVLMed.attributes["race"]) if attribute else 0)
+    for key, value in settings.items():
+        if hasattr(method.settings, key):
+            setattr(method.settings, key, value)
+    torch.manual_seed(0)
+    bb = create_backbone("tiny", pretrained=None)
+    model = method.build(bb.model)
+    return method, attribute, bb, model, {k: p.detach().clone() for k, p in model.named_parameters()}
+
+
+def _normalisation(bb):
+    return torch.tensor(bb.mean).view(1, 3, 1, 1), torch.tensor(bb.std).view(1, 3, 1, 1)
+
+
 @pytest.mark.parametrize("name", CONTRACT_METHODS)
 @pytest.mark.slow
 def test_method_trains_two_epochs_and_scores(name, data):
     from fairbench.datasets import normalize_images
     from fairbench.datasets.fairvlmed import FairVLMed
     from fairbench.metrics import overall_auc as _auc
-    from fairbench.models import create_backbone
 
-    cls = get_method(name)
-    attribute = "race" if cls.uses_attribute else None
-    method = cls(cls.Settings(), attribute, len(FairVLMed.attributes["race"]) if attribute else 0)
-    torch.manual_seed(0)
-    bb = create_backbone("tiny", pretrained=None)
-    model = method.build(bb.model)
-    initial = {k: p.detach().clone() for k, p in model.named_parameters()}
-    mean = torch.tensor(bb.mean).view(1, 3, 1, 1)
-    std = torch.tensor(bb.std).view(1, 3, 1, 1)
+    method, attribute, bb, model, initial = _built(name)
+    mean, std = _normalisation(bb)
     seen_terms = []
     original = method.loss_terms
 
     def recording(model, batch, groups):
         terms = original(model, batch, groups)
         seen_terms.append({k: float(v.detach()) for k, v in terms.items()})
-        if cls.group_batches:
+        if type(method).group_batches:
             assert set(groups) <= {0, 1, 2} and groups, "group batches must be supplied per group"
             for g, gb in groups.items():
                 assert bool((gb.groups == g).all())
@@ -111,20 +125,10 @@ def test_a_mode_with_its_own_fit_scores_samples_apart_and_leaves_the_model_as_lo
     from fairbench.datasets import normalize_images
     from fairbench.datasets.fairvlmed import FairVLMed
     from fairbench.metrics import overall_auc as _auc
-    from fairbench.models import create_backbone
     from fairbench.training.context import FitContext
 
-    cls = get_method(name)
-    attribute = "race" if cls.uses_attribute else None
-    method = cls(cls.Settings(), attribute, len(FairVLMed.attributes["race"]) if attribute else 0)
-    if hasattr(method.settings, "probe_epochs"):
-        method.settings.probe_epochs = 20
-    torch.manual_seed(0)
-    bb = create_backbone("tiny", pretrained=None)
-    model = method.build(bb.model)
-    initial = {k: p.detach().clone() for k, p in model.named_parameters()}
-    mean = torch.tensor(bb.mean).view(1, 3, 1, 1)
-    std = torch.tensor(bb.std).view(1, 3, 1, 1)
+    method, attribute, bb, model, initial = _built(name, probe_epochs=20)
+    mean, std = _normalisation(bb)
 
     def split(s):
         return SplitData(s.images, s.tokens, s.labels, s.attributes[attribute] if attribute else None)
